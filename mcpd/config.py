@@ -1,0 +1,166 @@
+"""The configuration file: TOML decoded into msgspec structs.
+
+Decoding happens in two stages so that one bad server entry cannot take the
+others down: the file as a whole (syntax, top-level keys) must be valid or the
+load fails with file, line and reason; then each ``[servers.NAME]`` table is
+expanded (``{env:VAR}``) and validated on its own, and a bad one becomes a
+`ServerEntry` carrying the error instead of a config.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from .protocol import DEFAULT_MAX_FRAME_SIZE
+
+SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_ENV_REF = re.compile(r"\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(Exception):
+    """The file cannot be used at all; the message names file, line and reason."""
+
+
+class OAuthSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    client_id: str | None = None
+    client_secret: str | None = None
+    scope: str | None = None
+    redirect_uri: str | None = None
+    client_metadata_url: str | None = None
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    url: str
+    enabled: bool = True
+    headers: dict[str, str] = {}
+    # None: OAuth when the server asks for it; False: never; settings: always.
+    oauth: bool | OAuthSettings | None = None
+
+
+class DaemonSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class _File(msgspec.Struct, forbid_unknown_fields=True):
+    daemon: DaemonSettings = DaemonSettings()
+    servers: dict[str, Any] = {}
+
+
+class ServerEntry(msgspec.Struct, frozen=True):
+    """One server as configured: a valid config, or the reason it is not."""
+
+    name: str
+    config: ServerConfig | None
+    error: str | None = None
+    # What status shows as the URL even when the entry is invalid.
+    display_url: str = ""
+
+
+class Config(msgspec.Struct, frozen=True):
+    path: Path
+    daemon: DaemonSettings
+    servers: dict[str, ServerEntry]
+
+
+class _MissingEnv(Exception):
+    pass
+
+
+def _expand(value: Any, key: str, env: Mapping[str, str]) -> Any:
+    """Substitute {env:VAR} in every string, naming the key of a missing one."""
+    if isinstance(value, str):
+
+        def lookup(match: re.Match[str]) -> str:
+            var = match.group(1)
+            if var not in env:
+                raise _MissingEnv(f"{key} refers to {{env:{var}}} but ${var} is not set")
+            return env[var]
+
+        return _ENV_REF.sub(lookup, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{key}.{k}" if key else k, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{key}[{i}]", env) for i, v in enumerate(value)]
+    return value
+
+
+def _check_url(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"url {url!r} is not an http:// or https:// URL with a host"
+    return None
+
+
+def parse_server(name: str, raw: Any, env: Mapping[str, str]) -> ServerEntry:
+    prefix = f"server {name!r}"
+    raw_url = raw.get("url", "") if isinstance(raw, dict) else ""
+    display_url = raw_url if isinstance(raw_url, str) else ""
+    if not SERVER_NAME.fullmatch(name):
+        return ServerEntry(
+            name,
+            None,
+            f"{prefix}: names may use letters, digits, '_', '.' and '-' "
+            "(up to 64, starting with a letter or digit); rename the table",
+            display_url,
+        )
+    try:
+        expanded = _expand(raw, "", env)
+        config = msgspec.convert(expanded, ServerConfig)
+    except _MissingEnv as exc:
+        return ServerEntry(name, None, f"{prefix}: {exc}", display_url)
+    except msgspec.ValidationError as exc:
+        # msgspec says e.g. "Object contains unknown field `urll` - at `$.urll`";
+        # it never quotes values, so no header or secret can leak through it.
+        detail = str(exc).replace("`$", f"`servers.{name}")
+        return ServerEntry(name, None, f"{prefix}: {detail}", display_url)
+    problem = _check_url(config.url)
+    if problem:
+        return ServerEntry(name, None, f"{prefix}: {problem}", display_url)
+    return ServerEntry(name, config, None, config.url)
+
+
+def _line_of(text: str, key: str) -> int | None:
+    pattern = re.compile(rf"^\s*(\[\s*)?{re.escape(key)}\b", re.MULTILINE)
+    match = pattern.search(text)
+    return text.count("\n", 0, match.start()) + 1 if match else None
+
+
+def parse(text: str, path: Path, env: Mapping[str, str] = os.environ) -> Config:
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message already ends with "(at line L, column C)".
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    try:
+        top = msgspec.convert(document, _File)
+    except msgspec.ValidationError as exc:
+        unknown = re.search(r"unknown field `([^`]+)`", str(exc))
+        line = _line_of(text, unknown.group(1)) if unknown else None
+        where = f"{path}:{line}" if line else str(path)
+        raise ConfigError(
+            f"{where}: {exc}; the top level has [daemon] and [servers.NAME] tables"
+        ) from None
+    if top.daemon.max_frame_size < 1024:
+        raise ConfigError(f"{path}: daemon.max_frame_size must be at least 1024 bytes")
+    servers = {name: parse_server(name, raw, env) for name, raw in top.servers.items()}
+    return Config(path, top.daemon, servers)
+
+
+def load(path: Path, env: Mapping[str, str] = os.environ) -> Config:
+    """Read and parse the file; a missing file is an empty configuration."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Config(path, DaemonSettings(), {})
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return parse(text, path, env)

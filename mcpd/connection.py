@@ -1,0 +1,237 @@
+"""One client connection on the control socket.
+
+Reading, request handling and writing are separate tasks in the connection's
+own task group, so a slow handler never stops the reader and a client that
+stops reading only ever stalls itself: responses wait in a bounded outbox,
+and a subscriber whose outbox is full is disconnected rather than allowed to
+hold the daemon's broadcast back. Any error ends this connection, never the
+daemon: `serve` logs it and returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+from anyio.abc import SocketStream
+from anyio.streams.memory import MemoryObjectSendStream
+
+from .methods import METHODS, RequestContext, RpcFailure
+from .protocol import (
+    Cancel,
+    ErrorCode,
+    Event,
+    FrameDecoder,
+    FrameTooLarge,
+    Message,
+    Request,
+    Response,
+    RpcError,
+    decode_message,
+    decode_params,
+    encode_frame,
+)
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+OUTBOX_FRAMES = 256
+READ_CHUNK = 65536
+_UCRED = struct.Struct("3i")
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end, from SO_PEERCRED."""
+    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(data)
+    return pid, uid, gid
+
+
+class _ProtocolViolation(Exception):
+    def __init__(self, code: ErrorCode, message: str, request_id: int | None = None) -> None:
+        super().__init__(message)
+        self.error = Response(request_id, error=RpcError(int(code), message))
+
+
+class ClientConnection:
+    def __init__(self, stream: SocketStream, daemon: Daemon, peer_pid: int) -> None:
+        self.stream = stream
+        self.daemon = daemon
+        self.peer_pid = peer_pid
+        self.greeted = False
+        self.subscription: frozenset[str] | None = None
+        self.subscribed = False
+        send, self._outbox_receive = anyio.create_memory_object_stream[bytes](OUTBOX_FRAMES)
+        self._outbox: MemoryObjectSendStream[bytes] = send
+        self._in_flight: dict[int, anyio.CancelScope] = {}
+        self._scope = anyio.CancelScope()
+        self._read_scope = anyio.CancelScope()
+
+    # --- Called by the daemon ---------------------------------------------------
+
+    def subscribe(self, servers: list[str] | None) -> None:
+        self.subscribed = True
+        self.subscription = frozenset(servers) if servers is not None else None
+
+    def wants(self, server: str) -> bool:
+        return self.subscribed and (self.subscription is None or server in self.subscription)
+
+    def push_event(self, event: Event) -> None:
+        """Queue an event without waiting; a client that is not reading is dropped."""
+        try:
+            self._outbox.send_nowait(encode_frame(event))
+        except anyio.WouldBlock:
+            log.warning(
+                "disconnecting a client that does not read its events",
+                extra={"peer_pid": self.peer_pid},
+            )
+            self._scope.cancel()
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+    def stop_reading(self) -> None:
+        """Finish what is in flight, flush the responses, then close."""
+        self._read_scope.cancel()
+
+    # --- The connection's life ------------------------------------------------
+
+    async def serve(self) -> None:
+        try:
+            with self._scope:
+                async with self.stream, anyio.create_task_group() as tg:
+                    tg.start_soon(self._write_loop)
+                    with self._read_scope:
+                        async with anyio.create_task_group() as requests:
+                            await self._read_loop(requests)
+                    self._outbox.close()
+        except Exception:
+            log.exception("client connection failed", extra={"peer_pid": self.peer_pid})
+        finally:
+            self._outbox.close()
+
+    async def _write_loop(self) -> None:
+        try:
+            async with self._outbox_receive:
+                async for frame in self._outbox_receive:
+                    await self.stream.send(frame)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            # The client went away; nothing more can be delivered to it.
+            self._scope.cancel()
+
+    async def _read_loop(self, requests: anyio.abc.TaskGroup) -> None:
+        decoder = FrameDecoder(self.daemon.max_frame_size)
+        while True:
+            try:
+                data = await self.stream.receive(READ_CHUNK)
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                if decoder.pending:
+                    log.info("client closed mid-frame", extra={"peer_pid": self.peer_pid})
+                return
+            decoder.feed(data)
+            try:
+                while (message := next_message(decoder)) is not None:
+                    await self._handle(message, requests)
+            except _ProtocolViolation as violation:
+                log.warning(
+                    "closing a client that broke the protocol",
+                    extra={"peer_pid": self.peer_pid, "reason": str(violation)},
+                )
+                await self._outbox.send(encode_frame(violation.error))
+                return
+
+    async def _handle(self, message: Message, requests: anyio.abc.TaskGroup) -> None:
+        if isinstance(message, Cancel):
+            scope = self._in_flight.get(message.id)
+            if scope is not None:
+                scope.cancel()
+            return
+        if not isinstance(message, Request):
+            raise _ProtocolViolation(
+                ErrorCode.INVALID_REQUEST,
+                f"clients send requests and cancels, not {type(message).__name__.lower()}s",
+            )
+        if message.id in self._in_flight:
+            raise _ProtocolViolation(
+                ErrorCode.INVALID_REQUEST,
+                f"request id {message.id} is already in flight; ids must be unique",
+                message.id,
+            )
+        scope = anyio.CancelScope()
+        self._in_flight[message.id] = scope
+        if message.method == "hello":
+            # Inline, so that requests pipelined behind it see the greeting.
+            await self._run_request(message, scope)
+        else:
+            requests.start_soon(self._run_request, message, scope)
+
+    async def _run_request(self, request: Request, scope: anyio.CancelScope) -> None:
+        ctx = RequestContext(self.daemon, self)
+        response: Response
+        with scope:
+            response = await self._dispatch(ctx, request)
+        if scope.cancelled_caught:
+            response = Response(request.id, error=RpcError(ErrorCode.CANCELLED, "cancelled"))
+        del self._in_flight[request.id]
+        try:
+            await self._outbox.send(encode_frame(response))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return
+        for action in ctx.after_response:
+            action()
+
+    async def _dispatch(self, ctx: RequestContext, request: Request) -> Response:
+        method = METHODS.get(request.method)
+        try:
+            if method is None:
+                raise RpcFailure(
+                    ErrorCode.METHOD_NOT_FOUND,
+                    f"unknown method {request.method!r}; this daemon knows: "
+                    + ", ".join(sorted(METHODS)),
+                )
+            if not self.greeted and request.method != "hello":
+                raise RpcFailure(
+                    ErrorCode.HELLO_REQUIRED,
+                    "send a hello request with the protocol version first",
+                )
+            try:
+                params = decode_params(request.params, method.params)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                raise RpcFailure(
+                    ErrorCode.INVALID_PARAMS, f"invalid params for {request.method}: {exc}"
+                ) from None
+            result: Any = await method.handler(ctx, params)
+        except RpcFailure as failure:
+            return Response(request.id, error=RpcError(failure.code, failure.message, failure.data))
+        except Exception:
+            log.exception("request failed", extra={"method": request.method})
+            return Response(
+                request.id,
+                error=RpcError(
+                    ErrorCode.INTERNAL_ERROR, "internal error in mcpd; the daemon log has details"
+                ),
+            )
+        if request.method == "hello":
+            self.greeted = True
+        return Response(request.id, result=result)
+
+
+def next_message(decoder: FrameDecoder) -> Message | None:
+    """The next decoded message, or None until more bytes arrive."""
+    try:
+        body = decoder.next_frame()
+    except FrameTooLarge as exc:
+        raise _ProtocolViolation(ErrorCode.FRAME_TOO_LARGE, str(exc)) from None
+    if body is None:
+        return None
+    try:
+        return decode_message(body)
+    except msgspec.DecodeError as exc:
+        raise _ProtocolViolation(ErrorCode.MALFORMED_MESSAGE, f"malformed msgpack: {exc}") from None
+    except msgspec.ValidationError as exc:
+        raise _ProtocolViolation(ErrorCode.INVALID_REQUEST, f"invalid message: {exc}") from None

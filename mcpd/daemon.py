@@ -1,0 +1,219 @@
+"""The daemon: owns the listener, the servers and the client connections.
+
+Everything runs in the daemon's one task group: the accept loop, the signal
+handler, one task per server and one per client connection. Shutdown (a
+`shutdown` request, SIGTERM or SIGINT) stops the servers, lets connections
+flush their last responses for a moment, then cancels the group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+
+import anyio
+from anyio.abc import SocketListener, SocketStream, TaskGroup
+
+from . import config as config_mod
+from . import logs
+from .config import Config
+from .connection import ClientConnection, peer_credentials
+from .methods import RpcFailure
+from .protocol import ErrorCode, Event, ReloadResult, StateChanged
+from .server import ServerRuntime
+from .states import State
+from .store import CredentialRecord, CredentialStore
+from .systemd import Notifier
+
+log = logging.getLogger(__name__)
+
+FLUSH_ON_SHUTDOWN_SECONDS = 2.0
+ACCEPT_ERROR_PAUSE_SECONDS = 0.1
+
+
+class Daemon:
+    def __init__(self, config: Config, store: CredentialStore, notifier: Notifier) -> None:
+        self.config = config
+        self.store = store
+        self.notifier = notifier
+        self.servers: dict[str, ServerRuntime] = {}
+        self.connections: set[ClientConnection] = set()
+        self._store_lock = anyio.Lock()
+        self._shutdown = anyio.Event()
+        self._connections_closed = anyio.Event()
+        self._tg: TaskGroup | None = None
+
+    @property
+    def max_frame_size(self) -> int:
+        return self.config.daemon.max_frame_size
+
+    def server(self, name: str) -> ServerRuntime:
+        try:
+            return self.servers[name]
+        except KeyError:
+            known = ", ".join(sorted(self.servers)) or "none are configured"
+            raise RpcFailure(
+                ErrorCode.UNKNOWN_SERVER, f"no server named {name!r} (configured: {known})"
+            ) from None
+
+    # --- Life cycle -------------------------------------------------------------
+
+    async def run(self, listener_socket: socket.socket) -> None:
+        listener = await SocketListener.from_socket(listener_socket)
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._handle_signals)
+            for entry in self.config.servers.values():
+                await self._start_server(entry)
+            tg.start_soon(self._accept_loop, listener)
+            log.info(
+                "ready",
+                extra={"servers": len(self.servers), "config": str(self.config.path)},
+            )
+            self.notifier.notify(ready="1", status=self._summary())
+            await self._shutdown.wait()
+            log.info("shutting down")
+            self.notifier.notify(stopping="1")
+            await listener.aclose()
+            for runtime in list(self.servers.values()):
+                runtime.stop()
+            for connection in list(self.connections):
+                connection.stop_reading()
+            with anyio.move_on_after(FLUSH_ON_SHUTDOWN_SECONDS):
+                if self.connections:
+                    await self._connections_closed.wait()
+            tg.cancel_scope.cancel()
+
+    def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+    async def _handle_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if signum != signal.SIGHUP:
+                    log.info("received signal", extra={"signal": signal.Signals(signum).name})
+                    self.request_shutdown()
+                    continue
+                try:
+                    result = await self.reload()
+                except config_mod.ConfigError as exc:
+                    log.error(
+                        "reload failed; keeping the previous configuration",
+                        extra={"error": str(exc)},
+                    )
+                    self.notifier.notify(ready="1", status=self._summary())
+                    continue
+                log.info("reloaded on SIGHUP", extra={"changes": _describe(result)})
+
+    def _summary(self) -> str:
+        counts: dict[str, int] = {}
+        for runtime in self.servers.values():
+            counts[runtime.machine.state] = counts.get(runtime.machine.state, 0) + 1
+        states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        return f"{len(self.servers)} servers" + (f": {states}" if states else "")
+
+    # --- Clients ----------------------------------------------------------------
+
+    async def _accept_loop(self, listener: SocketListener) -> None:
+        assert self._tg is not None
+        while True:
+            try:
+                stream = await listener.accept()
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+            except OSError as exc:
+                # Out of file descriptors, typically: refuse for a moment, keep serving.
+                log.error("accept failed", extra={"error": exc.strerror})
+                await anyio.sleep(ACCEPT_ERROR_PAUSE_SECONDS)
+                continue
+            self._tg.start_soon(self._serve_client, stream)
+
+    async def _serve_client(self, stream: SocketStream) -> None:
+        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        pid, uid, _gid = peer_credentials(raw)
+        if uid != os.getuid():
+            log.warning(
+                "refused a connection from another user",
+                extra={"peer_pid": pid, "peer_uid": uid},
+            )
+            await stream.aclose()
+            return
+        connection = ClientConnection(stream, self, pid)
+        self.connections.add(connection)
+        self._connections_closed = anyio.Event()
+        try:
+            await connection.serve()
+        finally:
+            self.connections.discard(connection)
+            if not self.connections:
+                self._connections_closed.set()
+
+    def _broadcast(self, server: str, event: Event) -> None:
+        for connection in list(self.connections):
+            if connection.wants(server):
+                connection.push_event(event)
+
+    def _publish(self, runtime: ServerRuntime, previous: State | None) -> None:
+        self._broadcast(runtime.name, Event("state", StateChanged(runtime.status(), previous)))
+
+    # --- Servers ----------------------------------------------------------------
+
+    async def _load_record(self, name: str, url: str) -> CredentialRecord | None:
+        return await anyio.to_thread.run_sync(self.store.load, name, url)
+
+    async def _start_server(self, entry: config_mod.ServerEntry) -> None:
+        assert self._tg is not None
+        runtime = ServerRuntime(entry, self._publish, self._load_record)
+        self.servers[entry.name] = runtime
+        await self._tg.start(runtime.run)
+
+    def _stop_server(self, name: str) -> None:
+        self.servers.pop(name).stop()
+
+    async def reload(self) -> ReloadResult:
+        """Re-read the config and apply the difference; ConfigError leaves all as it was."""
+        self.notifier.notify(reloading="1")
+        new = await anyio.to_thread.run_sync(config_mod.load, self.config.path)
+        old = self.config.servers
+        result = ReloadResult(
+            added=sorted(new.servers.keys() - old.keys()),
+            removed=sorted(old.keys() - new.servers.keys()),
+            restarted=sorted(
+                n for n in new.servers.keys() & old.keys() if new.servers[n] != old[n]
+            ),
+            unchanged=sorted(
+                n for n in new.servers.keys() & old.keys() if new.servers[n] == old[n]
+            ),
+        )
+        self.config = new
+        logs.set_level(new.daemon.log_level)
+        for name in result.removed:
+            self._stop_server(name)
+            self._broadcast(name, Event("removed", {"server": name}))
+        for name in result.restarted:
+            self._stop_server(name)
+        for name in result.restarted + result.added:
+            await self._start_server(new.servers[name])
+        self.notifier.notify(ready="1", status=self._summary())
+        return result
+
+    async def rotate_key(self) -> int:
+        async with self._store_lock:
+            count = await anyio.to_thread.run_sync(self.store.rotate_key)
+        log.info("rotated the credential key", extra={"records": count})
+        return count
+
+
+def _describe(result: ReloadResult) -> str:
+    parts = [
+        f"{label} {','.join(names)}"
+        for label, names in (
+            ("added", result.added),
+            ("removed", result.removed),
+            ("restarted", result.restarted),
+        )
+        if names
+    ]
+    return "; ".join(parts) or "no changes"

@@ -1,0 +1,119 @@
+"""The dispatch table of the control protocol: method name -> params type, handler.
+
+A handler takes the request's context and its decoded params and returns the
+result (any msgspec-encodable value) or raises `RpcFailure`. Adding a method
+is adding one entry to `METHODS`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from .config import ConfigError
+from .keys import KeyFileError
+from .protocol import (
+    PROTOCOL_VERSION,
+    EmptyParams,
+    ErrorCode,
+    HelloParams,
+    HelloResult,
+    ReloadResult,
+    RotateKeyResult,
+    StatusParams,
+    StatusResult,
+    SubscribeParams,
+)
+
+if TYPE_CHECKING:
+    from .connection import ClientConnection
+    from .daemon import Daemon
+
+
+class RpcFailure(Exception):
+    def __init__(self, code: ErrorCode, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+@dataclass
+class RequestContext:
+    daemon: Daemon
+    connection: ClientConnection
+    # Run after the response has been queued (e.g. shutdown, which must answer first).
+    after_response: list[Callable[[], None]] = field(default_factory=list)
+
+
+Handler = Callable[[RequestContext, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Method:
+    params: type[Any]
+    handler: Handler
+
+
+async def hello(ctx: RequestContext, params: HelloParams) -> HelloResult:
+    if params.protocol != PROTOCOL_VERSION:
+        newer = "mcpctl" if params.protocol > PROTOCOL_VERSION else "mcpd"
+        raise RpcFailure(
+            ErrorCode.PROTOCOL_MISMATCH,
+            f"the client speaks protocol {params.protocol} and mcpd {__version__} speaks "
+            f"protocol {PROTOCOL_VERSION}; upgrade {newer} so both are from the same release",
+            {"supported": [PROTOCOL_VERSION]},
+        )
+    return HelloResult(
+        protocol=PROTOCOL_VERSION,
+        daemon=f"mcpd {__version__}",
+        pid=os.getpid(),
+        max_frame_size=ctx.daemon.max_frame_size,
+    )
+
+
+async def status(ctx: RequestContext, params: StatusParams) -> StatusResult:
+    daemon = ctx.daemon
+    if params.server is None:
+        return StatusResult([runtime.status() for runtime in daemon.servers.values()])
+    return StatusResult([daemon.server(params.server).status()])
+
+
+async def reload(ctx: RequestContext, params: EmptyParams) -> ReloadResult:
+    try:
+        return await ctx.daemon.reload()
+    except ConfigError as exc:
+        raise RpcFailure(
+            ErrorCode.CONFIG_ERROR, f"{exc}; the previous configuration stays in use"
+        ) from None
+
+
+async def subscribe(ctx: RequestContext, params: SubscribeParams) -> StatusResult:
+    for name in params.servers or ():
+        ctx.daemon.server(name)
+    ctx.connection.subscribe(params.servers)
+    return await status(ctx, StatusParams())
+
+
+async def rotate_key(ctx: RequestContext, params: EmptyParams) -> RotateKeyResult:
+    try:
+        return RotateKeyResult(records=await ctx.daemon.rotate_key())
+    except KeyFileError as exc:
+        raise RpcFailure(ErrorCode.STORE_ERROR, str(exc)) from None
+
+
+async def shutdown(ctx: RequestContext, params: EmptyParams) -> None:
+    ctx.after_response.append(ctx.daemon.request_shutdown)
+
+
+METHODS: dict[str, Method] = {
+    "hello": Method(HelloParams, hello),
+    "status": Method(StatusParams, status),
+    "reload": Method(EmptyParams, reload),
+    "subscribe": Method(SubscribeParams, subscribe),
+    "rotate_key": Method(EmptyParams, rotate_key),
+    "shutdown": Method(EmptyParams, shutdown),
+}

@@ -1,0 +1,114 @@
+"""Where mcpd keeps things: XDG directories, with MCPD_* overrides.
+
+Standard library only: the thin clients resolve the socket path with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+APP = "mcpd"
+KEY_FILE_NAME = "mcpd.key"
+
+
+class UnsafePath(Exception):
+    """A directory or file that others could read or replace; the message says the fix."""
+
+
+def _xdg(env: Mapping[str, str], var: str, default: str) -> Path:
+    value = env.get(var, "")
+    # The XDG spec says relative values are invalid and must be ignored.
+    if value and os.path.isabs(value):
+        return Path(value)
+    return Path(env.get("HOME") or os.path.expanduser("~")) / default
+
+
+def config_dir(env: Mapping[str, str] = os.environ) -> Path:
+    return _xdg(env, "XDG_CONFIG_HOME", ".config") / APP
+
+
+def state_dir(env: Mapping[str, str] = os.environ) -> Path:
+    return _xdg(env, "XDG_STATE_HOME", ".local/state") / APP
+
+
+def config_file(env: Mapping[str, str] = os.environ) -> Path:
+    override = env.get("MCPD_CONFIG")
+    return Path(override) if override else config_dir(env) / "config.toml"
+
+
+def runtime_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """$XDG_RUNTIME_DIR/mcpd, else a per-user directory under /tmp.
+
+    /tmp is fixed rather than $TMPDIR so that a daemon and a client started
+    with different environments still meet.
+    """
+    xdg = env.get("XDG_RUNTIME_DIR", "")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / APP
+    return Path("/tmp") / f"{APP}-{os.getuid()}"  # noqa: S108 - created 0700 and checked
+
+
+def socket_path(env: Mapping[str, str] = os.environ) -> Path:
+    override = env.get("MCPD_SOCKET")
+    return Path(override) if override else runtime_dir(env) / f"{APP}.sock"
+
+
+@dataclass(frozen=True)
+class Paths:
+    config_file: Path
+    config_dir: Path
+    state_dir: Path
+    socket: Path
+
+    @property
+    def key_file(self) -> Path:
+        return self.config_dir / KEY_FILE_NAME
+
+    @property
+    def credentials_dir(self) -> Path:
+        return self.state_dir / "credentials"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state_dir / f"{APP}.lock"
+
+    @classmethod
+    def resolve(cls, env: Mapping[str, str] = os.environ, config: Path | None = None) -> Paths:
+        return cls(
+            config_file=config or config_file(env),
+            config_dir=config_dir(env),
+            state_dir=state_dir(env),
+            socket=socket_path(env),
+        )
+
+
+def check_private(path: Path, what: str, fix: str) -> None:
+    """Refuse a path that is not owned by us or is open to group or others."""
+    st = path.lstat()
+    uid = os.getuid()
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafePath(f"{what} {path} is a symbolic link; remove it so mcpd can create it")
+    if st.st_uid != uid:
+        raise UnsafePath(
+            f"{what} {path} is owned by uid {st.st_uid}, not by you (uid {uid}); "
+            f"remove it, or choose another location"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        raise UnsafePath(
+            f"{what} {path} is accessible to group or others (mode {mode:04o}); fix it with: {fix}"
+        )
+
+
+def ensure_private_dir(path: Path, what: str) -> None:
+    """Create `path` (and parents) 0700 if missing, then check it is private."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    if not path.is_dir():
+        raise UnsafePath(f"{what} {path} is not a directory; remove it")
+    check_private(path, what, f"chmod 700 {path}")

@@ -1,0 +1,209 @@
+"""The control protocol between mcpd and its clients, shared by both sides.
+
+A connection carries frames: a 4-byte big-endian length, then one msgpack
+message of that many bytes. Every message is one of four tagged structs
+(``type`` is the tag): a request, its response, an event pushed by the daemon,
+or a cancel of a request in flight. docs/protocol.md is the full reference,
+written for authors of editor plugins.
+
+This module imports only the standard library and msgspec: the thin clients
+import it, and they must start instantly.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+PROTOCOL_VERSION: Final = 1
+DEFAULT_MAX_FRAME_SIZE: Final = 16 * 1024 * 1024
+_HEADER: Final = struct.Struct(">I")
+EMPTY_MAP: Final = b"\x80"  # msgpack for {}
+HEADER_SIZE: Final = _HEADER.size
+
+
+class ErrorCode(IntEnum):
+    """Error codes of responses; the JSON-RPC ones keep their JSON-RPC meaning."""
+
+    MALFORMED_MESSAGE = -32700
+    INVALID_REQUEST = -32600
+    METHOD_NOT_FOUND = -32601
+    INVALID_PARAMS = -32602
+    INTERNAL_ERROR = -32603
+    FRAME_TOO_LARGE = 1
+    PROTOCOL_MISMATCH = 2
+    HELLO_REQUIRED = 3
+    UNKNOWN_SERVER = 4
+    CONFIG_ERROR = 5
+    CANCELLED = 6
+    STORE_ERROR = 7
+
+
+# --- Envelopes -------------------------------------------------------------
+
+
+class RpcError(msgspec.Struct, omit_defaults=True):
+    code: int
+    message: str
+    data: Any = None
+
+
+class Request(msgspec.Struct, tag="request", tag_field="type", omit_defaults=True):
+    id: int
+    method: str
+    # Kept raw until the method is known, so each method decodes its own params
+    # and a bad one gets an error naming that method's fields. Absent: {}.
+    params: msgspec.Raw = msgspec.Raw(EMPTY_MAP)
+
+
+class Response(msgspec.Struct, tag="response", tag_field="type", omit_defaults=True):
+    id: int | None
+    result: Any = None
+    error: RpcError | None = None
+
+
+class Event(msgspec.Struct, tag="event", tag_field="type", omit_defaults=True):
+    name: str
+    data: Any = None
+
+
+class Cancel(msgspec.Struct, tag="cancel", tag_field="type"):
+    id: int
+
+
+Message = Request | Response | Event | Cancel
+
+# --- Methods: params and results ------------------------------------------
+
+
+class HelloParams(msgspec.Struct):
+    protocol: int
+    client: str = ""
+
+
+class HelloResult(msgspec.Struct):
+    protocol: int
+    daemon: str
+    pid: int
+    max_frame_size: int
+
+
+class StatusParams(msgspec.Struct):
+    server: str | None = None
+
+
+class ServerStatus(msgspec.Struct):
+    """One server as status and state events show it. Times are Unix seconds."""
+
+    name: str
+    url: str
+    state: str
+    since: float
+    error: str | None = None
+    next_retry_at: float | None = None
+    access_expires_at: float | None = None
+    last_refresh_at: float | None = None
+    next_refresh_at: float | None = None
+
+
+class StatusResult(msgspec.Struct):
+    servers: list[ServerStatus]
+
+
+class ReloadResult(msgspec.Struct):
+    added: list[str]
+    removed: list[str]
+    restarted: list[str]
+    unchanged: list[str]
+
+
+class SubscribeParams(msgspec.Struct):
+    # None: every server, including ones a reload adds later.
+    servers: list[str] | None = None
+
+
+class StateChanged(msgspec.Struct):
+    """Data of the ``state`` event."""
+
+    server: ServerStatus
+    previous: str | None
+
+
+class RotateKeyResult(msgspec.Struct):
+    records: int
+
+
+class EmptyParams(msgspec.Struct):
+    pass
+
+
+T = TypeVar("T")
+
+# --- Frames ------------------------------------------------------------------
+
+
+class FrameTooLarge(ValueError):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"frame of {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class FrameDecoder:
+    """Splits a byte stream into frame bodies; sans-IO, used by both sides.
+
+    The length header is checked against the limit as soon as it is complete,
+    before any of the body is buffered.
+    """
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self._max = max_frame_size
+        self._buffer = bytearray()
+        self._expected: int | None = None
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_frame(self) -> bytes | None:
+        """The next complete frame body, or None until more bytes are fed."""
+        if self._expected is None:
+            if len(self._buffer) < HEADER_SIZE:
+                return None
+            (size,) = _HEADER.unpack_from(self._buffer)
+            if size > self._max:
+                raise FrameTooLarge(size, self._max)
+            del self._buffer[:HEADER_SIZE]
+            self._expected = size
+        if len(self._buffer) < self._expected:
+            return None
+        body = bytes(self._buffer[: self._expected])
+        del self._buffer[: self._expected]
+        self._expected = None
+        return body
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that are not yet part of a returned frame."""
+        return len(self._buffer)
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+
+
+def encode_frame(message: Message) -> bytes:
+    body = _encoder.encode(message)
+    return _HEADER.pack(len(body)) + body
+
+
+def decode_message(body: bytes) -> Message:
+    """Raises msgspec.DecodeError (bad msgpack) or msgspec.ValidationError."""
+    message: Message = _decoder.decode(body)
+    return message
+
+
+def decode_params(raw: msgspec.Raw, params_type: type[T]) -> T:
+    return msgspec.msgpack.decode(raw, type=params_type)
