@@ -105,7 +105,8 @@ def cmd_watch(client: DaemonClient, args: argparse.Namespace) -> int:
         client.request("subscribe", SubscribeParams(args.names or None)), StatusResult
     )
     if args.json:
-        _print_json(initial)
+        # JSON lines: the current status first, then one event per line.
+        print(msgspec.json.encode(initial).decode(), flush=True)
     else:
         print(render_table(initial.servers, time.time()), flush=True)
     for event in client.events():

@@ -129,7 +129,7 @@ def parse_server(name: str, raw: Any, env: Mapping[str, str]) -> ServerEntry:
 
 
 def _line_of(text: str, key: str) -> int | None:
-    pattern = re.compile(rf"^\s*(\[\s*)?{re.escape(key)}\b", re.MULTILINE)
+    pattern = re.compile(rf"^[ \t]*(\[[ \t]*)?{re.escape(key)}\b", re.MULTILINE)
     match = pattern.search(text)
     return text.count("\n", 0, match.start()) + 1 if match else None
 

@@ -231,7 +231,7 @@ def next_message(decoder: FrameDecoder) -> Message | None:
         return None
     try:
         return decode_message(body)
+    except msgspec.ValidationError as exc:  # a subclass of DecodeError: first
+        raise _ProtocolViolation(ErrorCode.INVALID_REQUEST, f"invalid message: {exc}") from None
     except msgspec.DecodeError as exc:
         raise _ProtocolViolation(ErrorCode.MALFORMED_MESSAGE, f"malformed msgpack: {exc}") from None
-    except msgspec.ValidationError as exc:
-        raise _ProtocolViolation(ErrorCode.INVALID_REQUEST, f"invalid message: {exc}") from None

@@ -92,10 +92,12 @@ async def reload(ctx: RequestContext, params: EmptyParams) -> ReloadResult:
 
 
 async def subscribe(ctx: RequestContext, params: SubscribeParams) -> StatusResult:
-    for name in params.servers or ():
-        ctx.daemon.server(name)
+    """Start state events; the result is the current status they follow from."""
+    daemon = ctx.daemon
+    names = list(daemon.servers) if params.servers is None else params.servers
+    current = [daemon.server(name).status() for name in names]
     ctx.connection.subscribe(params.servers)
-    return await status(ctx, StatusParams())
+    return StatusResult(current)
 
 
 async def rotate_key(ctx: RequestContext, params: EmptyParams) -> RotateKeyResult:

@@ -1,0 +1,231 @@
+"""The real daemon under test: a private XDG tree, the `mcpd` process,
+readiness over a real NOTIFY_SOCKET, `mcpctl` as a subprocess, raw frames."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from mcpd.protocol import (
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    HelloParams,
+    Message,
+    Request,
+    decode_message,
+    encode_frame,
+)
+
+BIN = Path(sys.executable).parent
+MCPD = str(BIN / "mcpd")
+MCPCTL = str(BIN / "mcpctl")
+READY_TIMEOUT = 15.0
+
+
+@dataclass
+class McpdEnv:
+    """A user's XDG directories and environment, private to one test."""
+
+    root: Path
+    vars: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config" / "mcpd" / "config.toml"
+
+    @property
+    def key_file(self) -> Path:
+        return self.root / "config" / "mcpd" / "mcpd.key"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state" / "mcpd"
+
+    @property
+    def credentials_dir(self) -> Path:
+        return self.state_dir / "credentials"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.root / "run" / "mcpd"
+
+    @property
+    def socket(self) -> Path:
+        return self.socket_dir / "mcpd.sock"
+
+    def write_config(self, text: str) -> None:
+        self.config_file.parent.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(text)
+
+    def mcpctl(self, *args: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [MCPCTL, *args],
+            env=self.vars,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+
+class DaemonProcess:
+    def __init__(self, env: McpdEnv, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.env = env
+        self.process = process
+        self.log_path = log_path
+        self.notifications: list[str] = []
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def mcpctl(self, *args: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+        return self.env.mcpctl(*args, timeout=timeout)
+
+    def wait_for_log(self, needle: str, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.log:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{needle!r} never appeared in the log:\n{self.log}")
+            time.sleep(0.02)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"mcpd ignored SIGTERM:\n{self.log}") from None
+        return self.process.returncode
+
+
+def launch(
+    env: McpdEnv,
+    *args: str,
+    extra_env: dict[str, str] | None = None,
+    pass_fds: tuple[int, ...] = (),
+    log_name: str = "mcpd.log",
+) -> tuple[subprocess.Popen[bytes], Path]:
+    log_path = env.root / log_name
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [MCPD, *args],
+            env={**env.vars, **(extra_env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            pass_fds=pass_fds,
+        )
+    return process, log_path
+
+
+class Notifications:
+    """A NOTIFY_SOCKET listener, as systemd's manager would have."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.received: list[str] = []
+
+    def wait_for(self, field: str, process: subprocess.Popen[bytes], log_path: Path) -> str:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            for message in self.received:
+                if field in message.split("\n"):
+                    self.received.remove(message)
+                    return message
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"mcpd exited with {process.returncode} before {field}:\n"
+                    + log_path.read_text(errors="replace")
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {field} from mcpd:\n{log_path.read_text()}")
+            self.sock.settimeout(min(remaining, 0.2))
+            try:
+                self.received.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def start_daemon(
+    env: McpdEnv,
+    *args: str,
+    extra_env: dict[str, str] | None = None,
+    pass_fds: tuple[int, ...] = (),
+) -> tuple[DaemonProcess, Notifications]:
+    notify = Notifications(env.root / f"notify-{time.monotonic_ns()}.sock")
+    process, log_path = launch(
+        env,
+        *args,
+        extra_env={"NOTIFY_SOCKET": str(notify.path), **(extra_env or {})},
+        pass_fds=pass_fds,
+    )
+    daemon = DaemonProcess(env, process, log_path)
+    daemon.notifications.append(notify.wait_for("READY=1", process, log_path))
+    return daemon, notify
+
+
+class RawClient:
+    """Frames straight onto the socket, for what mcpctl would never send."""
+
+    def __init__(self, path: Path, timeout: float = 5) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self.decoder = FrameDecoder(1 << 30)
+        self.next_id = 0
+
+    def send_bytes(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send(self, message: Message) -> None:
+        self.sock.sendall(encode_frame(message))
+
+    def request(self, method: str, params: Any = None, request_id: int | None = None) -> int:
+        self.next_id += 1
+        request = Request(request_id if request_id is not None else self.next_id, method)
+        if params is not None:
+            request.params = msgspec.Raw(msgspec.msgpack.encode(params))
+        self.send(request)
+        return request.id
+
+    def receive(self) -> Message:
+        while (body := self.decoder.next_frame()) is None:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("mcpd closed the connection")
+            self.decoder.feed(data)
+        return decode_message(body)
+
+    def hello(self) -> Any:
+        self.request("hello", HelloParams(PROTOCOL_VERSION, "tests"))
+        return self.receive()
+
+    def is_closed_by_peer(self) -> bool:
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()

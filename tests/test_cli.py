@@ -1,0 +1,139 @@
+"""mcpctl against the real daemon: status, JSON, watch, shutdown, and how it
+behaves without a daemon."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from harness import MCPCTL
+
+CONFIG = """
+[servers.linear]
+url = "https://mcp.linear.app/mcp"
+
+[servers.internal]
+url = "https://internal.example/mcp"
+headers = { Authorization = "Bearer {env:MCP_API_KEY}" }
+oauth = false
+
+[servers.github]
+url = "https://api.githubcopilot.com/mcp/"
+enabled = false
+oauth = { client_id = "Iv1.abc", scope = "repo read:org" }
+"""
+
+
+def test_status_table_and_json(mcpd_env, run_daemon):
+    mcpd_env.write_config(CONFIG)
+    mcpd_env.vars["MCP_API_KEY"] = "k"
+    run_daemon()
+    table = mcpd_env.mcpctl("status")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "STATE", "URL", "TOKEN"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["linear"][1:3] == ["connecting", "https://mcp.linear.app/mcp"]
+    assert rows["internal"][1] == "connecting"
+    assert rows["github"][1] == "disabled"
+
+    data = json.loads(mcpd_env.mcpctl("status", "--json").stdout)
+    by_name = {s["name"]: s for s in data["servers"]}
+    assert list(by_name) == ["linear", "internal", "github"]
+    assert by_name["github"]["state"] == "disabled"
+    for server in data["servers"]:
+        assert {"access_expires_at", "last_refresh_at", "next_refresh_at", "next_retry_at"} <= set(
+            server
+        )
+        assert server["error"] is None
+
+    one = json.loads(mcpd_env.mcpctl("status", "linear", "--json").stdout)
+    assert [s["name"] for s in one["servers"]] == ["linear"]
+
+
+def test_status_of_unknown_server_names_the_configured_ones(mcpd_env, run_daemon):
+    mcpd_env.write_config(CONFIG)
+    mcpd_env.vars["MCP_API_KEY"] = "k"
+    run_daemon()
+    result = mcpd_env.mcpctl("status", "nope")
+    assert result.returncode == 1
+    assert "no server named 'nope'" in result.stderr
+    assert "github, internal, linear" in result.stderr
+
+
+def test_status_with_no_servers_says_how_to_add_one(mcpd_env, run_daemon):
+    run_daemon()
+    result = mcpd_env.mcpctl("status")
+    assert result.returncode == 0
+    assert "no servers configured" in result.stdout
+
+
+def test_not_running_is_reported_quickly_with_how_to_start(mcpd_env):
+    started = time.monotonic()
+    result = mcpd_env.mcpctl("status")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert "mcpd is not running" in result.stderr
+    assert "systemctl --user enable --now mcpd.socket" in result.stderr
+    assert str(mcpd_env.socket) in result.stderr
+    assert elapsed < 1.0, f"mcpctl took {elapsed:.2f}s to say the daemon is not running"
+
+
+def test_mcpctl_never_imports_the_daemons_dependencies(mcpd_env, run_daemon):
+    mcpd_env.write_config(CONFIG)
+    mcpd_env.vars["MCP_API_KEY"] = "k"
+    run_daemon()
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", MCPCTL, "status"],
+        env=mcpd_env.vars,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    imported = {
+        line.split("|")[-1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "msgspec" in imported and "mcpd.protocol" in imported  # the check sees imports
+    heavy = {"anyio", "cryptography", "httpx", "h11", "asyncio", "mcpd.daemon", "mcpd.store"}
+    assert not imported & heavy, f"mcpctl imported {imported & heavy}"
+    assert "linear" in result.stdout
+
+
+def test_watch_prints_state_changes(mcpd_env, run_daemon):
+    mcpd_env.write_config('[servers.a]\nurl = "https://a.example/mcp"\n')
+    daemon = run_daemon()
+    watcher = subprocess.Popen(
+        [MCPCTL, "watch", "--json"], env=mcpd_env.vars, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert watcher.stdout is not None
+        initial = json.loads(watcher.stdout.readline())
+        assert [s["name"] for s in initial["servers"]] == ["a"]
+        mcpd_env.write_config('[servers.a]\nurl = "https://a.example/mcp"\nenabled = false\n')
+        assert daemon.mcpctl("reload").returncode == 0
+        event = json.loads(watcher.stdout.readline())
+        assert event["type"] == "event" and event["name"] == "state"
+        assert event["data"]["server"]["name"] == "a"
+        assert (event["data"]["previous"], event["data"]["server"]["state"]) == (
+            "connecting",
+            "disabled",
+        )
+    finally:
+        watcher.terminate()
+        watcher.wait(timeout=5)
+        watcher.stdout.close()
+
+
+def test_shutdown_stops_the_daemon_and_removes_its_socket(mcpd_env, run_daemon):
+    daemon = run_daemon()
+    assert mcpd_env.socket.exists()
+    result = daemon.mcpctl("shutdown")
+    assert result.returncode == 0, result.stderr
+    assert daemon.process.wait(timeout=10) == 0
+    assert not mcpd_env.socket.exists()
+    assert "mcpd is not running" in mcpd_env.mcpctl("status").stderr

@@ -1,0 +1,200 @@
+"""The control protocol on the real socket, with frames mcpctl would never send."""
+
+from __future__ import annotations
+
+import struct
+
+import msgspec
+import pytest
+
+from mcpd.protocol import Cancel, ErrorCode, Event, HelloParams, Response
+
+
+def _assert_error(message, code: ErrorCode, request_id=None) -> str:
+    assert isinstance(message, Response), message
+    assert message.error is not None, message
+    assert message.error.code == code, message.error
+    if request_id is not None:
+        assert message.id == request_id
+    return message.error.message
+
+
+def test_hello_reports_version_pid_and_frame_limit(run_daemon, raw_client, mcpd_env):
+    daemon = run_daemon()
+    client = raw_client(mcpd_env.socket)
+    hello = client.hello()
+    assert hello.error is None
+    assert hello.result["protocol"] == 1
+    assert hello.result["pid"] == daemon.pid
+    assert hello.result["max_frame_size"] == 16 * 1024 * 1024
+
+
+def test_protocol_mismatch_gets_a_clear_error(run_daemon, raw_client, mcpd_env):
+    run_daemon()
+    client = raw_client(mcpd_env.socket)
+    request_id = client.request("hello", HelloParams(99, "future-plugin"))
+    text = _assert_error(client.receive(), ErrorCode.PROTOCOL_MISMATCH, request_id)
+    assert "protocol 99" in text and "protocol 1" in text and "upgrade" in text
+
+
+def test_requests_before_hello_are_refused_but_the_connection_stays(
+    run_daemon, raw_client, mcpd_env
+):
+    run_daemon()
+    client = raw_client(mcpd_env.socket)
+    request_id = client.request("status")
+    _assert_error(client.receive(), ErrorCode.HELLO_REQUIRED, request_id)
+    assert client.hello().error is None
+    client.request("status")
+    assert client.receive().result == {"servers": []}
+
+
+def test_unknown_method_keeps_the_connection_open(run_daemon, raw_client, mcpd_env):
+    run_daemon()
+    client = raw_client(mcpd_env.socket)
+    client.hello()
+    request_id = client.request("frobnicate")
+    text = _assert_error(client.receive(), ErrorCode.METHOD_NOT_FOUND, request_id)
+    assert "frobnicate" in text and "status" in text
+    client.request("status")
+    assert client.receive().error is None
+
+
+def test_invalid_params_name_the_field(run_daemon, raw_client, mcpd_env):
+    run_daemon()
+    client = raw_client(mcpd_env.socket)
+    client.hello()
+    request_id = client.request("status", {"server": 42})
+    text = _assert_error(client.receive(), ErrorCode.INVALID_PARAMS, request_id)
+    assert "server" in text
+    client.request("status")
+    assert client.receive().error is None
+
+
+def test_pipelined_requests_are_all_answered_by_id(run_daemon, raw_client, mcpd_env):
+    run_daemon()
+    client = raw_client(mcpd_env.socket)
+    client.hello()
+    ids = {client.request("status") for _ in range(50)}
+    answered = {client.receive().id for _ in range(50)}
+    assert answered == ids
+
+
+@pytest.mark.parametrize(
+    ("garbage", "code"),
+    [
+        (b"\xc1", ErrorCode.MALFORMED_MESSAGE),  # 0xc1 is never valid msgpack
+        (msgspec.msgpack.encode({"type": "request", "id": "x"}), ErrorCode.INVALID_REQUEST),
+        (msgspec.msgpack.encode({"type": "bogus"}), ErrorCode.INVALID_REQUEST),
+        (msgspec.msgpack.encode([1, 2, 3]), ErrorCode.INVALID_REQUEST),
+    ],
+)
+def test_malformed_frame_gets_an_error_then_the_connection_closes(
+    run_daemon, raw_client, mcpd_env, garbage, code
+):
+    daemon = run_daemon()
+    bad = raw_client(mcpd_env.socket)
+    good = raw_client(mcpd_env.socket)
+    good.hello()
+    bad.hello()
+    bad.send_bytes(struct.pack(">I", len(garbage)) + garbage)
+    _assert_error(bad.receive(), code)
+    assert bad.is_closed_by_peer()
+    good.request("status")
+    assert good.receive().error is None
+    assert daemon.process.poll() is None
+
+
+def test_oversized_frame_is_refused_before_its_body_is_read(run_daemon, raw_client, mcpd_env):
+    mcpd_env.write_config("[daemon]\nmax_frame_size = 4096\n")
+    run_daemon()
+    client = raw_client(mcpd_env.socket)
+    assert client.hello().result["max_frame_size"] == 4096
+    # Announce 1 GiB and send none of it: the daemon must answer at once.
+    client.send_bytes(struct.pack(">I", 1 << 30))
+    text = _assert_error(client.receive(), ErrorCode.FRAME_TOO_LARGE)
+    assert "1073741824" in text and "4096" in text
+    assert client.is_closed_by_peer()
+    other = raw_client(mcpd_env.socket)
+    assert other.hello().error is None
+
+
+def test_a_client_sending_responses_or_events_is_disconnected(run_daemon, raw_client, mcpd_env):
+    run_daemon()
+    client = raw_client(mcpd_env.socket)
+    client.hello()
+    client.send(Event("state", {}))
+    _assert_error(client.receive(), ErrorCode.INVALID_REQUEST)
+    assert client.is_closed_by_peer()
+
+
+def test_duplicate_in_flight_ids_break_the_protocol(run_daemon, raw_client, mcpd_env):
+    """Two requests with one id, sent back to back while the first is in flight."""
+    run_daemon()
+    client = raw_client(mcpd_env.socket)
+    client.hello()
+    # rotate_key does file I/O in a worker thread, so it is still in flight when
+    # the second frame (sent in the same write) is read.
+    frames = b"".join(
+        _frame(
+            {"type": "request", "id": 7, "method": "rotate_key", "params": {}},
+        )
+        for _ in range(2)
+    )
+    client.send_bytes(frames)
+    replies = [client.receive(), client.receive()]
+    errors = [r for r in replies if r.error is not None]
+    assert [e.error.code for e in errors] == [ErrorCode.INVALID_REQUEST]
+    assert "already in flight" in errors[0].error.message
+
+
+def _frame(message: dict) -> bytes:
+    body = msgspec.msgpack.encode(message)
+    return struct.pack(">I", len(body)) + body
+
+
+def test_cancel_of_an_unknown_id_is_ignored(run_daemon, raw_client, mcpd_env):
+    run_daemon()
+    client = raw_client(mcpd_env.socket)
+    client.hello()
+    client.send(Cancel(12345))
+    client.request("status")
+    assert client.receive().error is None
+
+
+def test_half_a_frame_then_close_harms_nobody(run_daemon, raw_client, mcpd_env):
+    daemon = run_daemon()
+    client = raw_client(mcpd_env.socket)
+    client.send_bytes(struct.pack(">I", 100) + b"\x81")
+    client.close()
+    daemon.wait_for_log("client closed mid-frame")
+    assert raw_client(mcpd_env.socket).hello().error is None
+
+
+def test_subscribe_pushes_state_events_and_removed(run_daemon, raw_client, mcpd_env):
+    mcpd_env.write_config(
+        '[servers.a]\nurl = "https://a.example/mcp"\n[servers.b]\nurl = "https://b.example/mcp"\n'
+    )
+    daemon = run_daemon()
+    watcher = raw_client(mcpd_env.socket)
+    watcher.hello()
+    watcher.request("subscribe", {"servers": ["a"]})
+    initial = watcher.receive()
+    assert [s["name"] for s in initial.result["servers"]] == ["a"]
+    mcpd_env.write_config('[servers.b]\nurl = "https://b.example/other"\n')
+    assert daemon.mcpctl("reload").returncode == 0
+    state = watcher.receive()
+    assert isinstance(state, Event) and state.name == "state"
+    assert state.data["server"]["name"] == "a"
+    assert state.data["server"]["state"] == "disabled"
+    removed = watcher.receive()
+    assert isinstance(removed, Event)
+    assert (removed.name, removed.data) == ("removed", {"server": "a"})
+
+
+def test_subscribe_to_an_unknown_server_is_an_error(run_daemon, raw_client, mcpd_env):
+    run_daemon()
+    client = raw_client(mcpd_env.socket)
+    client.hello()
+    request_id = client.request("subscribe", {"servers": ["ghost"]})
+    _assert_error(client.receive(), ErrorCode.UNKNOWN_SERVER, request_id)
