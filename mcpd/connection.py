@@ -106,8 +106,8 @@ class ClientConnection:
             with self._scope:
                 async with self.stream, anyio.create_task_group() as tg:
                     tg.start_soon(self._write_loop)
-                    with self._read_scope:
-                        async with anyio.create_task_group() as requests:
+                    async with anyio.create_task_group() as requests:
+                        with self._read_scope:
                             await self._read_loop(requests)
                     self._outbox.close()
         except Exception:
@@ -127,6 +127,7 @@ class ClientConnection:
     async def _read_loop(self, requests: anyio.abc.TaskGroup) -> None:
         decoder = FrameDecoder(self.daemon.max_frame_size)
         while True:
+            decoder.max_frame_size = self.daemon.max_frame_size
             try:
                 data = await self.stream.receive(READ_CHUNK)
             except (anyio.EndOfStream, anyio.BrokenResourceError):
@@ -142,7 +143,7 @@ class ClientConnection:
                     "closing a client that broke the protocol",
                     extra={"peer_pid": self.peer_pid, "reason": str(violation)},
                 )
-                await self._outbox.send(encode_frame(violation.error))
+                await self._queue(encode_frame(violation.error))
                 return
 
     async def _handle(self, message: Message, requests: anyio.abc.TaskGroup) -> None:
@@ -157,10 +158,10 @@ class ClientConnection:
                 f"clients send requests and cancels, not {type(message).__name__.lower()}s",
             )
         if message.id in self._in_flight:
+            # Answered with id null: the id belongs to the request in flight.
             raise _ProtocolViolation(
                 ErrorCode.INVALID_REQUEST,
                 f"request id {message.id} is already in flight; ids must be unique",
-                message.id,
             )
         scope = anyio.CancelScope()
         self._in_flight[message.id] = scope
@@ -178,12 +179,33 @@ class ClientConnection:
         if scope.cancelled_caught:
             response = Response(request.id, error=RpcError(ErrorCode.CANCELLED, "cancelled"))
         del self._in_flight[request.id]
+        frame = encode_frame(response)
+        if len(frame) > self.daemon.max_frame_size:
+            log.error("response over the frame limit", extra={"method": request.method})
+            frame = encode_frame(
+                Response(
+                    request.id,
+                    error=RpcError(
+                        ErrorCode.FRAME_TOO_LARGE,
+                        f"the response ({len(frame)} bytes) exceeds max_frame_size "
+                        f"({self.daemon.max_frame_size}); raise [daemon] max_frame_size",
+                    ),
+                )
+            )
         try:
-            await self._outbox.send(encode_frame(response))
+            await self._queue(frame)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             return
         for action in ctx.after_response:
             action()
+
+    async def _queue(self, frame: bytes) -> None:
+        """Queue a frame now if there is room (send() would first yield and let
+        later events overtake it), else wait for room."""
+        try:
+            self._outbox.send_nowait(frame)
+        except anyio.WouldBlock:
+            await self._outbox.send(frame)
 
     async def _dispatch(self, ctx: RequestContext, request: Request) -> Response:
         method = METHODS.get(request.method)

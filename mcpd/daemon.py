@@ -41,6 +41,7 @@ class Daemon:
         self.servers: dict[str, ServerRuntime] = {}
         self.connections: set[ClientConnection] = set()
         self._store_lock = anyio.Lock()
+        self._reload_lock = anyio.Lock()
         self._shutdown = anyio.Event()
         self._connections_closed = anyio.Event()
         self._tg: TaskGroup | None = None
@@ -163,17 +164,30 @@ class Daemon:
     async def _load_record(self, name: str, url: str) -> CredentialRecord | None:
         return await anyio.to_thread.run_sync(self.store.load, name, url)
 
-    async def _start_server(self, entry: config_mod.ServerEntry) -> None:
+    async def _start_server(self, entry: config_mod.ServerEntry, *, announce: bool = False) -> None:
+        """Start a server; `announce` tells subscribers about it before its first change."""
         assert self._tg is not None
         runtime = ServerRuntime(entry, self._publish, self._load_record)
         self.servers[entry.name] = runtime
+        if announce:
+            self._broadcast(entry.name, Event("added", {"server": runtime.status()}))
         await self._tg.start(runtime.run)
 
     def _stop_server(self, name: str) -> None:
         self.servers.pop(name).stop()
 
     async def reload(self) -> ReloadResult:
-        """Re-read the config and apply the difference; ConfigError leaves all as it was."""
+        """Re-read the config and apply the difference; ConfigError leaves all as it was.
+
+        One reload at a time, and never cancelled half-way: a reload applies
+        completely or not at all.
+        """
+        async with self._reload_lock:
+            with anyio.CancelScope(shield=True):
+                result = await self._reload()
+        return result
+
+    async def _reload(self) -> ReloadResult:
         self.notifier.notify(reloading="1")
         new = await anyio.to_thread.run_sync(config_mod.load, self.config.path)
         old = self.config.servers
@@ -194,14 +208,19 @@ class Daemon:
             self._broadcast(name, Event("removed", {"server": name}))
         for name in result.restarted:
             self._stop_server(name)
-        for name in result.restarted + result.added:
+        for name in result.restarted:
             await self._start_server(new.servers[name])
+        for name in result.added:
+            await self._start_server(new.servers[name], announce=True)
         self.notifier.notify(ready="1", status=self._summary())
         return result
 
     async def rotate_key(self) -> int:
+        # Shielded: the rotation runs to its end in its thread whatever happens,
+        # so the caller learns its true outcome.
         async with self._store_lock:
-            count = await anyio.to_thread.run_sync(self.store.rotate_key)
+            with anyio.CancelScope(shield=True):
+                count = await anyio.to_thread.run_sync(self.store.rotate_key)
         log.info("rotated the credential key", extra={"records": count})
         return count
 

@@ -60,11 +60,12 @@ class Method:
 
 async def hello(ctx: RequestContext, params: HelloParams) -> HelloResult:
     if params.protocol != PROTOCOL_VERSION:
-        newer = "mcpctl" if params.protocol > PROTOCOL_VERSION else "mcpd"
+        client = params.client or "the client"
+        older = "mcpd" if params.protocol > PROTOCOL_VERSION else client
         raise RpcFailure(
             ErrorCode.PROTOCOL_MISMATCH,
-            f"the client speaks protocol {params.protocol} and mcpd {__version__} speaks "
-            f"protocol {PROTOCOL_VERSION}; upgrade {newer} so both are from the same release",
+            f"{client} speaks protocol {params.protocol} and mcpd {__version__} speaks "
+            f"protocol {PROTOCOL_VERSION}; upgrade {older} so both speak the same version",
             {"supported": [PROTOCOL_VERSION]},
         )
     return HelloResult(

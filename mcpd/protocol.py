@@ -160,7 +160,8 @@ class FrameDecoder:
     """
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
-        self._max = max_frame_size
+        # Public so that a long-lived connection follows a reloaded limit.
+        self.max_frame_size = max_frame_size
         self._buffer = bytearray()
         self._expected: int | None = None
 
@@ -173,8 +174,8 @@ class FrameDecoder:
             if len(self._buffer) < HEADER_SIZE:
                 return None
             (size,) = _HEADER.unpack_from(self._buffer)
-            if size > self._max:
-                raise FrameTooLarge(size, self._max)
+            if size > self.max_frame_size:
+                raise FrameTooLarge(size, self.max_frame_size)
             del self._buffer[:HEADER_SIZE]
             self._expected = size
         if len(self._buffer) < self._expected:
