@@ -43,7 +43,12 @@ def _write_temp(path: Path, data: bytes) -> Path:
 
 def write_private(path: Path, data: bytes) -> None:
     """Replace `path` with `data` atomically and durably."""
-    os.replace(_write_temp(path, data), path)
+    temp = _write_temp(path, data)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 

@@ -93,10 +93,29 @@ def _expand(value: Any, key: str, env: Mapping[str, str]) -> Any:
     return value
 
 
+def public_url(url: str) -> str:
+    """The URL without what may carry a secret (user info, query, fragment).
+
+    Status, errors and logs show this form: an API key in a query string or
+    `user:password@` must not travel to every client that asks for status.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    host = parts.netloc.rpartition("@")[2]
+    query = "?…" if parts.query else ""
+    return f"{parts.scheme}://{host}{parts.path}{query}" if parts.scheme else parts.path
+
+
 def _check_url(url: str) -> str | None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"url {url!r} is not an http:// or https:// URL with a host"
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        valid = False
+    if not valid:
+        return f"url {public_url(url)!r} is not an http:// or https:// URL with a host"
     return None
 
 
@@ -118,19 +137,42 @@ def parse_server(name: str, raw: Any, env: Mapping[str, str]) -> ServerEntry:
     except _MissingEnv as exc:
         return ServerEntry(name, None, f"{prefix}: {exc}", display_url)
     except msgspec.ValidationError as exc:
-        # msgspec says e.g. "Object contains unknown field `urll` - at `$.urll`";
-        # it never quotes values, so no header or secret can leak through it.
+        # msgspec names the field ("Expected `bool`, got `str` - at `$.enabled`")
+        # and quotes a value only for enum and Literal fields, which hold no secrets.
         detail = str(exc).replace("`$", f"`servers.{name}")
         return ServerEntry(name, None, f"{prefix}: {detail}", display_url)
     problem = _check_url(config.url)
     if problem:
         return ServerEntry(name, None, f"{prefix}: {problem}", display_url)
-    return ServerEntry(name, config, None, config.url)
+    return ServerEntry(name, config, None, public_url(config.url))
 
 
-def _line_of(text: str, key: str) -> int | None:
-    pattern = re.compile(rf"^[ \t]*(\[[ \t]*)?{re.escape(key)}\b", re.MULTILINE)
-    match = pattern.search(text)
+_TABLE_HEADER = re.compile(r"^[ \t]*\[", re.MULTILINE)
+
+
+def _header(name: str) -> re.Pattern[str]:
+    return re.compile(rf"^[ \t]*\[\[?[ \t]*{re.escape(name)}[ \t]*[\].]", re.MULTILINE)
+
+
+def _line_of(text: str, key: str, table: str | None) -> int | None:
+    """The line of an unknown `key` in `table` (None: the top level).
+
+    At the top level that is a [key], [key.x] or [[key]] header, or `key = ...`
+    before the first header; in a table, `key = ...` between its header and
+    the next one.
+    """
+    start, match = 0, None
+    if table is None:
+        match = _header(key).search(text)
+    else:
+        table_header = _header(table).search(text)
+        if table_header is None:
+            return None
+        start = table_header.end()
+    if match is None:
+        next_header = _TABLE_HEADER.search(text, start)
+        section = text[: next_header.start()] if next_header else text
+        match = re.compile(rf"^[ \t]*{re.escape(key)}[ \t]*=", re.MULTILINE).search(section, start)
     return text.count("\n", 0, match.start()) + 1 if match else None
 
 
@@ -143,8 +185,8 @@ def parse(text: str, path: Path, env: Mapping[str, str] = os.environ) -> Config:
     try:
         top = msgspec.convert(document, _File)
     except msgspec.ValidationError as exc:
-        unknown = re.search(r"unknown field `([^`]+)`", str(exc))
-        line = _line_of(text, unknown.group(1)) if unknown else None
+        unknown = re.search(r"unknown field `([^`]+)`(?: - at `\$\.(\w+)`)?", str(exc))
+        line = _line_of(text, unknown.group(1), unknown.group(2)) if unknown else None
         where = f"{path}:{line}" if line else str(path)
         raise ConfigError(
             f"{where}: {exc}; the top level has [daemon] and [servers.NAME] tables"

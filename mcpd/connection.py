@@ -127,7 +127,6 @@ class ClientConnection:
     async def _read_loop(self, requests: anyio.abc.TaskGroup) -> None:
         decoder = FrameDecoder(self.daemon.max_frame_size)
         while True:
-            decoder.max_frame_size = self.daemon.max_frame_size
             try:
                 data = await self.stream.receive(READ_CHUNK)
             except (anyio.EndOfStream, anyio.BrokenResourceError):
@@ -135,6 +134,7 @@ class ClientConnection:
                     log.info("client closed mid-frame", extra={"peer_pid": self.peer_pid})
                 return
             decoder.feed(data)
+            decoder.max_frame_size = self.daemon.max_frame_size  # follows reloads
             try:
                 while (message := next_message(decoder)) is not None:
                     await self._handle(message, requests)
@@ -149,7 +149,7 @@ class ClientConnection:
     async def _handle(self, message: Message, requests: anyio.abc.TaskGroup) -> None:
         if isinstance(message, Cancel):
             scope = self._in_flight.get(message.id)
-            if scope is not None:
+            if scope is not None and not scope.shield:
                 scope.cancel()
             return
         if not isinstance(message, Request):
@@ -163,7 +163,9 @@ class ClientConnection:
                 ErrorCode.INVALID_REQUEST,
                 f"request id {message.id} is already in flight; ids must be unique",
             )
-        scope = anyio.CancelScope()
+        method = METHODS.get(message.method)
+        # A method that must run to its end gets a scope that no cancel reaches.
+        scope = anyio.CancelScope(shield=method is not None and not method.cancellable)
         self._in_flight[message.id] = scope
         if message.method == "hello":
             # Inline, so that requests pipelined behind it see the greeting.

@@ -216,11 +216,8 @@ class Daemon:
         return result
 
     async def rotate_key(self) -> int:
-        # Shielded: the rotation runs to its end in its thread whatever happens,
-        # so the caller learns its true outcome.
         async with self._store_lock:
-            with anyio.CancelScope(shield=True):
-                count = await anyio.to_thread.run_sync(self.store.rotate_key)
+            count = await anyio.to_thread.run_sync(self.store.rotate_key)
         log.info("rotated the credential key", extra={"records": count})
         return count
 

@@ -56,6 +56,9 @@ Handler = Callable[[RequestContext, Any], Awaitable[Any]]
 class Method:
     params: type[Any]
     handler: Handler
+    # False for methods that must run to their end once started; a cancel of
+    # them is ignored and they answer with their real outcome.
+    cancellable: bool = True
 
 
 async def hello(ctx: RequestContext, params: HelloParams) -> HelloResult:
@@ -115,8 +118,8 @@ async def shutdown(ctx: RequestContext, params: EmptyParams) -> None:
 METHODS: dict[str, Method] = {
     "hello": Method(HelloParams, hello),
     "status": Method(StatusParams, status),
-    "reload": Method(EmptyParams, reload),
+    "reload": Method(EmptyParams, reload, cancellable=False),
     "subscribe": Method(SubscribeParams, subscribe),
-    "rotate_key": Method(EmptyParams, rotate_key),
-    "shutdown": Method(EmptyParams, shutdown),
+    "rotate_key": Method(EmptyParams, rotate_key, cancellable=False),
+    "shutdown": Method(EmptyParams, shutdown, cancellable=False),
 }

@@ -188,7 +188,8 @@ class FrameDecoder:
     @property
     def pending(self) -> int:
         """Bytes received that are not yet part of a returned frame."""
-        return len(self._buffer)
+        header = HEADER_SIZE if self._expected is not None else 0
+        return len(self._buffer) + header
 
 
 _encoder = msgspec.msgpack.Encoder()

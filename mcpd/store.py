@@ -115,7 +115,7 @@ class CredentialStore:
         if record.url != url:
             log.warning(
                 "stored credentials were issued for another URL; not using them",
-                extra={"server": server, "stored_url": record.url, "url": url},
+                extra={"server": server},
             )
             return None
         return record

@@ -98,7 +98,8 @@ def test_mcpctl_never_imports_the_daemons_dependencies(mcpd_env, run_daemon):
         for line in result.stderr.splitlines()
         if line.startswith("import time:") and "|" in line
     }
-    assert "msgspec" in imported and "mcpd.protocol" in imported  # the check sees imports
+    assert "msgspec" in imported
+    assert "mcpd.protocol" in imported
     heavy = {"anyio", "cryptography", "httpx", "h11", "asyncio", "mcpd.daemon", "mcpd.store"}
     assert not imported & heavy, f"mcpctl imported {imported & heavy}"
     assert "linear" in result.stdout
@@ -117,7 +118,8 @@ def test_watch_prints_state_changes(mcpd_env, run_daemon):
         mcpd_env.write_config('[servers.a]\nurl = "https://a.example/mcp"\nenabled = false\n')
         assert daemon.mcpctl("reload").returncode == 0
         event = json.loads(watcher.stdout.readline())
-        assert event["type"] == "event" and event["name"] == "state"
+        assert event["type"] == "event"
+        assert event["name"] == "state"
         assert event["data"]["server"]["name"] == "a"
         assert (event["data"]["previous"], event["data"]["server"]["state"]) == (
             "connecting",

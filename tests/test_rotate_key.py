@@ -41,7 +41,8 @@ def _check_store(env, tokens: dict[str, str]) -> int:
     store = CredentialStore(env.credentials_dir, keyring)
     for name in SERVERS:
         record = store.load(name, f"https://{name}.example/mcp")
-        assert record is not None and record.tokens is not None
+        assert record is not None
+        assert record.tokens is not None
         assert record.tokens.access_token == tokens[name]
     return len(keyring.keys)
 

@@ -197,7 +197,9 @@ def test_missing_key_with_records_refuses_to_start_and_creates_no_key(mcpd_env):
     process, log = launch(mcpd_env)
     assert _wait_exit(process) == 1
     text = log.read_text()
-    assert "key file" in text and "is missing" in text and "1 encrypted credential" in text
+    assert "key file" in text
+    assert "is missing" in text
+    assert "1 encrypted credential" in text
     assert not mcpd_env.key_file.exists()
 
 
@@ -230,7 +232,8 @@ def test_tampered_record_moves_aside_and_only_that_server_needs_auth(mcpd_env, r
     assert servers["b"]["access_expires_at"] == expires
     assert not record_a.exists()
     moved = list(mcpd_env.credentials_dir.glob("a.cred.unreadable-*"))
-    assert len(moved) == 1 and moved[0].read_bytes() == bytes(data)
+    assert len(moved) == 1
+    assert moved[0].read_bytes() == bytes(data)
 
 
 def test_no_secret_reaches_the_log_or_the_cli(mcpd_env, run_daemon):
@@ -240,7 +243,11 @@ def test_no_secret_reaches_the_log_or_the_cli(mcpd_env, run_daemon):
         "access": "access-token-1234abcd",
         "refresh": "refresh-token-5678efgh",
         "registered_secret": "dcr-secret-4242",
+        "url_query": "url-query-key-77aa",
+        "url_password": "url-password-88bb",
     }
+    mcpd_env.vars["URL_KEY"] = secrets["url_query"]
+    mcpd_env.vars["URL_PASSWORD"] = secrets["url_password"]
     mcpd_env.vars["MCP_API_KEY"] = secrets["header"]
     mcpd_env.vars["GH_SECRET"] = secrets["client_secret"]
     mcpd_env.write_config(
@@ -253,6 +260,12 @@ oauth = false
 [servers.github]
 url = "https://api.githubcopilot.com/mcp/"
 oauth = { client_id = "Iv1.abc", client_secret = "{env:GH_SECRET}", scope = "repo" }
+
+[servers.keyed]
+url = "https://me:{env:URL_PASSWORD}@keyed.example/mcp?key={env:URL_KEY}"
+
+[servers.keyed_bad]
+url = "htps://keyed.example/mcp?key={env:URL_KEY}"
 
 [servers.broken]
 url = "https://broken.example/mcp"
@@ -284,11 +297,13 @@ headers = { Authorization = "Bearer {env:UNSET_VARIABLE}", X = 1 }
         daemon.mcpctl("status", "github", "--json"),
     ]
     assert all(o.returncode == 0 for o in outputs), [o.stderr for o in outputs]
+    assert "https://keyed.example/mcp?…" in outputs[0].stdout
     os.kill(daemon.pid, 1)  # SIGHUP
     daemon.wait_for_log("reloaded on SIGHUP")
     key = mcpd_env.key_file.read_text().strip()
     assert daemon.stop() == 0
     seen = daemon.log + "".join(o.stdout + o.stderr for o in outputs)
-    assert "state changed" in seen and "rotated the credential key" in seen
+    assert "state changed" in seen
+    assert "rotated the credential key" in seen
     for name, value in [*secrets.items(), ("key", key)]:
         assert value not in seen, f"the {name} leaked"

@@ -64,7 +64,8 @@ def test_socket_activation_serves_a_client_that_connected_before_start(mcpd_env)
     try:
         notify.wait_for("READY=1", daemon.process, daemon.log_path)
         reply = early.receive()
-        assert reply.error is None and reply.result["pid"] == daemon.pid
+        assert reply.error is None
+        assert reply.result["pid"] == daemon.pid
         mcpd_env.vars["MCPD_SOCKET"] = str(activation_path)
         assert daemon.mcpctl("status").returncode == 0
         # It used the inherited socket and bound none of its own.
@@ -163,7 +164,8 @@ def test_unit_files_pass_systemd_analyze_verify(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
     service = (REPO / "systemd" / "mcpd.service").read_text()
-    assert "Type=notify" in service and "UMask=0077" in service
+    assert "Type=notify" in service
+    assert "UMask=0077" in service
     socket_unit = (REPO / "systemd" / "mcpd.socket").read_text()
     for line in ("ListenStream=%t/mcpd/mcpd.sock", "SocketMode=0600", "DirectoryMode=0700"):
         assert line in socket_unit

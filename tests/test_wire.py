@@ -33,8 +33,15 @@ def test_protocol_mismatch_gets_a_clear_error(run_daemon, raw_client, mcpd_env):
     run_daemon()
     client = raw_client(mcpd_env.socket)
     request_id = client.request("hello", HelloParams(99, "future-plugin"))
-    text = _assert_error(client.receive(), ErrorCode.PROTOCOL_MISMATCH, request_id)
-    assert "protocol 99" in text and "protocol 1" in text and "upgrade" in text
+    reply = client.receive()
+    text = _assert_error(reply, ErrorCode.PROTOCOL_MISMATCH, request_id)
+    assert "future-plugin speaks protocol 99" in text
+    assert "protocol 1" in text
+    assert "upgrade mcpd" in text  # the daemon is the older side
+    assert reply.error.data == {"supported": [1]}
+    client.request("hello", HelloParams(0, "old-plugin"))
+    assert "upgrade old-plugin" in client.receive().error.message
+    assert client.hello().error is None  # still open, and a right hello succeeds
 
 
 def test_requests_before_hello_are_refused_but_the_connection_stays(
@@ -55,7 +62,8 @@ def test_unknown_method_keeps_the_connection_open(run_daemon, raw_client, mcpd_e
     client.hello()
     request_id = client.request("frobnicate")
     text = _assert_error(client.receive(), ErrorCode.METHOD_NOT_FOUND, request_id)
-    assert "frobnicate" in text and "status" in text
+    assert "frobnicate" in text
+    assert "status" in text
     client.request("status")
     assert client.receive().error is None
 
@@ -113,7 +121,8 @@ def test_oversized_frame_is_refused_before_its_body_is_read(run_daemon, raw_clie
     # Announce 1 GiB and send none of it: the daemon must answer at once.
     client.send_bytes(struct.pack(">I", 1 << 30))
     text = _assert_error(client.receive(), ErrorCode.FRAME_TOO_LARGE)
-    assert "1073741824" in text and "4096" in text
+    assert "1073741824" in text
+    assert "4096" in text
     assert client.is_closed_by_peer()
     other = raw_client(mcpd_env.socket)
     assert other.hello().error is None
@@ -144,8 +153,10 @@ def test_duplicate_in_flight_ids_break_the_protocol(run_daemon, raw_client, mcpd
     client.send_bytes(frames)
     replies = [client.receive(), client.receive()]
     errors = [r for r in replies if r.error is not None]
-    assert [e.error.code for e in errors] == [ErrorCode.INVALID_REQUEST]
+    assert [(e.id, e.error.code) for e in errors] == [(None, ErrorCode.INVALID_REQUEST)]
     assert "already in flight" in errors[0].error.message
+    # The request in flight still gets its own, single answer.
+    assert [r.id for r in replies if r.error is None] == [7]
 
 
 def _frame(message: dict) -> bytes:
@@ -184,12 +195,35 @@ def test_subscribe_pushes_state_events_and_removed(run_daemon, raw_client, mcpd_
     mcpd_env.write_config('[servers.b]\nurl = "https://b.example/other"\n')
     assert daemon.mcpctl("reload").returncode == 0
     state = watcher.receive()
-    assert isinstance(state, Event) and state.name == "state"
+    assert isinstance(state, Event)
+    assert state.name == "state"
     assert state.data["server"]["name"] == "a"
     assert state.data["server"]["state"] == "disabled"
     removed = watcher.receive()
     assert isinstance(removed, Event)
     assert (removed.name, removed.data) == ("removed", {"server": "a"})
+
+
+def test_an_added_server_is_announced_before_its_first_state_change(
+    run_daemon, raw_client, mcpd_env
+):
+    daemon = run_daemon()
+    watcher = raw_client(mcpd_env.socket)
+    watcher.hello()
+    watcher.request("subscribe")
+    assert watcher.receive().result == {"servers": []}
+    mcpd_env.write_config(
+        '[servers.on]\nurl = "https://on.example/mcp"\n'
+        '[servers.off]\nurl = "https://off.example/mcp"\nenabled = false\n'
+    )
+    assert daemon.mcpctl("reload").returncode == 0
+    events = [watcher.receive() for _ in range(3)]
+    summary = [(e.name, e.data["server"]["name"], e.data["server"]["state"]) for e in events]
+    assert summary == [
+        ("added", "off", "disabled"),
+        ("added", "on", "disabled"),
+        ("state", "on", "connecting"),
+    ]
 
 
 def test_subscribe_to_an_unknown_server_is_an_error(run_daemon, raw_client, mcpd_env):
@@ -198,3 +232,49 @@ def test_subscribe_to_an_unknown_server_is_an_error(run_daemon, raw_client, mcpd
     client.hello()
     request_id = client.request("subscribe", {"servers": ["ghost"]})
     _assert_error(client.receive(), ErrorCode.UNKNOWN_SERVER, request_id)
+
+
+def test_a_response_over_the_frame_limit_becomes_an_error(run_daemon, raw_client, mcpd_env):
+    servers = "".join(f'[servers.s{i}]\nurl = "https://s{i}.example/mcp"\n' for i in range(40))
+    mcpd_env.write_config("[daemon]\nmax_frame_size = 1024\n" + servers)
+    run_daemon()
+    client = raw_client(mcpd_env.socket)
+    client.hello()
+    request_id = client.request("status")
+    text = _assert_error(client.receive(), ErrorCode.FRAME_TOO_LARGE, request_id)
+    assert "max_frame_size" in text
+    client.request("status", {"server": "s1"})
+    assert client.receive().result["servers"][0]["name"] == "s1"
+
+
+def test_a_reloaded_frame_limit_applies_to_open_connections(run_daemon, raw_client, mcpd_env):
+    run_daemon()
+    client = raw_client(mcpd_env.socket)
+    client.hello()
+    mcpd_env.write_config("[daemon]\nmax_frame_size = 2048\n")
+    client.request("reload")
+    assert client.receive().error is None
+    client.send_bytes(struct.pack(">I", 4096))
+    _assert_error(client.receive(), ErrorCode.FRAME_TOO_LARGE)
+
+
+def test_a_cancelled_reload_still_applies_completely(run_daemon, raw_client, mcpd_env):
+    """The cancel is sent in the same write as the reload, so it arrives while
+    the config file is being read in a worker thread."""
+    daemon = run_daemon()
+    servers = "".join(f'[servers.s{i}]\nurl = "https://s{i}.example/mcp"\n' for i in range(300))
+    mcpd_env.write_config(servers)
+    client = raw_client(mcpd_env.socket)
+    client.hello()
+    client.send_bytes(
+        _frame({"type": "request", "id": 5, "method": "reload"})
+        + _frame({"type": "cancel", "id": 5})
+    )
+    reply = client.receive()
+    assert reply.id == 5
+    assert reply.error is None, reply.error
+    assert len(reply.result["added"]) == 300
+    client.request("status")
+    assert len(client.receive().result["servers"]) == 300
+    mcpd_env.write_config("")
+    assert daemon.mcpctl("reload").stdout.startswith("reloaded; removed: s0, s1")
