@@ -43,6 +43,12 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     headers: dict[str, str] = {}
     # None: OAuth when the server asks for it; False: never; settings: always.
     oauth: bool | OAuthSettings | None = None
+    # "shared": one upstream session for every editor; "per-client": one each.
+    session: Literal["shared", "per-client"] = "shared"
+    # Seconds to wait for a server's response headers (and for initialize).
+    timeout: float = 30.0
+    # TLS verification: True, False (internal servers only), or a CA bundle path.
+    verify: bool | str = True
 
 
 class DaemonSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

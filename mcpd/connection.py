@@ -10,6 +10,7 @@ daemon: `serve` logs it and returns.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import struct
@@ -30,6 +31,7 @@ from .protocol import (
     Message,
     Request,
     Response,
+    Rpc,
     RpcError,
     decode_message,
     decode_params,
@@ -38,10 +40,14 @@ from .protocol import (
 
 if TYPE_CHECKING:
     from .daemon import Daemon
+    from .server import ServerRuntime
 
 log = logging.getLogger(__name__)
 
+# Frames waiting for a slow client. An attached editor gets more room: a burst
+# of progress notifications must not cost it its connection.
 OUTBOX_FRAMES = 256
+ATTACHED_OUTBOX_FRAMES = 4096
 READ_CHUNK = 65536
 _UCRED = struct.Struct("3i")
 
@@ -67,7 +73,11 @@ class ClientConnection:
         self.greeted = False
         self.subscription: frozenset[str] | None = None
         self.subscribed = False
-        send, self._outbox_receive = anyio.create_memory_object_stream[bytes](OUTBOX_FRAMES)
+        self.attached: ServerRuntime | None = None
+        self.editor_id = 0
+        send, self._outbox_receive = anyio.create_memory_object_stream[bytes](
+            ATTACHED_OUTBOX_FRAMES
+        )
         self._outbox: MemoryObjectSendStream[bytes] = send
         self._in_flight: dict[int, anyio.CancelScope] = {}
         self._scope = anyio.CancelScope()
@@ -82,18 +92,39 @@ class ClientConnection:
     def wants(self, server: str) -> bool:
         return self.subscribed and (self.subscription is None or server in self.subscription)
 
+    def attach(self, runtime: ServerRuntime, replay: bytes | None) -> None:
+        if self.attached is not None:
+            raise RpcFailure(
+                ErrorCode.INVALID_REQUEST,
+                f"this connection is attached to {self.attached.name!r} already; "
+                "open another connection for another server",
+            )
+        self.editor_id = self.daemon.new_editor_id()
+        self.attached = runtime
+        runtime.attach(self.editor_id, self._push_rpc, replay)
+
+    def _push_rpc(self, data: bytes) -> None:
+        self._push(encode_frame(Rpc(data)), "its editor's messages", ATTACHED_OUTBOX_FRAMES)
+
     def push_event(self, event: Event) -> None:
-        """Queue an event without waiting; a client that is not reading is dropped."""
-        try:
-            self._outbox.send_nowait(encode_frame(event))
-        except anyio.WouldBlock:
+        limit = ATTACHED_OUTBOX_FRAMES if self.attached is not None else OUTBOX_FRAMES
+        self._push(encode_frame(event), "its events", limit)
+
+    def _push(self, frame: bytes, what: str, limit: int) -> None:
+        """Queue a frame without waiting; a client that is not reading is dropped."""
+        if self._outbox.statistics().current_buffer_used >= limit:
             log.warning(
-                "disconnecting a client that does not read its events",
+                f"disconnecting a client that does not read {what}",
                 extra={"peer_pid": self.peer_pid},
             )
             self._scope.cancel()
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
+            return
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._outbox.send_nowait(frame)
+
+    def close(self) -> None:
+        """Drop the connection now (its server was removed or restarted)."""
+        self._scope.cancel()
 
     def stop_reading(self) -> None:
         """Finish what is in flight, flush the responses, then close."""
@@ -114,6 +145,8 @@ class ClientConnection:
             log.exception("client connection failed", extra={"peer_pid": self.peer_pid})
         finally:
             self._outbox.close()
+            if self.attached is not None:
+                self.attached.detach(self.editor_id)
 
     async def _write_loop(self) -> None:
         try:
@@ -147,6 +180,14 @@ class ClientConnection:
                 return
 
     async def _handle(self, message: Message, requests: anyio.abc.TaskGroup) -> None:
+        if isinstance(message, Rpc):
+            if self.attached is None:
+                raise _ProtocolViolation(
+                    ErrorCode.NOT_ATTACHED, "rpc messages need an attach request first"
+                )
+            # Inline: the editor's messages reach the server in the order sent.
+            await self.attached.from_editor(self.editor_id, message.data)
+            return
         if isinstance(message, Cancel):
             scope = self._in_flight.get(message.id)
             if scope is not None and not scope.shield:

@@ -8,6 +8,7 @@ flush their last responses for a moment, then cancels the group.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -45,10 +46,14 @@ class Daemon:
         self._shutdown = anyio.Event()
         self._connections_closed = anyio.Event()
         self._tg: TaskGroup | None = None
+        self._editor_ids = itertools.count(1)
 
     @property
     def max_frame_size(self) -> int:
         return self.config.daemon.max_frame_size
+
+    def new_editor_id(self) -> int:
+        return next(self._editor_ids)
 
     def server(self, name: str) -> ServerRuntime:
         try:
@@ -167,14 +172,21 @@ class Daemon:
     async def _start_server(self, entry: config_mod.ServerEntry, *, announce: bool = False) -> None:
         """Start a server; `announce` tells subscribers about it before its first change."""
         assert self._tg is not None
-        runtime = ServerRuntime(entry, self._publish, self._load_record)
+        # Room for the rpc envelope around the largest message a server may send.
+        max_message_size = self.max_frame_size - 64
+        runtime = ServerRuntime(entry, self._publish, self._load_record, max_message_size)
         self.servers[entry.name] = runtime
         if announce:
             self._broadcast(entry.name, Event("added", {"server": runtime.status()}))
         await self._tg.start(runtime.run)
 
     def _stop_server(self, name: str) -> None:
-        self.servers.pop(name).stop()
+        runtime = self.servers.pop(name)
+        runtime.stop()
+        # Attached editors' bridges reconnect and attach to what replaces it.
+        for connection in list(self.connections):
+            if connection.attached is runtime:
+                connection.close()
 
     async def reload(self) -> ReloadResult:
         """Re-read the config and apply the difference; ConfigError leaves all as it was.

@@ -17,16 +17,23 @@ from .config import ConfigError
 from .keys import KeyFileError
 from .protocol import (
     PROTOCOL_VERSION,
+    AttachParams,
+    AttachResult,
+    CallParams,
     EmptyParams,
     ErrorCode,
     HelloParams,
     HelloResult,
     ReloadResult,
     RotateKeyResult,
+    ServerParams,
     StatusParams,
     StatusResult,
     SubscribeParams,
+    ToolsResult,
 )
+from .server import Unavailable
+from .upstream.session import RequestFailed
 
 if TYPE_CHECKING:
     from .connection import ClientConnection
@@ -115,6 +122,43 @@ async def shutdown(ctx: RequestContext, params: EmptyParams) -> None:
     ctx.after_response.append(ctx.daemon.request_shutdown)
 
 
+async def attach(ctx: RequestContext, params: AttachParams) -> AttachResult:
+    """From now on this connection carries the editor's MCP session (rpc messages)."""
+    runtime = ctx.daemon.server(params.server)
+    ctx.connection.attach(runtime, params.replay)
+    return AttachResult(runtime.status())
+
+
+async def _upstream(runtime_request: Any) -> Any:
+    try:
+        return await runtime_request
+    except Unavailable as exc:
+        raise RpcFailure(ErrorCode.SERVER_UNAVAILABLE, str(exc)) from None
+    except RequestFailed as exc:
+        raise RpcFailure(ErrorCode.UPSTREAM_ERROR, f"the server answered: {exc}") from None
+
+
+async def tools(ctx: RequestContext, params: ServerParams) -> ToolsResult:
+    runtime = ctx.daemon.server(params.server)
+    listed: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        page = await _upstream(
+            runtime.request("tools/list", {"cursor": cursor} if cursor else None)
+        )
+        listed += [tool for tool in page.get("tools", []) if isinstance(tool, dict)]
+        cursor = page.get("nextCursor")
+        if not isinstance(cursor, str) or not cursor:
+            return ToolsResult(listed)
+
+
+async def call(ctx: RequestContext, params: CallParams) -> Any:
+    runtime = ctx.daemon.server(params.server)
+    arguments = {"name": params.tool, "arguments": params.arguments}
+    # No time limit of the daemon's: a tool may run long; the client cancels.
+    return await _upstream(runtime.request("tools/call", arguments, timeout=0))
+
+
 METHODS: dict[str, Method] = {
     "hello": Method(HelloParams, hello),
     "status": Method(StatusParams, status),
@@ -122,4 +166,7 @@ METHODS: dict[str, Method] = {
     "subscribe": Method(SubscribeParams, subscribe),
     "rotate_key": Method(EmptyParams, rotate_key, cancellable=False),
     "shutdown": Method(EmptyParams, shutdown, cancellable=False),
+    "attach": Method(AttachParams, attach),
+    "tools": Method(ServerParams, tools),
+    "call": Method(CallParams, call),
 }

@@ -1,10 +1,11 @@
 """The control protocol between mcpd and its clients, shared by both sides.
 
 A connection carries frames: a 4-byte big-endian length, then one msgpack
-message of that many bytes. Every message is one of four tagged structs
+message of that many bytes. Every message is one of five tagged structs
 (``type`` is the tag): a request, its response, an event pushed by the daemon,
-or a cancel of a request in flight. docs/protocol.md is the full reference,
-written for authors of editor plugins.
+a cancel of a request in flight, or (on a connection attached to a server)
+one raw JSON-RPC message of the MCP session. docs/protocol.md is the full
+reference, written for authors of editor plugins.
 
 This module imports only the standard library and msgspec: the thin clients
 import it, and they must start instantly.
@@ -40,6 +41,9 @@ class ErrorCode(IntEnum):
     CONFIG_ERROR = 5
     CANCELLED = 6
     STORE_ERROR = 7
+    SERVER_UNAVAILABLE = 8
+    UPSTREAM_ERROR = 9
+    NOT_ATTACHED = 10
 
 
 # --- Envelopes -------------------------------------------------------------
@@ -74,7 +78,13 @@ class Cancel(msgspec.Struct, tag="cancel", tag_field="type"):
     id: int
 
 
-Message = Request | Response | Event | Cancel
+class Rpc(msgspec.Struct, tag="rpc", tag_field="type"):
+    """One JSON-RPC message of an attached MCP session, as UTF-8 JSON bytes."""
+
+    data: bytes
+
+
+Message = Request | Response | Event | Cancel | Rpc
 
 # --- Methods: params and results ------------------------------------------
 
@@ -138,6 +148,31 @@ class RotateKeyResult(msgspec.Struct):
 
 class EmptyParams(msgspec.Struct):
     pass
+
+
+class ServerParams(msgspec.Struct):
+    server: str
+
+
+class AttachParams(msgspec.Struct):
+    server: str
+    # On a re-attach (after the daemon restarted, say): the editor's original
+    # initialize request, so the daemon knows the editor without answering it again.
+    replay: bytes | None = None
+
+
+class AttachResult(msgspec.Struct):
+    server: ServerStatus
+
+
+class ToolsResult(msgspec.Struct):
+    tools: list[dict[str, Any]]
+
+
+class CallParams(msgspec.Struct):
+    server: str
+    tool: str
+    arguments: dict[str, Any] = {}
 
 
 T = TypeVar("T")

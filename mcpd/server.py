@@ -1,37 +1,121 @@
-"""One configured server at run time: its state machine and the task driving it.
+"""One configured server at run time: its state, its session, its editors.
 
 The daemon starts a `ServerRuntime` per config entry in its own task group and
-stops it by cancelling the runtime's scope; whatever the server does (loading
-its credentials today; connecting, authorizing and refreshing as the upstream
-client arrives) happens inside `run` and ends with it.
+stops it by cancelling the runtime's scope. Inside, the runtime keeps the
+upstream session alive: it connects, serves until the connection fails,
+reports `failed` with the next retry time, waits (exponential backoff with
+jitter), and tries again. Editors attach to the runtime, not to a connection,
+so they stay attached while the server comes and goes.
+
+With `session = "per-client"` every editor gets a session of its own, opened
+with that editor's own initialize parameters and kept the same way; the
+runtime's own session still serves `mcpctl tools`/`call` and the status.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
-from anyio.abc import TaskStatus
+import httpx
+from anyio.abc import TaskGroup, TaskStatus
 
 from .config import ServerEntry
 from .protocol import ServerStatus
 from .states import Event, ServerStateMachine, State
 from .store import CredentialRecord, UnreadableRecord
+from .upstream import jsonrpc
+from .upstream.mux import EditorId
+from .upstream.session import EditorSink, UpstreamSession
+from .upstream.transport import AuthorizationRequired, UpstreamError, describe
 
 log = logging.getLogger(__name__)
 
 StateListener = Callable[["ServerRuntime", State], None]
 RecordLoader = Callable[[str, str], Awaitable[CredentialRecord | None]]
 
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_CAP_SECONDS = 60.0
+
+
+def backoff_delay(attempt: int, rng: Callable[[], float] = random.random) -> float:
+    """Exponential, capped, with full jitter over the upper half of the interval."""
+    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempt - 1))
+    return float(ceiling * (0.5 + rng() / 2))
+
+
+class Unavailable(Exception):
+    """The server cannot take requests now; the message says why and what fixes it."""
+
+
+class SessionKeeper:
+    """Keeps one upstream session connected: connect, serve, back off, repeat."""
+
+    def __init__(
+        self,
+        session: UpstreamSession,
+        on_connected: Callable[[], None],
+        on_lost: Callable[[BaseException, float | None], None],
+    ) -> None:
+        self.session = session
+        self._on_connected = on_connected
+        self._on_lost = on_lost
+        self.connected = anyio.Event()
+
+    async def run(self) -> None:
+        attempt = 0
+        while True:
+            failure: BaseException
+            async with anyio.create_task_group() as tg:
+                try:
+                    await self.session.open(tg)
+                except (UpstreamError, httpx.HTTPError, TimeoutError, OSError) as exc:
+                    failure = exc
+                else:
+                    attempt = 0
+                    self.connected.set()
+                    self._on_connected()
+                    failure = await self.session.serve()
+                tg.cancel_scope.cancel()
+            was_connected = self.connected.is_set()
+            self.connected = anyio.Event()
+            self.session.lost(describe(failure))
+            if was_connected and not isinstance(failure, AuthorizationRequired):
+                self._on_lost(failure, None)  # reconnect at once, once
+                continue
+            attempt += 1
+            delay = backoff_delay(attempt)
+            self._on_lost(failure, time.time() + delay)
+            await anyio.sleep(delay)
+
+    async def close(self) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await self.session.close()
+
 
 class ServerRuntime:
-    def __init__(self, entry: ServerEntry, on_change: StateListener, load_record: RecordLoader):
+    def __init__(
+        self,
+        entry: ServerEntry,
+        on_change: StateListener,
+        load_record: RecordLoader,
+        max_message_size: int,
+    ):
         self.entry = entry
         self.record: CredentialRecord | None = None
         self._load_record = load_record
         self._on_change = on_change
+        self._max_message_size = max_message_size
         self._scope: anyio.CancelScope | None = None
+        self._tg: TaskGroup | None = None
+        self._client: httpx.AsyncClient | None = None
+        self.keeper: SessionKeeper | None = None
+        self._per_client: dict[EditorId, SessionKeeper] = {}
+        self._sinks: dict[EditorId, EditorSink] = {}
         self.machine = ServerStateMachine(self._changed)
 
     @property
@@ -63,6 +147,8 @@ class ServerRuntime:
             last_refresh_at=self.record.last_refresh_at if self.record else None,
         )
 
+    # --- Life -----------------------------------------------------------------------
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.CancelScope() as scope:
             self._scope = scope
@@ -70,18 +156,223 @@ class ServerRuntime:
             config = self.entry.config
             if config is None:
                 self.machine.handle(Event.MISCONFIGURED, error=self.entry.error)
-            elif config.enabled:
-                self.machine.handle(Event.START)
+                await anyio.sleep_forever()
+            assert config is not None
+            if not config.enabled:
+                await anyio.sleep_forever()
+            self.machine.handle(Event.START)
+            try:
+                self.record = await self._load_record(self.name, config.url)
+            except UnreadableRecord as exc:
+                self.machine.handle(Event.AUTH_REQUIRED, error=str(exc))
+                await anyio.sleep_forever()
+            async with (
+                httpx.AsyncClient(
+                    verify=config.verify,
+                    timeout=httpx.Timeout(config.timeout, read=None),
+                    follow_redirects=False,
+                ) as client,
+                anyio.create_task_group() as tg,
+            ):
+                self._client, self._tg = client, tg
+                self.keeper = self._keeper(None, self._connected, self._lost)
                 try:
-                    self.record = await self._load_record(self.name, config.url)
-                except UnreadableRecord as exc:
-                    self.machine.handle(Event.AUTH_REQUIRED, error=str(exc))
-            # The upstream connection is not part of this release: the server
-            # stays where it is until it is stopped.
-            await anyio.sleep_forever()
+                    await self.keeper.run()
+                finally:
+                    for keeper in [self.keeper, *self._per_client.values()]:
+                        await keeper.close()
+
+    def _keeper(
+        self,
+        initialize_params: dict[str, Any] | None,
+        on_connected: Callable[[], None],
+        on_lost: Callable[[BaseException, float | None], None],
+    ) -> SessionKeeper:
+        assert self._client is not None
+        assert self.entry.config is not None
+        session = UpstreamSession(
+            self.name, self.entry.config, self._client, self._max_message_size, initialize_params
+        )
+        return SessionKeeper(session, on_connected, on_lost)
+
+    def _connected(self) -> None:
+        if self.machine.state is not State.CONNECTED:
+            self.machine.handle(Event.CONNECTED)
+
+    def _lost(self, failure: BaseException, retry_at: float | None) -> None:
+        reason = describe(failure)
+        state = self.machine.state
+        if isinstance(failure, AuthorizationRequired):
+            config = self.entry.config
+            static = config is not None and any(
+                k.lower() == "authorization" for k in config.headers
+            )
+            if static and (config is None or config.oauth is None):
+                self.machine.handle(
+                    Event.ERROR,
+                    error="the server refused the configured credentials (HTTP 401): "
+                    "check the Authorization header in the config",
+                    retry_at=retry_at,
+                )
+            elif state is not State.NEEDS_AUTH:
+                self.machine.handle(
+                    Event.AUTH_REQUIRED,
+                    error="the server requires authorization (HTTP 401); "
+                    "OAuth sign-in is not available in this version of mcpd",
+                )
+            return
+        if retry_at is None and state is State.CONNECTED:
+            log.info("connection lost; reconnecting", extra={"server": self.name, "error": reason})
+            self.machine.handle(Event.CONNECTION_LOST)
+            return
+        if state is State.FAILED or state in (State.CONNECTING, State.CONNECTED):
+            self.machine.handle(Event.ERROR, error=reason, retry_at=retry_at)
+            self._retry_later(retry_at)
+
+    def _retry_later(self, retry_at: float | None) -> None:
+        """The keeper sleeps until `retry_at`; mark the server connecting when it wakes."""
+        if retry_at is None or self._tg is None:
+            return
+
+        async def mark_retry() -> None:
+            await anyio.sleep(max(0.0, retry_at - time.time()))
+            if self.machine.state is State.FAILED and self.machine.next_retry_at == retry_at:
+                self.machine.handle(Event.RETRY)
+
+        self._tg.start_soon(mark_retry)
 
     def stop(self) -> None:
         if self._scope is not None:
             self._scope.cancel()
         if self.machine.state is not State.DISABLED:
             self.machine.handle(Event.STOP)
+
+    # --- Editors and the daemon's own requests ------------------------------------------
+
+    def _unavailable(self) -> Unavailable:
+        state, error = self.machine.state, self.machine.error
+        detail = f": {error}" if error else ""
+        fixes = {
+            State.DISABLED: f"enable it (enabled = true in [servers.{self.name}]) and run "
+            "`mcpctl reload`",
+            State.FAILED: f"mcpd retries by itself; `mcpctl status {self.name}` shows when"
+            if self.machine.next_retry_at is not None
+            else f"fix [servers.{self.name}] in the config and run `mcpctl reload`",
+            State.NEEDS_AUTH: f"sign in with `mcpctl auth {self.name}`",
+            State.NEEDS_CLIENT_REGISTRATION: f"set oauth.client_id in [servers.{self.name}] "
+            "and run `mcpctl reload`",
+            State.AUTHORIZING: "finish the sign-in in the browser",
+            State.CONNECTING: f"it did not connect in time; see `mcpctl status {self.name}`",
+        }
+        fix = fixes.get(state, f"see `mcpctl status {self.name}`")
+        return Unavailable(f"server {self.name!r} is {state}{detail}; {fix}")
+
+    async def _wait_connected(
+        self, keeper: SessionKeeper | None, *, patient: bool = False
+    ) -> SessionKeeper:
+        """The keeper once connected; waits while the server is connecting (or, if
+        `patient`, whatever the state), up to the timeout."""
+        config = self.entry.config
+        if keeper is None or config is None:
+            raise self._unavailable()
+        if not keeper.connected.is_set() and (patient or self.machine.state is State.CONNECTING):
+            with anyio.move_on_after(config.timeout):
+                await keeper.connected.wait()
+        if not keeper.connected.is_set():
+            raise self._unavailable()
+        return keeper
+
+    async def request(
+        self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """A request of the daemon's own (e.g. tools/list), on the shared session."""
+        keeper = await self._wait_connected(self.keeper)
+        try:
+            return await keeper.session.request(method, params, timeout)
+        except UpstreamError as exc:
+            raise Unavailable(f"server {self.name!r}: {exc}") from None
+
+    def attach(self, editor: EditorId, sink: EditorSink, replay: bytes | None = None) -> None:
+        """Attach an editor; `replay` is its initialize from an earlier attachment,
+        taken as already answered."""
+        self._sinks[editor] = sink
+        config = self.entry.config
+        per_client = config is not None and config.session == "per-client"
+        if not per_client and self.keeper is not None:
+            self.keeper.session.attach(editor, sink)
+        try:
+            message = jsonrpc.decode(replay) if replay else None
+        except jsonrpc.InvalidMessage:
+            message = None
+        if message is None or message.get("method") != "initialize":
+            return
+        if per_client:
+            keeper = self._start_per_client(editor, message.get("params"))
+        elif self.keeper is not None:
+            keeper = self.keeper
+        else:
+            return
+        keeper.session.mux.initialize_editor(editor, message.get("params"))
+
+    def detach(self, editor: EditorId) -> None:
+        self._sinks.pop(editor, None)
+        if self.keeper is not None:
+            self.keeper.session.detach(editor)
+        keeper = self._per_client.pop(editor, None)
+        if keeper is not None and self._tg is not None:
+            keeper.session.detach(editor)
+            self._tg.start_soon(keeper.close)
+
+    async def from_editor(self, editor: EditorId, raw: bytes) -> None:
+        """A JSON-RPC message from an editor: route it, or answer it with an error."""
+        sink = self._sinks.get(editor)
+        if sink is None:
+            return
+        try:
+            message = jsonrpc.decode(raw)
+        except jsonrpc.InvalidMessage as exc:
+            sink(jsonrpc.encode(jsonrpc.error(None, jsonrpc.PARSE_ERROR, f"parse error: {exc}")))
+            return
+        try:
+            keeper = await self._keeper_for(editor, message)
+        except Unavailable as exc:
+            if jsonrpc.is_request(message):
+                sink(
+                    jsonrpc.encode(
+                        jsonrpc.error(message["id"], jsonrpc.SERVER_UNAVAILABLE, str(exc))
+                    )
+                )
+            return
+        keeper.session.from_editor(editor, message)
+
+    async def _keeper_for(self, editor: EditorId, message: dict[str, Any]) -> SessionKeeper:
+        config = self.entry.config
+        if config is None or config.session == "shared":
+            return await self._wait_connected(self.keeper)
+        keeper = self._per_client.get(editor)
+        if keeper is None:
+            if message.get("method") != "initialize":
+                raise Unavailable(
+                    f"server {self.name!r} runs one session per editor: send initialize first"
+                )
+            await self._wait_connected(self.keeper)  # the server is reachable at all
+            keeper = self._start_per_client(editor, message.get("params"))
+        return await self._wait_connected(keeper, patient=True)
+
+    def _start_per_client(self, editor: EditorId, params: Any) -> SessionKeeper:
+        """An editor's own session, initialized with the editor's own parameters."""
+        if self._tg is None:
+            raise self._unavailable()
+        keeper = self._keeper(
+            params if isinstance(params, dict) else None, lambda: None, self._editor_lost
+        )
+        keeper.session.attach(editor, self._sinks[editor])
+        self._per_client[editor] = keeper
+        self._tg.start_soon(keeper.run)
+        return keeper
+
+    def _editor_lost(self, failure: BaseException, retry_at: float | None) -> None:
+        log.info(
+            "an editor's own session was lost",
+            extra={"server": self.name, "error": describe(failure)},
+        )

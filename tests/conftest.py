@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import DaemonProcess, McpdEnv, Notifications, RawClient, start_daemon
+from harness import DaemonProcess, McpdEnv, Notifications, RawClient, SilentServer, start_daemon
 
 
 @pytest.fixture
@@ -54,3 +54,10 @@ def raw_client() -> Iterator[Any]:
     yield connect
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    server.close()

@@ -229,3 +229,24 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class SilentServer:
+    """A TCP listener that never accepts: connects succeed, answers never come.
+
+    A fake on purpose: it stands for "a server that is still connecting", so
+    that tests about status, reload and events see a stable `connecting`
+    state without depending on timing or on the network.
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1024)
+        self.base = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def url(self, name: str) -> str:
+        return f"{self.base}/{name}/mcp"
+
+    def close(self) -> None:
+        self.sock.close()

@@ -10,12 +10,13 @@ import time
 
 from harness import MCPCTL
 
+# Servers that stay `connecting` (see SilentServer), and one disabled.
 CONFIG = """
 [servers.linear]
-url = "https://mcp.linear.app/mcp"
+url = "LINEAR_URL"
 
 [servers.internal]
-url = "https://internal.example/mcp"
+url = "INTERNAL_URL"
 headers = { Authorization = "Bearer {env:MCP_API_KEY}" }
 oauth = false
 
@@ -26,8 +27,14 @@ oauth = { client_id = "Iv1.abc", scope = "repo read:org" }
 """
 
 
-def test_status_table_and_json(mcpd_env, run_daemon):
-    mcpd_env.write_config(CONFIG)
+def _config(silent) -> str:
+    return CONFIG.replace("LINEAR_URL", silent.url("linear")).replace(
+        "INTERNAL_URL", silent.url("internal")
+    )
+
+
+def test_status_table_and_json(mcpd_env, run_daemon, silent):
+    mcpd_env.write_config(_config(silent))
     mcpd_env.vars["MCP_API_KEY"] = "k"
     run_daemon()
     table = mcpd_env.mcpctl("status")
@@ -35,7 +42,7 @@ def test_status_table_and_json(mcpd_env, run_daemon):
     lines = table.stdout.splitlines()
     assert lines[0].split() == ["NAME", "STATE", "URL", "TOKEN"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
-    assert rows["linear"][1:3] == ["connecting", "https://mcp.linear.app/mcp"]
+    assert rows["linear"][1:3] == ["connecting", silent.url("linear")]
     assert rows["internal"][1] == "connecting"
     assert rows["github"][1] == "disabled"
 
@@ -53,8 +60,8 @@ def test_status_table_and_json(mcpd_env, run_daemon):
     assert [s["name"] for s in one["servers"]] == ["linear"]
 
 
-def test_status_of_unknown_server_names_the_configured_ones(mcpd_env, run_daemon):
-    mcpd_env.write_config(CONFIG)
+def test_status_of_unknown_server_names_the_configured_ones(mcpd_env, run_daemon, silent):
+    mcpd_env.write_config(_config(silent))
     mcpd_env.vars["MCP_API_KEY"] = "k"
     run_daemon()
     result = mcpd_env.mcpctl("status", "nope")
@@ -81,8 +88,8 @@ def test_not_running_is_reported_quickly_with_how_to_start(mcpd_env):
     assert elapsed < 1.0, f"mcpctl took {elapsed:.2f}s to say the daemon is not running"
 
 
-def test_mcpctl_never_imports_the_daemons_dependencies(mcpd_env, run_daemon):
-    mcpd_env.write_config(CONFIG)
+def test_mcpctl_never_imports_the_daemons_dependencies(mcpd_env, run_daemon, silent):
+    mcpd_env.write_config(_config(silent))
     mcpd_env.vars["MCP_API_KEY"] = "k"
     run_daemon()
     result = subprocess.run(
@@ -105,8 +112,8 @@ def test_mcpctl_never_imports_the_daemons_dependencies(mcpd_env, run_daemon):
     assert "linear" in result.stdout
 
 
-def test_watch_prints_state_changes(mcpd_env, run_daemon):
-    mcpd_env.write_config('[servers.a]\nurl = "https://a.example/mcp"\n')
+def test_watch_prints_state_changes(mcpd_env, run_daemon, silent):
+    mcpd_env.write_config(f'[servers.a]\nurl = "{silent.url("a")}"\n')
     daemon = run_daemon()
     watcher = subprocess.Popen(
         [MCPCTL, "watch", "--json"], env=mcpd_env.vars, stdout=subprocess.PIPE, text=True
@@ -115,7 +122,7 @@ def test_watch_prints_state_changes(mcpd_env, run_daemon):
         assert watcher.stdout is not None
         initial = json.loads(watcher.stdout.readline())
         assert [s["name"] for s in initial["servers"]] == ["a"]
-        mcpd_env.write_config('[servers.a]\nurl = "https://a.example/mcp"\nenabled = false\n')
+        mcpd_env.write_config(f'[servers.a]\nurl = "{silent.url("a")}"\nenabled = false\n')
         assert daemon.mcpctl("reload").returncode == 0
         event = json.loads(watcher.stdout.readline())
         assert event["type"] == "event"

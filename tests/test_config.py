@@ -281,11 +281,11 @@ def test_one_bad_entry_does_not_affect_the_others(case):
 
 
 def test_unknown_key_error_names_server_and_key():
-    text = '[servers.bad]\nurl = "https://bad.example"\ntimeout = 5\n'
+    text = '[servers.bad]\nurl = "https://bad.example"\ntimeuot = 5\n'
     error = parse(text, PATH, {}).servers["bad"].error
     assert error is not None
     assert error.startswith("server 'bad': ")
-    assert "unknown field `timeout`" in error
+    assert "unknown field `timeuot`" in error
 
 
 def test_nested_error_points_at_the_nested_key():

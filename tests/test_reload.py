@@ -7,16 +7,10 @@ import signal
 
 from harness import launch
 
-TWO = """
-[servers.keep]
-url = "https://keep.example/mcp"
 
-[servers.change]
-url = "https://change.example/mcp"
-
-[servers.drop]
-url = "https://drop.example/mcp"
-"""
+def _config(silent, *names: str) -> str:
+    """Servers that stay `connecting` (see SilentServer)."""
+    return "".join(f'[servers.{name}]\nurl = "{silent.url(name)}"\n' for name in names)
 
 
 def _servers(daemon) -> dict[str, dict]:
@@ -25,11 +19,10 @@ def _servers(daemon) -> dict[str, dict]:
     return {s["name"]: s for s in json.loads(result.stdout)["servers"]}
 
 
-def test_bad_entries_fail_alone(mcpd_env, run_daemon):
+def test_bad_entries_fail_alone(mcpd_env, run_daemon, silent):
     mcpd_env.write_config(
-        """
-[servers.good]
-url = "https://good.example/mcp"
+        _config(silent, "good")
+        + """
 
 [servers.typo]
 urll = "https://typo.example/mcp"
@@ -101,8 +94,8 @@ def test_config_flag_and_env_override(mcpd_env, run_daemon, tmp_path):
     assert list(_servers(run_daemon())) == ["envd"]
 
 
-def test_reload_applies_only_the_difference(mcpd_env, run_daemon, raw_client):
-    mcpd_env.write_config(TWO)
+def test_reload_applies_only_the_difference(mcpd_env, run_daemon, raw_client, silent):
+    mcpd_env.write_config(_config(silent, "keep", "change", "drop"))
     daemon = run_daemon()
     before = _servers(daemon)
     watcher = raw_client(mcpd_env.socket)
@@ -110,12 +103,8 @@ def test_reload_applies_only_the_difference(mcpd_env, run_daemon, raw_client):
     watcher.request("subscribe")
     watcher.receive()
 
-    mcpd_env.write_config(
-        TWO.replace("https://change.example/mcp", "https://changed.example/mcp").replace(
-            '[servers.drop]\nurl = "https://drop.example/mcp"\n',
-            '[servers.new]\nurl = "https://new.example/mcp"\n',
-        )
-    )
+    changed = _config(silent, "keep", "change", "new").replace("/change/", "/changed/")
+    mcpd_env.write_config(changed)
     result = daemon.mcpctl("reload")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "reloaded; added: new; removed: drop; restarted: change"
@@ -123,7 +112,7 @@ def test_reload_applies_only_the_difference(mcpd_env, run_daemon, raw_client):
     after = _servers(daemon)
     assert list(after) == ["keep", "change", "new"]
     assert after["keep"]["since"] == before["keep"]["since"]  # not disturbed
-    assert after["change"]["url"] == "https://changed.example/mcp"
+    assert after["change"]["url"] == silent.url("changed")
     assert after["change"]["since"] > before["change"]["since"]
 
     seen = []
@@ -133,8 +122,8 @@ def test_reload_applies_only_the_difference(mcpd_env, run_daemon, raw_client):
     assert touched == {"drop", "change", "new"}
 
 
-def test_reload_with_a_broken_file_keeps_the_running_config(mcpd_env, run_daemon):
-    mcpd_env.write_config(TWO)
+def test_reload_with_a_broken_file_keeps_the_running_config(mcpd_env, run_daemon, silent):
+    mcpd_env.write_config(_config(silent, "keep", "change", "drop"))
     daemon = run_daemon()
     before = _servers(daemon)
     mcpd_env.write_config("[servers.keep\nurl=")
@@ -159,10 +148,10 @@ def test_sighup_reloads(mcpd_env, run_daemon):
     assert list(_servers(daemon)) == ["b"]
 
 
-def test_disabling_and_enabling_a_server(mcpd_env, run_daemon):
-    mcpd_env.write_config('[servers.a]\nurl = "https://a.example/mcp"\nenabled = false\n')
+def test_disabling_and_enabling_a_server(mcpd_env, run_daemon, silent):
+    mcpd_env.write_config(_config(silent, "a") + "enabled = false\n")
     daemon = run_daemon()
     assert _servers(daemon)["a"]["state"] == "disabled"
-    mcpd_env.write_config('[servers.a]\nurl = "https://a.example/mcp"\n')
+    mcpd_env.write_config(_config(silent, "a"))
     assert daemon.mcpctl("reload").returncode == 0
     assert _servers(daemon)["a"]["state"] == "connecting"

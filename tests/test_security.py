@@ -203,9 +203,9 @@ def test_missing_key_with_records_refuses_to_start_and_creates_no_key(mcpd_env):
     assert not mcpd_env.key_file.exists()
 
 
-def test_tampered_record_moves_aside_and_only_that_server_needs_auth(mcpd_env, run_daemon):
+def test_tampered_record_moves_aside_and_only_that_server_needs_auth(mcpd_env, run_daemon, silent):
     mcpd_env.write_config(
-        '[servers.a]\nurl = "https://a.example/mcp"\n[servers.b]\nurl = "https://b.example/mcp"\n'
+        f'[servers.a]\nurl = "{silent.url("a")}"\n[servers.b]\nurl = "{silent.url("b")}"\n'
     )
     store = _store(mcpd_env)
     expires = time.time() + 3600
@@ -213,7 +213,7 @@ def test_tampered_record_moves_aside_and_only_that_server_needs_auth(mcpd_env, r
         store.save(
             CredentialRecord(
                 server=name,
-                url=f"https://{name}.example/mcp",
+                url=silent.url(name),
                 tokens=TokenSet(access_token=f"tok-{name}", expires_at=expires, obtained_at=0),
             )
         )

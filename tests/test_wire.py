@@ -182,9 +182,9 @@ def test_half_a_frame_then_close_harms_nobody(run_daemon, raw_client, mcpd_env):
     assert raw_client(mcpd_env.socket).hello().error is None
 
 
-def test_subscribe_pushes_state_events_and_removed(run_daemon, raw_client, mcpd_env):
+def test_subscribe_pushes_state_events_and_removed(run_daemon, raw_client, mcpd_env, silent):
     mcpd_env.write_config(
-        '[servers.a]\nurl = "https://a.example/mcp"\n[servers.b]\nurl = "https://b.example/mcp"\n'
+        f'[servers.a]\nurl = "{silent.url("a")}"\n[servers.b]\nurl = "{silent.url("b")}"\n'
     )
     daemon = run_daemon()
     watcher = raw_client(mcpd_env.socket)
@@ -192,7 +192,7 @@ def test_subscribe_pushes_state_events_and_removed(run_daemon, raw_client, mcpd_
     watcher.request("subscribe", {"servers": ["a"]})
     initial = watcher.receive()
     assert [s["name"] for s in initial.result["servers"]] == ["a"]
-    mcpd_env.write_config('[servers.b]\nurl = "https://b.example/other"\n')
+    mcpd_env.write_config(f'[servers.b]\nurl = "{silent.url("other")}"\n')
     assert daemon.mcpctl("reload").returncode == 0
     state = watcher.receive()
     assert isinstance(state, Event)
@@ -205,7 +205,7 @@ def test_subscribe_pushes_state_events_and_removed(run_daemon, raw_client, mcpd_
 
 
 def test_an_added_server_is_announced_before_its_first_state_change(
-    run_daemon, raw_client, mcpd_env
+    run_daemon, raw_client, mcpd_env, silent
 ):
     daemon = run_daemon()
     watcher = raw_client(mcpd_env.socket)
@@ -213,7 +213,7 @@ def test_an_added_server_is_announced_before_its_first_state_change(
     watcher.request("subscribe")
     assert watcher.receive().result == {"servers": []}
     mcpd_env.write_config(
-        '[servers.on]\nurl = "https://on.example/mcp"\n'
+        f'[servers.on]\nurl = "{silent.url("on")}"\n'
         '[servers.off]\nurl = "https://off.example/mcp"\nenabled = false\n'
     )
     assert daemon.mcpctl("reload").returncode == 0
@@ -235,7 +235,9 @@ def test_subscribe_to_an_unknown_server_is_an_error(run_daemon, raw_client, mcpd
 
 
 def test_a_response_over_the_frame_limit_becomes_an_error(run_daemon, raw_client, mcpd_env):
-    servers = "".join(f'[servers.s{i}]\nurl = "https://s{i}.example/mcp"\n' for i in range(40))
+    servers = "".join(
+        f'[servers.s{i}]\nurl = "https://s{i}.example/mcp"\nenabled = false\n' for i in range(40)
+    )
     mcpd_env.write_config("[daemon]\nmax_frame_size = 1024\n" + servers)
     run_daemon()
     client = raw_client(mcpd_env.socket)
@@ -262,7 +264,9 @@ def test_a_cancelled_reload_still_applies_completely(run_daemon, raw_client, mcp
     """The cancel is sent in the same write as the reload, so it arrives while
     the config file is being read in a worker thread."""
     daemon = run_daemon()
-    servers = "".join(f'[servers.s{i}]\nurl = "https://s{i}.example/mcp"\n' for i in range(300))
+    servers = "".join(
+        f'[servers.s{i}]\nurl = "https://s{i}.example/mcp"\nenabled = false\n' for i in range(300)
+    )
     mcpd_env.write_config(servers)
     client = raw_client(mcpd_env.socket)
     client.hello()

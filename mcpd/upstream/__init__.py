@@ -1,0 +1,1 @@
+"""The daemon's side of remote MCP servers: transports, sessions and sharing."""

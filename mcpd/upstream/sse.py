@@ -1,0 +1,88 @@
+"""Server-sent events (the text/event-stream format), decoded sans-IO.
+
+Feed bytes as they arrive; complete events come out. Field handling follows
+the HTML standard's parsing rules: `data` lines join with newlines, `id` sets
+the last event id (unless it contains NUL), `retry` takes only digits, lines
+starting with ':' are comments, and a blank line dispatches the event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SseEvent:
+    event: str
+    data: str
+    id: str | None
+
+
+class EventTooLarge(ValueError):
+    pass
+
+
+class SseDecoder:
+    def __init__(self, max_event_size: int) -> None:
+        self.max_event_size = max_event_size
+        self.last_event_id: str | None = None
+        self.retry_ms: int | None = None
+        self._buffer = b""
+        self._data: list[str] = []
+        self._size = 0
+        self._event = ""
+        self._saw_id = False
+
+    def feed(self, chunk: bytes) -> list[SseEvent]:
+        buffer = self._buffer + chunk
+        events: list[SseEvent] = []
+        position = 0
+        while (end := _line_end(buffer, position)) is not None:
+            line_end, next_start = end
+            event = self._line(buffer[position:line_end].decode("utf-8", errors="replace"))
+            position = next_start
+            if event is not None:
+                events.append(event)
+        self._buffer = buffer[position:]
+        if len(self._buffer) + self._size > self.max_event_size:
+            raise EventTooLarge(f"an SSE event exceeds {self.max_event_size} bytes")
+        return events
+
+    def _line(self, line: str) -> SseEvent | None:
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            self._size += len(value) + 1
+            if self._size > self.max_event_size:
+                raise EventTooLarge(f"an SSE event exceeds {self.max_event_size} bytes")
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\0" not in value:
+            self.last_event_id = value or None
+            self._saw_id = True
+        elif name == "retry" and value.isdigit():
+            self.retry_ms = int(value)
+        return None
+
+    def _dispatch(self) -> SseEvent | None:
+        data, event, saw_id = self._data, self._event, self._saw_id
+        self._data, self._event, self._size, self._saw_id = [], "", 0, False
+        if not data:
+            return None  # e.g. a priming event that only carries id/retry
+        return SseEvent(event or "message", "\n".join(data), self.last_event_id if saw_id else None)
+
+
+def _line_end(buffer: bytes, start: int) -> tuple[int, int] | None:
+    """Where the line starting at `start` ends, and where the next one starts."""
+    lf = buffer.find(b"\n", start)
+    cr = buffer.find(b"\r", start, lf if lf != -1 else len(buffer))
+    if cr == -1:
+        return (lf, lf + 1) if lf != -1 else None
+    if cr + 1 == len(buffer):
+        return None  # wait: it may be the start of \r\n
+    return cr, cr + (2 if buffer[cr + 1] == 0x0A else 1)

@@ -1,0 +1,363 @@
+"""The two HTTP transports of MCP, client side, over httpx.
+
+`StreamableHttp` is the current transport (2025-03-26 and later): every
+message is a POST to the server's one endpoint, answered with JSON, with an
+SSE stream, or with 202 for notifications and responses; a GET opens a
+stream for messages the server sends on its own. `LegacySse` is the
+2024-11-05 HTTP+SSE transport: a GET stream whose first `endpoint` event names
+the URL to POST to, with every answer arriving on that stream.
+
+Both hand every message from the server to `deliver(message, related)`, where
+`related` is the id of the request whose POST stream carried it (None for the
+standalone streams), and leave routing to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin
+
+import anyio
+import httpx
+
+from . import jsonrpc
+from .sse import EventTooLarge, SseDecoder
+
+log = logging.getLogger(__name__)
+
+ACCEPT = "application/json, text/event-stream"
+LATEST_PROTOCOL = "2025-11-25"
+STREAMABLE_PROTOCOLS = ("2025-11-25", "2025-06-18", "2025-03-26")
+LEGACY_PROTOCOL = "2024-11-05"
+# A server may close an SSE stream and let the client resume it (SEP-1699):
+# how often to try before the request is given up.
+MAX_RESUME_ATTEMPTS = 5
+DEFAULT_RESUME_DELAY = 1.0
+
+Deliver = Callable[[dict[str, Any], int | None], None]
+
+
+@dataclass(frozen=True)
+class TransportSettings:
+    client: httpx.AsyncClient
+    url: str
+    headers: Mapping[str, str]
+    max_message_size: int
+    # Seconds to wait for response headers; streams may then run as long as they like.
+    request_timeout: float
+
+
+class UpstreamError(Exception):
+    """Talking to the server failed; the message is fit for a user."""
+
+
+class ConnectionLost(UpstreamError):
+    pass
+
+
+class SessionExpired(UpstreamError):
+    pass
+
+
+class AuthorizationRequired(UpstreamError):
+    def __init__(self, message: str, challenge: str) -> None:
+        super().__init__(message)
+        self.challenge = challenge
+
+
+class HttpStatusError(UpstreamError):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}{': ' + detail if detail else ''}")
+        self.status = status
+
+
+class MessageTooLarge(UpstreamError):
+    pass
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line account of an HTTP-level failure, without URLs' secrets."""
+    if isinstance(exc, UpstreamError):
+        return str(exc)
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect: {exc}" if str(exc) else "cannot connect"
+    if isinstance(exc, httpx.HTTPError):
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def _read_limited(response: httpx.Response, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise MessageTooLarge(f"the server sent a message over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _error_detail(response: httpx.Response) -> str:
+    try:
+        body = await _read_limited(response, 4096)
+    except (MessageTooLarge, httpx.HTTPError):
+        return ""
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        message = jsonrpc.decode(body)
+        error = message.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+    except jsonrpc.InvalidMessage:
+        pass
+    return text[:200]
+
+
+def _check_auth(response: httpx.Response) -> None:
+    if response.status_code == 401:
+        raise AuthorizationRequired(
+            "the server requires authorization (HTTP 401)",
+            response.headers.get("www-authenticate", ""),
+        )
+
+
+class StreamableHttp:
+    def __init__(self, settings: TransportSettings, deliver: Deliver) -> None:
+        self.client = settings.client
+        self.url = settings.url
+        self.headers = dict(settings.headers)
+        self.deliver = deliver
+        self.max_message_size = settings.max_message_size
+        self.request_timeout = settings.request_timeout
+        self.session_id: str | None = None
+        self.protocol_version: str | None = None
+
+    def _headers(self, **extra: str) -> dict[str, str]:
+        headers = {**self.headers, "Accept": ACCEPT, **extra}
+        if self.session_id is not None:
+            headers["Mcp-Session-Id"] = self.session_id
+        if self.protocol_version is not None:
+            headers["MCP-Protocol-Version"] = self.protocol_version
+        return headers
+
+    async def _open(self, request: httpx.Request) -> httpx.Response:
+        """Send and wait for the response head, no longer than the request timeout."""
+        with anyio.fail_after(self.request_timeout):
+            return await self.client.send(request, stream=True)
+
+    async def post(self, message: dict[str, Any]) -> None:
+        """Send one message; whatever comes back is delivered."""
+        related = message["id"] if jsonrpc.is_request(message) else None
+        request = self.client.build_request(
+            "POST",
+            self.url,
+            content=jsonrpc.encode(message),
+            headers=self._headers(**{"Content-Type": "application/json"}),
+        )
+        had_session = self.session_id is not None
+        response = await self._open(request)
+        try:
+            _check_auth(response)
+            if response.status_code == 404 and had_session:
+                raise SessionExpired("the server no longer knows the session (HTTP 404)")
+            if response.status_code >= 400:
+                raise HttpStatusError(response.status_code, await _error_detail(response))
+            if session_id := response.headers.get("mcp-session-id"):
+                self.session_id = session_id
+            if response.status_code == 202 or related is None:
+                return
+            content_type = response.headers.get("content-type", "")
+            if content_type.startswith("text/event-stream"):
+                decoder = SseDecoder(self.max_message_size)
+                if await self._read_stream(response, decoder, related):
+                    return
+                await self._resume(decoder, related)
+                return
+            body = await _read_limited(response, self.max_message_size)
+            self._deliver_raw(body, related)
+        finally:
+            await response.aclose()
+
+    def _deliver_raw(self, data: str | bytes, related: int | None) -> dict[str, Any] | None:
+        if not data.strip():
+            return None  # a priming event: only an id and a retry delay
+        try:
+            message = jsonrpc.decode(data.encode() if isinstance(data, str) else data)
+        except jsonrpc.InvalidMessage as exc:
+            raise UpstreamError(f"the server sent an invalid message: {exc}") from None
+        self.deliver(message, related)
+        return message
+
+    async def _read_stream(
+        self, response: httpx.Response, decoder: SseDecoder, related: int | None
+    ) -> bool:
+        """Deliver a stream's messages; True once the response to `related` came."""
+        try:
+            async for chunk in response.aiter_bytes():
+                for event in decoder.feed(chunk):
+                    if event.event != "message":
+                        continue
+                    message = self._deliver_raw(event.data, related)
+                    if (
+                        message is not None
+                        and related is not None
+                        and jsonrpc.is_response(message)
+                        and message.get("id") == related
+                    ):
+                        return True
+        except EventTooLarge as exc:
+            raise MessageTooLarge(str(exc)) from None
+        except httpx.HTTPError as exc:
+            if decoder.last_event_id is None:
+                raise ConnectionLost(f"the stream broke: {describe(exc)}") from None
+            log.info("SSE stream broke; resuming", extra={"error": describe(exc)})
+        return False
+
+    async def _resume(self, decoder: SseDecoder, related: int) -> None:
+        """The POST stream ended before its response: resume it with Last-Event-ID."""
+        for attempt in range(MAX_RESUME_ATTEMPTS):
+            if decoder.last_event_id is None:
+                break
+            delay = (
+                decoder.retry_ms / 1000 if decoder.retry_ms is not None else DEFAULT_RESUME_DELAY
+            )
+            await anyio.sleep(delay * (1 if attempt == 0 else 2**attempt))
+            request = self.client.build_request(
+                "GET",
+                self.url,
+                headers=self._headers(**{"Last-Event-ID": decoder.last_event_id}),
+            )
+            try:
+                response = await self._open(request)
+            except httpx.HTTPError as exc:
+                log.info("resuming an SSE stream failed", extra={"error": describe(exc)})
+                continue
+            try:
+                _check_auth(response)
+                if response.status_code >= 400:
+                    raise HttpStatusError(response.status_code, await _error_detail(response))
+                if await self._read_stream(response, decoder, related):
+                    return
+            finally:
+                await response.aclose()
+        raise ConnectionLost(
+            "the server closed the stream before answering and it could not be resumed"
+        )
+
+    async def listen(self) -> None:
+        """The standalone GET stream, for as long as the server keeps offering it."""
+        decoder = SseDecoder(self.max_message_size)
+        failures = 0
+        while True:
+            headers = self._headers()
+            if decoder.last_event_id is not None:
+                headers["Last-Event-ID"] = decoder.last_event_id
+            request = self.client.build_request("GET", self.url, headers=headers)
+            try:
+                response = await self._open(request)
+            except (httpx.HTTPError, TimeoutError) as exc:
+                failures += 1
+                if failures >= MAX_RESUME_ATTEMPTS:
+                    raise ConnectionLost(f"the event stream is gone: {describe(exc)}") from None
+                await anyio.sleep(min(30.0, 2**failures) * random.uniform(0.5, 1.0))  # noqa: S311
+                continue
+            try:
+                _check_auth(response)
+                if response.status_code == 405:
+                    return  # the server offers no standalone stream: fine
+                if response.status_code == 404 and self.session_id is not None:
+                    raise SessionExpired("the server no longer knows the session (HTTP 404)")
+                if response.status_code >= 400:
+                    raise HttpStatusError(response.status_code, await _error_detail(response))
+                failures = 0
+                await self._read_stream(response, decoder, None)
+            finally:
+                await response.aclose()
+            delay = (
+                decoder.retry_ms / 1000 if decoder.retry_ms is not None else DEFAULT_RESUME_DELAY
+            )
+            await anyio.sleep(delay)
+
+    async def terminate(self) -> None:
+        """End the session on the server (DELETE); a server may refuse, that is fine."""
+        if self.session_id is None:
+            return
+        request = self.client.build_request("DELETE", self.url, headers=self._headers())
+        try:
+            with anyio.fail_after(min(self.request_timeout, 5.0)):
+                response = await self.client.send(request)
+            await response.aclose()
+        except (httpx.HTTPError, TimeoutError) as exc:
+            log.info("could not end the session", extra={"error": describe(exc)})
+
+
+class LegacySse:
+    """HTTP+SSE (2024-11-05): messages go by POST to the `endpoint` the stream names."""
+
+    def __init__(self, settings: TransportSettings, deliver: Deliver) -> None:
+        self.client = settings.client
+        self.url = settings.url
+        self.headers = dict(settings.headers)
+        self.deliver = deliver
+        self.max_message_size = settings.max_message_size
+        self.request_timeout = settings.request_timeout
+        self.endpoint: str | None = None
+        self.protocol_version: str | None = LEGACY_PROTOCOL
+        self.ready = anyio.Event()  # set once the endpoint is known
+
+    async def run(self) -> None:
+        """Hold the stream open until it ends; raises ConnectionLost then."""
+        request = self.client.build_request(
+            "GET", self.url, headers={**self.headers, "Accept": "text/event-stream"}
+        )
+        with anyio.fail_after(self.request_timeout):
+            response = await self.client.send(request, stream=True)
+        try:
+            _check_auth(response)
+            if response.status_code >= 400:
+                raise HttpStatusError(response.status_code, await _error_detail(response))
+            decoder = SseDecoder(self.max_message_size)
+            async for chunk in response.aiter_bytes():
+                for event in decoder.feed(chunk):
+                    if event.event == "endpoint" and not self.ready.is_set():
+                        self.endpoint = urljoin(self.url, event.data.strip())
+                        self.ready.set()
+                    elif event.event == "message" and event.data.strip():
+                        try:
+                            self.deliver(jsonrpc.decode(event.data.encode()), None)
+                        except jsonrpc.InvalidMessage as exc:
+                            raise UpstreamError(
+                                f"the server sent an invalid message: {exc}"
+                            ) from None
+        except EventTooLarge as exc:
+            raise MessageTooLarge(str(exc)) from None
+        except httpx.HTTPError as exc:
+            raise ConnectionLost(f"the event stream broke: {describe(exc)}") from None
+        finally:
+            await response.aclose()
+        raise ConnectionLost("the server closed the event stream")
+
+    async def post(self, message: dict[str, Any]) -> None:
+        assert self.endpoint is not None
+        request = self.client.build_request(
+            "POST",
+            self.endpoint,
+            content=jsonrpc.encode(message),
+            headers={**self.headers, "Content-Type": "application/json"},
+        )
+        with anyio.fail_after(self.request_timeout):
+            response = await self.client.send(request)
+        _check_auth(response)
+        if response.status_code >= 400:
+            raise HttpStatusError(response.status_code, response.text[:200])
+
+    async def terminate(self) -> None:
+        return None  # the session ends with its stream
+
+
+Transport = StreamableHttp | LegacySse
