@@ -11,13 +11,16 @@ from typing import Any
 import msgspec
 
 from mcpd.protocol import (
+    CallParams,
     ReloadResult,
     RotateKeyResult,
+    ServerParams,
     ServerStatus,
     StateChanged,
     StatusParams,
     StatusResult,
     SubscribeParams,
+    ToolsResult,
 )
 
 from .client import DaemonClient, DaemonError, DaemonUnavailable
@@ -122,6 +125,66 @@ def cmd_watch(client: DaemonClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tools(client: DaemonClient, args: argparse.Namespace) -> int:
+    result = msgspec.convert(client.request("tools", ServerParams(args.name)), ToolsResult)
+    if args.json:
+        _print_json(result)
+        return 0
+    if not result.tools:
+        print(f"{args.name} offers no tools")
+        return 0
+    width = max(len(str(tool.get("name", ""))) for tool in result.tools)
+    for tool in result.tools:
+        lines = str(tool.get("description") or "").strip().splitlines()
+        name = str(tool.get("name", "")).ljust(width)
+        print(f"{name}  {lines[0] if lines else ''}".rstrip())
+    return 0
+
+
+def _summarise(item: dict[str, Any]) -> str:
+    kind = item.get("type")
+    if kind == "text":
+        return str(item.get("text", ""))
+    if kind in ("image", "audio"):
+        size = len(str(item.get("data", ""))) * 3 // 4
+        return f"[{kind}: {item.get('mimeType', '?')}, about {size} bytes]"
+    if kind == "resource":
+        resource = item.get("resource")
+        uri = resource.get("uri", "?") if isinstance(resource, dict) else "?"
+        text = resource.get("text") if isinstance(resource, dict) else None
+        return str(text) if isinstance(text, str) else f"[resource: {uri}]"
+    if kind == "resource_link":
+        return f"[link: {item.get('uri', '?')}]"
+    return f"[{kind} content]"
+
+
+def cmd_call(client: DaemonClient, args: argparse.Namespace) -> int:
+    try:
+        arguments = msgspec.json.decode(args.arguments) if args.arguments else {}
+    except msgspec.DecodeError as exc:
+        print(f"mcpctl: the arguments are not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(arguments, dict):
+        print(
+            'mcpctl: the arguments must be a JSON object, e.g. \'{"text": "hi"}\'', file=sys.stderr
+        )
+        return 2
+    result = client.request("call", CallParams(args.name, args.tool, arguments))
+    result = result if isinstance(result, dict) else {}
+    failed = bool(result.get("isError"))
+    if args.json:
+        _print_json(result)
+        return 1 if failed else 0
+    content = [item for item in result.get("content") or [] if isinstance(item, dict)]
+    text = "\n".join(_summarise(item) for item in content)
+    if not content and "structuredContent" in result:
+        text = msgspec.json.format(
+            msgspec.json.encode(result["structuredContent"]), indent=2
+        ).decode()
+    print(text, file=sys.stderr if failed else sys.stdout)
+    return 1 if failed else 0
+
+
 def cmd_shutdown(client: DaemonClient, args: argparse.Namespace) -> int:
     client.request("shutdown")
     print("mcpd is shutting down")
@@ -149,11 +212,36 @@ def _parser() -> argparse.ArgumentParser:
     watch.set_defaults(run=cmd_watch)
 
     commands.add_parser("shutdown", help="stop the daemon").set_defaults(run=cmd_shutdown)
+
+    tools = commands.add_parser("tools", help="list a server's tools")
+    tools.add_argument("name", help="the server")
+    tools.add_argument("--json", action="store_true", help="the full tool definitions")
+    tools.set_defaults(run=cmd_tools)
+
+    call = commands.add_parser("call", help="call a tool and print its result")
+    call.add_argument("name", help="the server")
+    call.add_argument("tool", help="the tool")
+    call.add_argument("arguments", nargs="?", help="the arguments, a JSON object")
+    call.add_argument("--json", action="store_true", help="the full result as JSON")
+    call.set_defaults(run=cmd_call)
+
+    stdio = commands.add_parser(
+        "stdio", help="be the stdio MCP server an editor launches, served by the daemon"
+    )
+    stdio.add_argument("name", help="the server")
+    stdio.set_defaults(run=None)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "stdio":
+        from .bridge import run as run_bridge
+
+        try:
+            return run_bridge(args.name)
+        except KeyboardInterrupt:
+            return 130
     run: Callable[[DaemonClient, argparse.Namespace], int] = args.run
     try:
         with DaemonClient.connect() as client:

@@ -22,6 +22,7 @@ from mcpd.protocol import (
     Message,
     Request,
     Response,
+    Rpc,
     decode_message,
     encode_frame,
 )
@@ -129,6 +130,23 @@ class DaemonClient:
                 return message.result
             elif isinstance(message, Response) and message.id is None and message.error:
                 raise DaemonError(message.error.code, message.error.message)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def send_rpc(self, data: bytes) -> None:
+        self._sock.sendall(encode_frame(Rpc(data)))
+
+    def receive_available(self) -> list[Message]:
+        """One read (call it when the socket is readable) and the messages it completed."""
+        data = self._sock.recv(65536)
+        if not data:
+            raise DaemonUnavailable("mcpd closed the connection")
+        self._decoder.feed(data)
+        messages = []
+        while (body := self._decoder.next_frame()) is not None:
+            messages.append(decode_message(body))
+        return messages
 
     def events(self) -> Iterator[Event]:
         """Events as they arrive, including any that came while waiting for a response."""

@@ -30,7 +30,7 @@ from .states import Event, ServerStateMachine, State
 from .store import CredentialRecord, UnreadableRecord
 from .upstream import jsonrpc
 from .upstream.mux import EditorId
-from .upstream.session import EditorSink, UpstreamSession
+from .upstream.session import EditorSink, UpstreamSession, first_of
 from .upstream.transport import AuthorizationRequired, UpstreamError, describe
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,20 @@ class SessionKeeper:
         session: UpstreamSession,
         on_connected: Callable[[], None],
         on_lost: Callable[[BaseException, float | None], None],
+        on_retry: Callable[[], None] = lambda: None,
     ) -> None:
         self.session = session
         self._on_connected = on_connected
         self._on_lost = on_lost
+        self._on_retry = on_retry
         self.connected = anyio.Event()
+        # Set when the attempt under way (or the next one, during a backoff) fails.
+        self.attempt_failed = anyio.Event()
+        self._wake = anyio.Event()
+
+    def retry_now(self) -> None:
+        """Cut the backoff short: someone is waiting for the server."""
+        self._wake.set()
 
     async def run(self) -> None:
         attempt = 0
@@ -84,13 +93,18 @@ class SessionKeeper:
             was_connected = self.connected.is_set()
             self.connected = anyio.Event()
             self.session.lost(describe(failure))
+            failed, self.attempt_failed = self.attempt_failed, anyio.Event()
+            failed.set()
             if was_connected and not isinstance(failure, AuthorizationRequired):
                 self._on_lost(failure, None)  # reconnect at once, once
                 continue
             attempt += 1
             delay = backoff_delay(attempt)
+            self._wake = anyio.Event()
             self._on_lost(failure, time.time() + delay)
-            await anyio.sleep(delay)
+            with anyio.move_on_after(delay):
+                await self._wake.wait()
+            self._on_retry()
 
     async def close(self) -> None:
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
@@ -175,7 +189,7 @@ class ServerRuntime:
                 anyio.create_task_group() as tg,
             ):
                 self._client, self._tg = client, tg
-                self.keeper = self._keeper(None, self._connected, self._lost)
+                self.keeper = self._keeper(None, self._connected, self._lost, self._retrying)
                 try:
                     await self.keeper.run()
                 finally:
@@ -187,13 +201,14 @@ class ServerRuntime:
         initialize_params: dict[str, Any] | None,
         on_connected: Callable[[], None],
         on_lost: Callable[[BaseException, float | None], None],
+        on_retry: Callable[[], None] = lambda: None,
     ) -> SessionKeeper:
         assert self._client is not None
         assert self.entry.config is not None
         session = UpstreamSession(
             self.name, self.entry.config, self._client, self._max_message_size, initialize_params
         )
-        return SessionKeeper(session, on_connected, on_lost)
+        return SessionKeeper(session, on_connected, on_lost, on_retry)
 
     def _connected(self) -> None:
         if self.machine.state is not State.CONNECTED:
@@ -227,19 +242,10 @@ class ServerRuntime:
             return
         if state is State.FAILED or state in (State.CONNECTING, State.CONNECTED):
             self.machine.handle(Event.ERROR, error=reason, retry_at=retry_at)
-            self._retry_later(retry_at)
 
-    def _retry_later(self, retry_at: float | None) -> None:
-        """The keeper sleeps until `retry_at`; mark the server connecting when it wakes."""
-        if retry_at is None or self._tg is None:
-            return
-
-        async def mark_retry() -> None:
-            await anyio.sleep(max(0.0, retry_at - time.time()))
-            if self.machine.state is State.FAILED and self.machine.next_retry_at == retry_at:
-                self.machine.handle(Event.RETRY)
-
-        self._tg.start_soon(mark_retry)
+    def _retrying(self) -> None:
+        if self.machine.state is State.FAILED:
+            self.machine.handle(Event.RETRY)
 
     def stop(self) -> None:
         if self._scope is not None:
@@ -275,9 +281,14 @@ class ServerRuntime:
         config = self.entry.config
         if keeper is None or config is None:
             raise self._unavailable()
-        if not keeper.connected.is_set() and (patient or self.machine.state is State.CONNECTING):
+        state = self.machine.state
+        if state is State.FAILED and self.machine.next_retry_at is not None:
+            keeper.retry_now()
+            patient = True
+        if not keeper.connected.is_set() and (patient or state is State.CONNECTING):
+            # Until the attempt under way succeeds or fails, no longer.
             with anyio.move_on_after(config.timeout):
-                await keeper.connected.wait()
+                await first_of(keeper.connected, keeper.attempt_failed)
         if not keeper.connected.is_set():
             raise self._unavailable()
         return keeper

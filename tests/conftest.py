@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import DaemonProcess, McpdEnv, Notifications, RawClient, SilentServer, start_daemon
+from harness import (
+    DaemonProcess,
+    Editor,
+    McpdEnv,
+    Notifications,
+    RawClient,
+    SilentServer,
+    start_daemon,
+)
 
 
 @pytest.fixture
@@ -61,3 +69,19 @@ def silent() -> Iterator[SilentServer]:
     server = SilentServer()
     yield server
     server.close()
+
+
+@pytest.fixture
+def editors(mcpd_env: McpdEnv) -> Iterator[Any]:
+    """Start `mcpctl stdio NAME` bridges; all are closed afterwards."""
+    started: list[Editor] = []
+
+    def start(server: str) -> Editor:
+        editor = Editor(mcpd_env, server, mcpd_env.root / f"editor-{len(started)}.log")
+        started.append(editor)
+        return editor
+
+    yield start
+    for editor in started:
+        if editor.process.poll() is None:
+            editor.close()

@@ -3,10 +3,13 @@ readiness over a real NOTIFY_SOCKET, `mcpctl` as a subprocess, raw frames."""
 
 from __future__ import annotations
 
+import json
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,3 +253,139 @@ class SilentServer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class Editor:
+    """An editor as mcpd sees it: `mcpctl stdio NAME` driven over its stdin/stdout."""
+
+    def __init__(self, env: McpdEnv, server: str, log_path: Path) -> None:
+        self.log_path = log_path
+        self._stderr = log_path.open("ab")
+        self.process = subprocess.Popen(
+            [MCPCTL, "stdio", server],
+            env=env.vars,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+        )
+        self.received: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.notifications: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.next_id = 0
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.received.put(json.loads(line))
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.send_raw(json.dumps(message).encode())
+
+    def send_raw(self, line: bytes) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + b"\n")
+        self.process.stdin.flush()
+
+    def request_async(
+        self, method: str, params: dict[str, Any] | None = None, request_id: Any = None
+    ) -> Any:
+        if request_id is None:
+            self.next_id += 1
+            request_id = self.next_id
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        self.send(message)
+        return request_id
+
+    def response(self, request_id: Any, timeout: float = 20) -> dict[str, Any]:
+        """The response to `request_id`; notifications met on the way are kept."""
+        deadline = time.monotonic() + timeout
+        pending = []
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no response to {request_id!r}; stderr:\n{self.stderr}")
+                try:
+                    message = self.received.get(timeout=remaining)
+                except queue.Empty:
+                    continue
+                if "id" in message and "method" not in message and message["id"] == request_id:
+                    return message
+                if "method" in message and "id" not in message:
+                    self.notifications.append(message)
+                else:
+                    pending.append(message)
+        finally:
+            for message in pending:
+                self.received.put(message)
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.response(self.request_async(method, params))
+
+    def initialize(self, capabilities: dict[str, Any] | None = None) -> dict[str, Any]:
+        reply = self.request(
+            "initialize",
+            {
+                "protocolVersion": "2025-11-25",
+                "capabilities": capabilities or {},
+                "clientInfo": {"name": "test-editor", "version": "1"},
+            },
+        )
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return reply
+
+    def call(self, tool: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.request("tools/call", {"name": tool, "arguments": arguments or {}})
+
+    def wait_for_notification(self, method: str, timeout: float = 10) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for message in self.notifications:
+                if message["method"] == method:
+                    self.notifications.remove(message)
+                    return message
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {method}; got {self.notifications}")
+            try:
+                message = self.received.get(timeout=min(remaining, 0.1))
+            except queue.Empty:
+                continue
+            if "method" in message and "id" not in message:
+                self.notifications.append(message)
+            else:
+                self.received.put(message)
+                time.sleep(0.01)
+
+    def quiet_for(self, seconds: float) -> list[dict[str, Any]]:
+        """Everything that arrives within `seconds` (to show that nothing does)."""
+        time.sleep(seconds)
+        arrived = list(self.notifications)
+        self.notifications.clear()
+        while not self.received.empty():
+            arrived.append(self.received.get_nowait())
+        return arrived
+
+    @property
+    def stderr(self) -> str:
+        self._stderr.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def close(self) -> int:
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.stdin.close()
+        try:
+            code = self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError("the bridge did not end at stdin's end") from None
+        finally:
+            self._reader.join(timeout=5)
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+            self._stderr.close()
+        return code

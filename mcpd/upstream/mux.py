@@ -38,6 +38,8 @@ from .jsonrpc import Id
 
 EditorId = int
 
+KNOWN_PROTOCOLS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
+
 # Which client capability a server-to-client request needs.
 CAPABILITY_OF = {
     "sampling/createMessage": "sampling",
@@ -186,10 +188,15 @@ class Multiplexer:
     def _editor_request(self, editor: Editor, message: dict[str, Any]) -> Routing:
         method = message["method"]
         if method == "initialize":
-            self.initialize_editor(editor.id, message.get("params"))
-            return Routing(
-                editors=[(editor.id, jsonrpc.result(message["id"], self.initialize_result))]
-            )
+            params = message.get("params")
+            self.initialize_editor(editor.id, params)
+            result = dict(self.initialize_result or {})
+            requested = params.get("protocolVersion") if isinstance(params, dict) else None
+            # An editor that asks for an older revision than the session speaks
+            # gets that one: the newer revisions only add to the older ones.
+            if requested in KNOWN_PROTOCOLS and requested < result.get("protocolVersion", ""):
+                result["protocolVersion"] = requested
+            return Routing(editors=[(editor.id, jsonrpc.result(message["id"], result))])
         if method == "ping":
             return Routing(editors=[(editor.id, jsonrpc.result(message["id"], {}))])
         params = message.get("params")

@@ -143,7 +143,7 @@ class UpstreamSession:
             self.transport = transport = legacy
             tg.start_soon(self._guard, legacy.run)
             with anyio.fail_after(self.config.timeout):
-                await _first_of(legacy.ready, self._failed)
+                await first_of(legacy.ready, self._failed)
             if self._failure is not None:
                 raise self._failure
             result = await self._initialize(transport)
@@ -345,7 +345,7 @@ class UpstreamSession:
         self._apply(self.mux.from_editor(editor, message))
 
 
-async def _first_of(*events: anyio.Event) -> None:
+async def first_of(*events: anyio.Event) -> None:
     """Return as soon as any of the events is set."""
     async with anyio.create_task_group() as tg:
 

@@ -14,6 +14,7 @@ standalone streams), and leave routing to the caller.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -36,6 +37,9 @@ LEGACY_PROTOCOL = "2024-11-05"
 # A server may close an SSE stream and let the client resume it (SEP-1699):
 # how often to try before the request is given up.
 MAX_RESUME_ATTEMPTS = 5
+# Failed attempts in a row to reopen the standalone stream before the session
+# is considered lost.
+MAX_LISTEN_FAILURES = 3
 DEFAULT_RESUME_DELAY = 1.0
 
 Deliver = Callable[[dict[str, Any], int | None], None]
@@ -262,9 +266,9 @@ class StreamableHttp:
                 response = await self._open(request)
             except (httpx.HTTPError, TimeoutError) as exc:
                 failures += 1
-                if failures >= MAX_RESUME_ATTEMPTS:
+                if failures >= MAX_LISTEN_FAILURES:
                     raise ConnectionLost(f"the event stream is gone: {describe(exc)}") from None
-                await anyio.sleep(min(30.0, 2**failures) * random.uniform(0.5, 1.0))  # noqa: S311
+                await anyio.sleep(2 ** (failures - 1) * random.uniform(0.5, 1.0))  # noqa: S311
                 continue
             try:
                 _check_auth(response)
@@ -275,7 +279,10 @@ class StreamableHttp:
                 if response.status_code >= 400:
                     raise HttpStatusError(response.status_code, await _error_detail(response))
                 failures = 0
-                await self._read_stream(response, decoder, None)
+                with contextlib.suppress(ConnectionLost):
+                    # A broken stream is reopened below; if the server restarted
+                    # meanwhile, it answers 404 and the session is renewed.
+                    await self._read_stream(response, decoder, None)
             finally:
                 await response.aclose()
             delay = (

@@ -1,0 +1,358 @@
+"""The daemon against real MCP servers nobody here wrote, through real bridges.
+
+Every test runs the real `mcpd`, real `mcpctl` (and `mcpctl stdio` bridges
+standing in for editors), and a real server on loopback: the official Python
+SDK (tests/peers/python_server.py), the TypeScript SDK's example servers and
+@modelcontextprotocol/server-everything.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+import pytest
+from real_peers import (
+    PYTHON_SERVER,
+    free_port,
+    json_response_streamable_http,
+    python_server,
+    run_peer,
+    server_everything,
+    simple_sse_server,
+    simple_streamable_http,
+)
+
+
+def server_config(name: str, url: str, extra: str = "") -> str:
+    return f'[servers.{name}]\nurl = "{url}"\ntimeout = 10\n{extra}'
+
+
+def status_of(daemon, name: str) -> dict:
+    result = daemon.mcpctl("status", name, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["servers"][0]
+
+
+def wait_state(daemon, name: str, state: str, timeout: float = 20) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        current = status_of(daemon, name)
+        if current["state"] == state:
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} stayed {current}; log:\n{daemon.log}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def py_peer(tmp_path):
+    with python_server(tmp_path) as peer:
+        yield peer
+
+
+def test_tools_and_call_through_mcpctl(mcpd_env, run_daemon, py_peer):
+    mcpd_env.write_config(server_config("py", py_peer.url))
+    daemon = run_daemon()
+    wait_state(daemon, "py", "connected")
+    tools = daemon.mcpctl("tools", "py")
+    assert tools.returncode == 0, tools.stderr
+    assert tools.stdout.splitlines()[0].split()[:2] == ["echo", "Return"]
+    listed = json.loads(daemon.mcpctl("tools", "py", "--json").stdout)["tools"]
+    assert {"echo", "add", "slow", "progress"} <= {t["name"] for t in listed}
+
+    echo = daemon.mcpctl("call", "py", "echo", '{"text": "hello through mcpd"}')
+    assert (echo.returncode, echo.stdout) == (0, "hello through mcpd\n")
+    added = json.loads(daemon.mcpctl("call", "py", "add", '{"a": 2, "b": 40}', "--json").stdout)
+    assert added["structuredContent"] == {"sum": 42}
+
+    failed = daemon.mcpctl("call", "py", "fail", '{"message": "the tool broke"}')
+    assert failed.returncode == 1
+    assert "the tool broke" in failed.stderr
+    bad_args = daemon.mcpctl("call", "py", "echo", "{not json")
+    assert bad_args.returncode == 2
+    assert "not valid JSON" in bad_args.stderr
+
+
+@pytest.mark.parametrize(
+    ("starter", "tool", "arguments", "expected"),
+    [
+        (simple_streamable_http, "greet", {"name": "mcpd"}, "Hello, mcpd!"),
+        (json_response_streamable_http, "greet", {"name": "mcpd"}, "Hello, mcpd!"),
+        (server_everything, "echo", {"message": "mcpd"}, "Echo: mcpd"),
+        (simple_sse_server, None, None, None),
+    ],
+    ids=["simpleStreamableHttp", "jsonResponseStreamableHttp", "server-everything", "legacy-sse"],
+)
+def test_reference_servers(
+    mcpd_env, run_daemon, editors, tmp_path, starter, tool, arguments, expected
+):
+    with starter(tmp_path) as peer:
+        mcpd_env.write_config(server_config("ref", peer.url))
+        daemon = run_daemon()
+        wait_state(daemon, "ref", "connected")
+        listed = json.loads(daemon.mcpctl("tools", "ref", "--json").stdout)["tools"]
+        assert listed, "the server listed no tools"
+        if tool is None:  # the legacy server: call its first tool with its own example
+            assert "legacy HTTP+SSE" in daemon.log
+            tool, arguments = "start-notification-stream", {"interval": 10, "count": 2}
+            expected = "Completed sending 2 notifications"
+        result = daemon.mcpctl("call", "ref", tool, json.dumps(arguments))
+        assert result.returncode == 0, result.stderr
+        assert expected in result.stdout
+        editor = editors("ref")
+        assert editor.initialize()["result"]["serverInfo"]["name"]
+        reply = editor.call(tool, arguments)
+        assert expected in reply["result"]["content"][0]["text"]
+
+
+def test_two_editors_with_the_same_ids_at_once_get_their_own_answers(
+    mcpd_env, run_daemon, editors, py_peer
+):
+    mcpd_env.write_config(server_config("py", py_peer.url))
+    daemon = run_daemon()
+    wait_state(daemon, "py", "connected")
+    first, second = editors("py"), editors("py")
+    first.initialize()
+    second.initialize()
+    for round_ in range(20):
+        request_id = 1000 + round_
+        for editor, text in ((first, "first"), (second, "second")):
+            editor.request_async(
+                "tools/call",
+                {"name": "echo", "arguments": {"text": f"{text}-{round_}"}},
+                request_id,
+            )
+        for editor, text in ((first, "first"), (second, "second")):
+            reply = editor.response(request_id)
+            assert reply["result"]["content"][0]["text"] == f"{text}-{round_}"
+
+
+def test_notifications_reach_every_editor_and_progress_only_its_owner(
+    mcpd_env, run_daemon, editors, py_peer
+):
+    mcpd_env.write_config(server_config("py", py_peer.url))
+    daemon = run_daemon()
+    wait_state(daemon, "py", "connected")
+    first, second = editors("py"), editors("py")
+    first.initialize()
+    second.initialize()
+    first.call("toggle_tool")
+    for editor in (first, second):
+        editor.wait_for_notification("notifications/tools/list_changed")
+
+    reply = first.request(
+        "tools/call",
+        {"name": "progress", "arguments": {"steps": 3}, "_meta": {"progressToken": "mine"}},
+    )
+    assert reply["result"]["content"][0]["text"] == "3 steps done"
+    progress = [n for n in first.notifications if n["method"] == "notifications/progress"]
+    assert [p["params"]["progressToken"] for p in progress] == ["mine"] * 3
+    assert [p["params"]["progress"] for p in progress] == [1, 2, 3]
+    assert not [m for m in second.quiet_for(0.3) if m.get("method") == "notifications/progress"]
+
+
+def test_resource_subscriptions_are_shared_and_counted(mcpd_env, run_daemon, editors, py_peer):
+    mcpd_env.write_config(server_config("py", py_peer.url))
+    daemon = run_daemon()
+    wait_state(daemon, "py", "connected")
+    first, second, third = editors("py"), editors("py"), editors("py")
+    for editor in (first, second, third):
+        editor.initialize()
+    for editor in (first, second):
+        assert editor.request("resources/subscribe", {"uri": "test://counter"})["result"] == {}
+    third.call("touch")
+    for editor in (first, second):
+        updated = editor.wait_for_notification("notifications/resources/updated")
+        assert updated["params"]["uri"] == "test://counter"
+    assert first.request("resources/unsubscribe", {"uri": "test://counter"})["result"] == {}
+    third.call("touch")
+    second.wait_for_notification("notifications/resources/updated")
+    assert not [
+        m
+        for m in first.quiet_for(0.3) + third.quiet_for(0)
+        if m.get("method") == "notifications/resources/updated"
+    ]
+
+
+def test_cancellation_reaches_the_server(mcpd_env, run_daemon, editors, py_peer):
+    mcpd_env.write_config(server_config("py", py_peer.url))
+    daemon = run_daemon()
+    wait_state(daemon, "py", "connected")
+    editor = editors("py")
+    editor.initialize()
+    request_id = editor.request_async("tools/call", {"name": "slow", "arguments": {"seconds": 30}})
+    py_peer.wait_for_log("slow: sleeping")
+    editor.send(
+        {
+            "jsonrpc": "2.0",
+            "method": "notifications/cancelled",
+            "params": {"requestId": request_id, "reason": "the user gave up"},
+        }
+    )
+    py_peer.wait_for_log("slow: cancelled")
+    assert (
+        editor.call("echo", {"text": "still here"})["result"]["content"][0]["text"] == "still here"
+    )
+
+
+def test_an_editor_that_leaves_cancels_its_requests(mcpd_env, run_daemon, editors, py_peer):
+    mcpd_env.write_config(server_config("py", py_peer.url))
+    daemon = run_daemon()
+    wait_state(daemon, "py", "connected")
+    editor = editors("py")
+    editor.initialize()
+    editor.request_async("tools/call", {"name": "slow", "arguments": {"seconds": 30}})
+    py_peer.wait_for_log("slow: sleeping")
+    assert editor.close() == 0
+    py_peer.wait_for_log("slow: cancelled")
+
+
+def test_invalid_json_from_an_editor_gets_a_parse_error_and_the_session_goes_on(
+    mcpd_env, run_daemon, editors, py_peer
+):
+    mcpd_env.write_config(server_config("py", py_peer.url))
+    daemon = run_daemon()
+    wait_state(daemon, "py", "connected")
+    editor = editors("py")
+    editor.initialize()
+    editor.send_raw(b'{"jsonrpc": "2.0", "id": 5, "method": ')
+    error = editor.response(None)
+    assert error["error"]["code"] == -32700
+    assert editor.call("echo", {"text": "ok"})["result"]["content"][0]["text"] == "ok"
+
+
+def _python_server_on(port: int, log_dir):
+    argv = [sys.executable, str(PYTHON_SERVER), "--port", str(port)]
+    return run_peer("python-server", argv, log_dir, port=port)
+
+
+def test_a_restarted_server_gets_a_new_session_and_editors_notice_nothing(
+    mcpd_env, run_daemon, editors, tmp_path
+):
+    """The server restarts between two calls: the next call carries the old
+    session id, gets 404, and the daemon initializes a new session and retries."""
+    port = free_port()
+    mcpd_env.write_config(server_config("py", f"http://127.0.0.1:{port}/mcp"))
+    with _python_server_on(port, tmp_path):
+        daemon = run_daemon()
+        wait_state(daemon, "py", "connected")
+        editor = editors("py")
+        editor.initialize()
+        assert editor.call("echo", {"text": "before"})["result"]["content"][0]["text"] == "before"
+    with _python_server_on(port, tmp_path):
+        reply = editor.call("echo", {"text": "after"})
+        assert "result" in reply, (reply, daemon.log)
+        assert reply["result"]["content"][0]["text"] == "after"
+        assert status_of(daemon, "py")["state"] == "connected"
+    assert "session" in daemon.log
+
+
+def test_a_dead_server_backs_off_and_recovers_by_itself(mcpd_env, run_daemon, editors, tmp_path):
+    port = free_port()
+    mcpd_env.write_config(server_config("py", f"http://127.0.0.1:{port}/mcp"))
+    daemon = run_daemon()
+    failed = wait_state(daemon, "py", "failed")
+    assert "cannot connect" in failed["error"]
+    assert failed["next_retry_at"] > time.time() - 1
+    editor = editors("py")
+    reply = editor.request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}})
+    assert reply["error"]["code"] == -32001
+    assert "server 'py' is failed" in reply["error"]["message"]
+    assert "retries by itself" in reply["error"]["message"]
+    table = daemon.mcpctl("status").stdout
+    assert "retry in" in table
+    with _python_server_on(port, tmp_path):
+        wait_state(daemon, "py", "connected", timeout=30)
+        editor.initialize()
+        assert editor.call("echo", {"text": "back"})["result"]["content"][0]["text"] == "back"
+
+
+def test_per_client_sessions_are_isolated(mcpd_env, run_daemon, editors, py_peer):
+    mcpd_env.write_config(server_config("py", py_peer.url, 'session = "per-client"\n'))
+    daemon = run_daemon()
+    wait_state(daemon, "py", "connected")
+    first, second = editors("py"), editors("py")
+    assert first.initialize()["result"]["serverInfo"]["name"] == "mcpd-test-python-peer"
+    second.initialize()
+    first_headers = json.loads(first.call("headers")["result"]["content"][0]["text"])
+    second_headers = json.loads(second.call("headers")["result"]["content"][0]["text"])
+    assert first_headers["mcp-session-id"] != second_headers["mcp-session-id"]
+    first.call("toggle_tool")  # notifies its own session only
+    first.wait_for_notification("notifications/tools/list_changed")
+    assert not [
+        m for m in second.quiet_for(0.5) if m.get("method") == "notifications/tools/list_changed"
+    ]
+
+
+def test_the_bridge_survives_a_daemon_restart(mcpd_env, run_daemon, editors, py_peer):
+    mcpd_env.write_config(server_config("py", py_peer.url))
+    daemon = run_daemon()
+    wait_state(daemon, "py", "connected")
+    editor = editors("py")
+    editor.initialize()
+    assert daemon.stop() == 0
+    refused = editor.call("echo", {"text": "nobody home"})
+    assert refused["error"]["code"] == -32001
+    assert "mcpd is not running" in refused["error"]["message"]
+    assert "mcpd is not running" in editor.stderr
+    daemon = run_daemon()
+    wait_state(daemon, "py", "connected")
+    deadline = time.monotonic() + 10
+    while True:  # the bridge retries its connection every second
+        reply = editor.call("echo", {"text": "again"})
+        if "result" in reply or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert reply["result"]["content"][0]["text"] == "again"  # no new initialize needed
+
+
+def test_requests_to_a_server_that_needs_auth_say_how_to_fix_it(
+    mcpd_env, run_daemon, editors, tmp_path
+):
+    with python_server(tmp_path, bearer="right-token") as peer:
+        mcpd_env.write_config(
+            server_config("locked", peer.url)
+            + server_config(
+                "static",
+                peer.url,
+                'headers = { Authorization = "Bearer wrong-token" }\n',
+            )
+            + server_config(
+                "open", peer.url, 'headers = { Authorization = "Bearer right-token" }\n'
+            )
+        )
+        daemon = run_daemon()
+        locked = wait_state(daemon, "locked", "needs_auth")
+        assert "401" in locked["error"]
+        static = wait_state(daemon, "static", "failed")
+        assert "refused the configured credentials" in static["error"]
+        wait_state(daemon, "open", "connected")
+        editor = editors("locked")
+        reply = editor.request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}})
+        assert "mcpctl auth locked" in reply["error"]["message"]
+        call = daemon.mcpctl("call", "open", "echo", '{"text": "with a header"}')
+        assert call.stdout == "with a header\n"
+        assert "wrong-token" not in daemon.log and "right-token" not in daemon.log
+
+
+def test_a_slow_server_does_not_delay_the_others(mcpd_env, run_daemon, silent, py_peer):
+    mcpd_env.write_config(
+        server_config("stuck", silent.url("stuck")) + server_config("py", py_peer.url)
+    )
+    daemon = run_daemon()
+    wait_state(daemon, "py", "connected", timeout=5)
+    assert status_of(daemon, "stuck")["state"] == "connecting"
+    results = []
+
+    def call() -> None:
+        results.append(daemon.mcpctl("call", "py", "echo", '{"text": "fast"}'))
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert [r.stdout for r in results] == ["fast\n"] * 4
