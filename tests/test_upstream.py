@@ -335,7 +335,8 @@ def test_requests_to_a_server_that_needs_auth_say_how_to_fix_it(
         assert "mcpctl auth locked" in reply["error"]["message"]
         call = daemon.mcpctl("call", "open", "echo", '{"text": "with a header"}')
         assert call.stdout == "with a header\n"
-        assert "wrong-token" not in daemon.log and "right-token" not in daemon.log
+        assert "wrong-token" not in daemon.log
+        assert "right-token" not in daemon.log
 
 
 def test_a_slow_server_does_not_delay_the_others(mcpd_env, run_daemon, silent, py_peer):
