@@ -272,12 +272,16 @@ class StreamableHttp:
                 continue
             try:
                 _check_auth(response)
-                if response.status_code == 405:
-                    return  # the server offers no standalone stream: fine
                 if response.status_code == 404 and self.session_id is not None:
                     raise SessionExpired("the server no longer knows the session (HTTP 404)")
                 if response.status_code >= 400:
-                    raise HttpStatusError(response.status_code, await _error_detail(response))
+                    # 405 is what the specification asks for, but any refusal
+                    # means the same: no standalone stream; requests still work.
+                    log.debug(
+                        "the server offers no standalone event stream",
+                        extra={"status": response.status_code},
+                    )
+                    return
                 failures = 0
                 with contextlib.suppress(ConnectionLost):
                     # A broken stream is reopened below; if the server restarted

@@ -1,0 +1,49 @@
+"""The official MCP conformance suite against the product's real path.
+
+The suite (npm @modelcontextprotocol/conformance, on Node 22) starts its test
+server per scenario and runs tests/conformance/client.py, which drives a real
+mcpd through mcpctl. A scenario passes only with no failure and no warning.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from real_peers import conformance_argv, conformance_client_command
+
+CLIENT = Path(__file__).parent / "conformance" / "client.py"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("scenario", ["initialize", "tools_call", "sse-retry"])
+def test_conformance_scenario(scenario, tmp_path):
+    command = conformance_client_command([sys.executable, str(CLIENT)])
+    result = subprocess.run(
+        [
+            *conformance_argv(),
+            "client",
+            "--command",
+            command,
+            "--scenario",
+            scenario,
+            "--output-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    output = ANSI.sub("", result.stdout + result.stderr)
+    summary = re.search(r"Passed: (\d+)/(\d+), (\d+) failed, (\d+) warnings", output)
+    assert summary is not None, output
+    passed, total, failed, warnings = map(int, summary.groups())
+    assert (failed, warnings) == (0, 0), output
+    assert passed == total > 0, output
+    assert result.returncode == 0, output
+    assert "OVERALL: PASSED" in output
