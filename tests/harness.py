@@ -360,6 +360,26 @@ class Editor:
                 self.received.put(message)
                 time.sleep(0.01)
 
+    def wait_for_request(self, method: str, timeout: float = 20) -> dict[str, Any]:
+        """A request from the server (sampling, elicitation, roots) sent to this editor."""
+        deadline = time.monotonic() + timeout
+        skipped = []
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no {method} request; stderr:\n{self.stderr}")
+                try:
+                    message = self.received.get(timeout=remaining)
+                except queue.Empty:
+                    continue
+                if message.get("method") == method and "id" in message:
+                    return message
+                skipped.append(message)
+        finally:
+            for message in skipped:
+                self.received.put(message)
+
     def quiet_for(self, seconds: float) -> list[dict[str, Any]]:
         """Everything that arrives within `seconds` (to show that nothing does)."""
         time.sleep(seconds)

@@ -357,3 +357,40 @@ def test_a_slow_server_does_not_delay_the_others(mcpd_env, run_daemon, silent, p
     for thread in threads:
         thread.join(timeout=20)
     assert [r.stdout for r in results] == ["fast\n"] * 4
+
+
+def test_server_requests_go_to_an_editor_that_can_answer_them(
+    mcpd_env, run_daemon, editors, tmp_path
+):
+    """server-everything asks for sampling while serving the second editor's
+    call; that editor cannot sample, so the request goes to the first one."""
+    with server_everything(tmp_path) as peer:
+        mcpd_env.write_config(server_config("ev", peer.url))
+        daemon = run_daemon()
+        wait_state(daemon, "ev", "connected")
+        sampler, plain = editors("ev"), editors("ev")
+        sampler.initialize({"sampling": {}})
+        plain.initialize()
+        call_id = plain.request_async(
+            "tools/call",
+            {"name": "trigger-sampling-request", "arguments": {"prompt": "hi", "maxTokens": 5}},
+        )
+        request = sampler.wait_for_request("sampling/createMessage")
+        sampler.send(
+            {
+                "jsonrpc": "2.0",
+                "id": request["id"],
+                "result": {
+                    "role": "assistant",
+                    "content": {"type": "text", "text": "sampled by the first editor"},
+                    "model": "test-model",
+                    "stopReason": "endTurn",
+                },
+            }
+        )
+        reply = plain.response(call_id)
+        assert "sampled by the first editor" in json.dumps(reply["result"])
+
+        # Nobody declared elicitation: the server gets an error, not silence.
+        refused = plain.call("trigger-elicitation-request")
+        assert "no attached editor supports elicitation" in json.dumps(refused)
