@@ -44,7 +44,8 @@ BACKOFF_CAP_SECONDS = 60.0
 
 def backoff_delay(attempt: int, rng: Callable[[], float] = random.random) -> float:
     """Exponential, capped, with full jitter over the upper half of the interval."""
-    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempt - 1))
+    exponent = min(max(0, attempt - 1), 32)  # past the cap long before; no overflow
+    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**exponent)
     return float(ceiling * (0.5 + rng() / 2))
 
 

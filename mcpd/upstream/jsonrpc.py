@@ -6,7 +6,7 @@ builds the few the daemon writes itself (errors, results, notifications).
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import msgspec
 
@@ -19,6 +19,12 @@ INTERNAL_ERROR: Final = -32603
 SERVER_UNAVAILABLE: Final = -32001
 
 Id = int | str
+
+
+def is_id(value: Any) -> TypeGuard[int | str]:
+    """A usable JSON-RPC id: a string or an integer (not a bool, not null)."""
+    return isinstance(value, int | str) and not isinstance(value, bool)
+
 
 _decoder = msgspec.json.Decoder()
 encode = msgspec.json.Encoder().encode
@@ -34,6 +40,8 @@ def decode(raw: bytes) -> dict[str, Any]:
         message = _decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise InvalidMessage(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidMessage("not valid JSON: nested too deeply") from None
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
         raise InvalidMessage('not a JSON-RPC 2.0 message (a JSON object with "jsonrpc": "2.0")')
     return message
@@ -82,4 +90,4 @@ def progress_token(message: dict[str, Any]) -> Id | None:
         return None
     meta = params.get("_meta")
     token = meta.get("progressToken") if isinstance(meta, dict) else None
-    return token if isinstance(token, int | str) else None
+    return token if is_id(token) else None

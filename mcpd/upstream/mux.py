@@ -194,7 +194,11 @@ class Multiplexer:
             requested = params.get("protocolVersion") if isinstance(params, dict) else None
             # An editor that asks for an older revision than the session speaks
             # gets that one: the newer revisions only add to the older ones.
-            if requested in KNOWN_PROTOCOLS and requested < result.get("protocolVersion", ""):
+            if (
+                isinstance(requested, str)
+                and requested in KNOWN_PROTOCOLS
+                and requested < str(result.get("protocolVersion", ""))
+            ):
                 result["protocolVersion"] = requested
             return Routing(editors=[(editor.id, jsonrpc.result(message["id"], result))])
         if method == "ping":
@@ -254,6 +258,9 @@ class Multiplexer:
             original = params.get("requestId") if isinstance(params, dict) else None
             for upstream_id in editor.in_flight:
                 if self._pending[upstream_id].original_id == original:
+                    # The server will not answer a cancelled request: forget it now.
+                    del self._pending[upstream_id]
+                    editor.in_flight.discard(upstream_id)
                     return Routing(
                         upstream=[
                             {
@@ -267,7 +274,7 @@ class Multiplexer:
 
     def _editor_response(self, editor: Editor, message: dict[str, Any]) -> Routing:
         request_id = message.get("id")
-        if request_id is None or self._server_requests.get(request_id) != editor.id:
+        if not jsonrpc.is_id(request_id) or self._server_requests.get(request_id) != editor.id:
             return Routing()  # not a request we gave this editor
         del self._server_requests[request_id]
         return Routing(upstream=[message])
@@ -302,6 +309,14 @@ class Multiplexer:
 
     def _server_request(self, message: dict[str, Any], related: int | None) -> Routing:
         method, request_id = message["method"], message["id"]
+        if not jsonrpc.is_id(request_id):
+            return Routing(
+                upstream=[
+                    jsonrpc.error(
+                        None, jsonrpc.INVALID_REQUEST, "request ids are strings or integers"
+                    )
+                ]
+            )
         if method == "ping":
             return Routing(upstream=[jsonrpc.result(request_id, {})])
         editor = self._editor_for(method, related)
@@ -345,7 +360,10 @@ class Multiplexer:
             restored = {**params, "progressToken": pending.original_token}
             return Routing(editors=[(pending.editor, {**message, "params": restored})])
         if method == "notifications/cancelled":
-            owner = self._server_requests.pop(params.get("requestId"), None)  # type: ignore[arg-type]
+            request_id = params.get("requestId")
+            owner = (
+                self._server_requests.pop(request_id, None) if jsonrpc.is_id(request_id) else None
+            )
             return Routing(editors=[(owner, message)] if owner is not None else [])
         if method == "notifications/resources/updated":
             uri = params.get("uri")

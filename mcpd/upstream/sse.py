@@ -25,21 +25,41 @@ class EventTooLarge(ValueError):
 class SseDecoder:
     def __init__(self, max_event_size: int) -> None:
         self.max_event_size = max_event_size
+        # The id of the last event dispatched: what a resumed stream starts after.
         self.last_event_id: str | None = None
         self.retry_ms: int | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget a half-received event (the stream broke); keep id and retry."""
         self._buffer = b""
         self._data: list[str] = []
         self._size = 0
         self._event = ""
+        self._id: str | None = None  # the id field of the event being received
         self._saw_id = False
+        self._after_cr = False  # the last line ended with CR: skip an LF that follows
+        self._started = False  # past a possible byte-order mark
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
         buffer = self._buffer + chunk
-        events: list[SseEvent] = []
+        if not self._started:
+            if len(buffer) < len(_BOM) and _BOM.startswith(buffer):
+                self._buffer = buffer
+                return []
+            buffer = buffer.removeprefix(_BOM)
+            self._started = True
         position = 0
+        if self._after_cr and buffer[:1] == b"\n":
+            position = 1
+        if buffer:
+            self._after_cr = False
+        events: list[SseEvent] = []
         while (end := _line_end(buffer, position)) is not None:
             line_end, next_start = end
             event = self._line(buffer[position:line_end].decode("utf-8", errors="replace"))
+            # A lone CR as the very last byte: an LF may still follow in the next chunk.
+            self._after_cr = next_start == line_end + 1 == len(buffer) and buffer[line_end] == 0x0D
             position = next_start
             if event is not None:
                 events.append(event)
@@ -56,33 +76,42 @@ class SseDecoder:
         name, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if name == "data":
-            self._size += len(value) + 1
+            self._size += len(value.encode()) + 1
             if self._size > self.max_event_size:
                 raise EventTooLarge(f"an SSE event exceeds {self.max_event_size} bytes")
             self._data.append(value)
         elif name == "event":
             self._event = value
         elif name == "id" and "\0" not in value:
-            self.last_event_id = value or None
+            self._id = value or None
             self._saw_id = True
-        elif name == "retry" and value.isdigit():
+        elif name == "retry" and value.isascii() and value.isdigit():
             self.retry_ms = int(value)
         return None
 
     def _dispatch(self) -> SseEvent | None:
-        data, event, saw_id = self._data, self._event, self._saw_id
+        data, event, saw_id, event_id = self._data, self._event, self._saw_id, self._id
         self._data, self._event, self._size, self._saw_id = [], "", 0, False
+        if saw_id:
+            self.last_event_id = event_id
         if not data:
             return None  # e.g. a priming event that only carries id/retry
-        return SseEvent(event or "message", "\n".join(data), self.last_event_id if saw_id else None)
+        return SseEvent(event or "message", "\n".join(data), event_id if saw_id else None)
+
+
+_BOM = b"\xef\xbb\xbf"
 
 
 def _line_end(buffer: bytes, start: int) -> tuple[int, int] | None:
-    """Where the line starting at `start` ends, and where the next one starts."""
+    """Where the line starting at `start` ends, and where the next one starts.
+
+    A CR that is the last byte ends its line at once; the caller remembers it
+    and skips an LF at the start of the next chunk (a CRLF split in two).
+    """
     lf = buffer.find(b"\n", start)
     cr = buffer.find(b"\r", start, lf if lf != -1 else len(buffer))
     if cr == -1:
         return (lf, lf + 1) if lf != -1 else None
-    if cr + 1 == len(buffer):
-        return None  # wait: it may be the start of \r\n
-    return cr, cr + (2 if buffer[cr + 1] == 0x0A else 1)
+    if cr + 1 < len(buffer) and buffer[cr + 1] == 0x0A:
+        return cr, cr + 2
+    return cr, cr + 1

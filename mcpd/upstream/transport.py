@@ -91,6 +91,9 @@ def describe(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, httpx.ConnectError):
         return f"cannot connect: {exc}" if str(exc) else "cannot connect"
+    if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError):
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return f"the connection broke ({detail})"
     if isinstance(exc, httpx.HTTPError):
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return f"{type(exc).__name__}: {exc}"
@@ -201,6 +204,7 @@ class StreamableHttp:
         self, response: httpx.Response, decoder: SseDecoder, related: int | None
     ) -> bool:
         """Deliver a stream's messages; True once the response to `related` came."""
+        decoder.reset()  # a new stream: nothing of a broken one carries over
         try:
             async for chunk in response.aiter_bytes():
                 for event in decoder.feed(chunk):
