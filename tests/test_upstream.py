@@ -394,3 +394,27 @@ def test_server_requests_go_to_an_editor_that_can_answer_them(
         # Nobody declared elicitation: the server gets an error, not silence.
         refused = plain.call("trigger-elicitation-request")
         assert "no attached editor supports elicitation" in json.dumps(refused)
+
+
+def test_every_request_carries_the_configured_and_protocol_headers(
+    mcpd_env, run_daemon, editors, py_peer
+):
+    mcpd_env.vars["TEAM_NAME"] = "platform"
+    mcpd_env.write_config(
+        server_config("py", py_peer.url, 'headers = { "X-Team" = "{env:TEAM_NAME}" }\n')
+    )
+    daemon = run_daemon()
+    wait_state(daemon, "py", "connected")
+    for seen in (
+        json.loads(daemon.mcpctl("call", "py", "headers").stdout),
+        json.loads(_editor_call_headers(editors("py"))),
+    ):
+        assert seen["x-team"] == "platform"
+        assert seen["accept"] == "application/json, text/event-stream"
+        assert seen["mcp-protocol-version"] == "2025-11-25"
+        assert seen["mcp-session-id"]
+
+
+def _editor_call_headers(editor) -> str:
+    editor.initialize()
+    return editor.call("headers")["result"]["content"][0]["text"]
