@@ -409,3 +409,28 @@ class Editor:
                 self.process.stdout.close()
             self._stderr.close()
         return code
+
+
+# --- Servers' states, through mcpctl ---------------------------------------------
+
+
+def server_config(name: str, url: str, extra: str = "") -> str:
+    return f'[servers.{name}]\nurl = "{url}"\ntimeout = 10\n{extra}'
+
+
+def status_of(daemon: DaemonProcess, name: str) -> dict[str, Any]:
+    result = daemon.mcpctl("status", name, "--json")
+    assert result.returncode == 0, result.stderr
+    server: dict[str, Any] = json.loads(result.stdout)["servers"][0]
+    return server
+
+
+def wait_state(daemon: DaemonProcess, name: str, state: str, timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        current = status_of(daemon, name)
+        if current["state"] == state:
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} stayed {current}; log:\n{daemon.log}")
+        time.sleep(0.05)

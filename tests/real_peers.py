@@ -224,6 +224,7 @@ def _run(
     port: int | None = None,
     path: str = "/mcp",
     announced: bool = True,
+    scheme: str = "http",
 ) -> Iterator[Peer]:
     """Run the peer `launch` describes, which must listen on 127.0.0.1 at the
     port it is given, until the block ends; its output goes to
@@ -245,7 +246,7 @@ def _run(
                 stdout=log,
                 stderr=log,
             )
-        peer = Peer(name, f"http://{HOST}:{chosen}{path}", chosen, process, log_path)
+        peer = Peer(name, f"{scheme}://{HOST}:{chosen}{path}", chosen, process, log_path)
         try:
             _wait_until_listening(peer, announced=announced)
             break
@@ -361,8 +362,12 @@ def python_server(
     stateless: bool = False,
     resumable: bool = False,
     bearer: str | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> Iterator[Peer]:
-    """tests/peers/python_server.py, on the official Python SDK (its docstring lists the tools)."""
+    """tests/peers/python_server.py, on the official Python SDK (its docstring lists the tools).
+
+    `tls`: (certificate, key) PEM files, to serve HTTPS.
+    """
     if importlib.util.find_spec("mcp") is None:
         raise PeersNotInstalledError(
             f"the Python MCP SDK is not installed in {sys.prefix}: "
@@ -373,12 +378,14 @@ def python_server(
         *(["--stateless"] if stateless else []),
         *(["--resumable"] if resumable else []),
         *(["--bearer", bearer] if bearer else []),
+        *(["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else []),
     ]
 
     def launch(port: int) -> tuple[list[str], dict[str, str]]:
         return [sys.executable, str(PYTHON_SERVER), "--port", str(port), *flags], {}
 
-    with _run("python-server", launch, log_dir, port=port) as peer:
+    scheme = "https" if tls else "http"
+    with _run("python-server", launch, log_dir, port=port, scheme=scheme) as peer:
         yield peer
 
 

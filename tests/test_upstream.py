@@ -14,8 +14,10 @@ import threading
 import time
 
 import pytest
+from harness import server_config, status_of, wait_state
 from real_peers import (
     PYTHON_SERVER,
+    RawMcp,
     free_port,
     json_response_streamable_http,
     python_server,
@@ -24,27 +26,6 @@ from real_peers import (
     simple_sse_server,
     simple_streamable_http,
 )
-
-
-def server_config(name: str, url: str, extra: str = "") -> str:
-    return f'[servers.{name}]\nurl = "{url}"\ntimeout = 10\n{extra}'
-
-
-def status_of(daemon, name: str) -> dict:
-    result = daemon.mcpctl("status", name, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["servers"][0]
-
-
-def wait_state(daemon, name: str, state: str, timeout: float = 20) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        current = status_of(daemon, name)
-        if current["state"] == state:
-            return current
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{name} stayed {current}; log:\n{daemon.log}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -229,25 +210,34 @@ def _python_server_on(port: int, log_dir):
     return run_peer("python-server", argv, log_dir, port=port)
 
 
+@pytest.mark.parametrize(
+    ("starter", "tool", "arguments"),
+    [
+        (python_server, "echo", {"text": "T"}),  # answers an unknown session with 404
+        (server_everything, "echo", {"message": "T"}),  # with 400 "... session ..."
+    ],
+    ids=["python-sdk", "server-everything"],
+)
 def test_a_restarted_server_gets_a_new_session_and_editors_notice_nothing(
-    mcpd_env, run_daemon, editors, tmp_path
+    mcpd_env, run_daemon, editors, tmp_path, starter, tool, arguments
 ):
-    """The server restarts between two calls: the next call carries the old
-    session id, gets 404, and the daemon initializes a new session and retries."""
+    """The server restarts between two calls: the daemon's next request carries
+    the old session id, is refused, and the daemon initializes a new session
+    and carries on. The editor sees only answers."""
     port = free_port()
-    mcpd_env.write_config(server_config("py", f"http://127.0.0.1:{port}/mcp"))
-    with _python_server_on(port, tmp_path):
+    mcpd_env.write_config(server_config("srv", f"http://127.0.0.1:{port}/mcp"))
+    with starter(tmp_path, port=port):
         daemon = run_daemon()
-        wait_state(daemon, "py", "connected")
-        editor = editors("py")
+        wait_state(daemon, "srv", "connected")
+        editor = editors("srv")
         editor.initialize()
-        assert editor.call("echo", {"text": "before"})["result"]["content"][0]["text"] == "before"
-    with _python_server_on(port, tmp_path):
-        reply = editor.call("echo", {"text": "after"})
+        assert "T" in json.dumps(editor.call(tool, arguments)["result"])
+    with starter(tmp_path, port=port):
+        reply = editor.call(tool, {k: v.replace("T", "U") for k, v in arguments.items()})
         assert "result" in reply, (reply, daemon.log)
-        assert reply["result"]["content"][0]["text"] == "after"
-        assert status_of(daemon, "py")["state"] == "connected"
-    assert "session" in daemon.log
+        assert "U" in json.dumps(reply["result"]["content"])
+        assert status_of(daemon, "srv")["state"] == "connected"
+    assert "session expired; initializing a new one" in daemon.log
 
 
 def test_a_dead_server_backs_off_and_recovers_by_itself(mcpd_env, run_daemon, editors, tmp_path):
@@ -418,3 +408,16 @@ def test_every_request_carries_the_configured_and_protocol_headers(
 def _editor_call_headers(editor) -> str:
     editor.initialize()
     return editor.call("headers")["result"]["content"][0]["text"]
+
+
+def test_stopping_the_daemon_ends_the_session_on_the_server(mcpd_env, run_daemon, py_peer):
+    mcpd_env.write_config(server_config("py", py_peer.url))
+    daemon = run_daemon()
+    wait_state(daemon, "py", "connected")
+    seen = json.loads(daemon.mcpctl("call", "py", "headers").stdout)
+    probe = RawMcp(py_peer.url)
+    probe.session_id = seen["mcp-session-id"]
+    probe.negotiated_version = seen["mcp-protocol-version"]
+    assert probe.request("ping").status == 200  # the session is alive
+    assert daemon.stop() == 0
+    assert probe.request("ping").status == 404  # DELETE-d on the way out

@@ -125,6 +125,16 @@ async def _error_detail(response: httpx.Response) -> str:
     return text[:200]
 
 
+def _session_gone(status: int, detail: str) -> bool:
+    """Whether a refusal of a request that carried a session id means the session expired.
+
+    The specification says 404. Some servers (older SDKs among them) answer 400
+    with a message about the session instead; recovering from that too is what
+    a user expects.
+    """
+    return status == 404 or (status == 400 and "session" in detail.lower())
+
+
 def _check_auth(response: httpx.Response) -> None:
     if response.status_code == 401:
         raise AuthorizationRequired(
@@ -170,10 +180,13 @@ class StreamableHttp:
         response = await self._open(request)
         try:
             _check_auth(response)
-            if response.status_code == 404 and had_session:
-                raise SessionExpired("the server no longer knows the session (HTTP 404)")
             if response.status_code >= 400:
-                raise HttpStatusError(response.status_code, await _error_detail(response))
+                detail = await _error_detail(response)
+                if had_session and _session_gone(response.status_code, detail):
+                    raise SessionExpired(
+                        f"the server no longer knows the session (HTTP {response.status_code})"
+                    )
+                raise HttpStatusError(response.status_code, detail)
             if session_id := response.headers.get("mcp-session-id"):
                 self.session_id = session_id
             if response.status_code == 202 or related is None:
@@ -276,8 +289,11 @@ class StreamableHttp:
                 continue
             try:
                 _check_auth(response)
-                if response.status_code == 404 and self.session_id is not None:
-                    raise SessionExpired("the server no longer knows the session (HTTP 404)")
+                if response.status_code >= 400 and self.session_id is not None:
+                    if _session_gone(response.status_code, await _error_detail(response)):
+                        raise SessionExpired(
+                            f"the server no longer knows the session (HTTP {response.status_code})"
+                        )
                 if response.status_code >= 400:
                     # 405 is what the specification asks for, but any refusal
                     # means the same: no standalone stream; requests still work.

@@ -35,8 +35,9 @@ Resources: `test://counter` (text, the counter; subscribable) and
 `test://static` (text, `static resource`).
 
 `--bearer TOKEN` answers 401 to any request without `Authorization: Bearer
-TOKEN`. `--resumable` keeps every SSE event in memory so a client can resume
-with `Last-Event-ID`.
+TOKEN`. `--tls-cert PEM --tls-key PEM` serves HTTPS instead of HTTP.
+`--resumable` keeps every SSE event in memory so a client can resume with
+`Last-Event-ID`.
 """
 
 from __future__ import annotations
@@ -423,6 +424,8 @@ def main(argv: list[str] | None = None) -> None:
         "--resumable", action="store_true", help="keep SSE events for Last-Event-ID"
     )
     parser.add_argument("--bearer", metavar="TOKEN", help="require Authorization: Bearer TOKEN")
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate")
+    parser.add_argument("--tls-key", metavar="PEM", help="and this private key")
     options = parser.parse_args(argv)
 
     app: Any = build_server().streamable_http_app(
@@ -441,6 +444,8 @@ def main(argv: list[str] | None = None) -> None:
         log_level="warning",
         # Open SSE streams would otherwise hold a SIGTERM until they close.
         timeout_graceful_shutdown=1,
+        ssl_certfile=options.tls_cert,
+        ssl_keyfile=options.tls_key,
     )
     # Bound here rather than by uvicorn so that the line tests/real_peers.py
     # waits for says that this process, not another, has the port.
