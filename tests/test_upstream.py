@@ -34,6 +34,15 @@ def py_peer(tmp_path):
         yield peer
 
 
+@pytest.fixture
+def py_daemon(mcpd_env, run_daemon, py_peer):
+    """A daemon connected to the Python SDK server, as `py`."""
+    mcpd_env.write_config(server_config("py", py_peer.url))
+    daemon = run_daemon()
+    wait_state(daemon, "py", "connected")
+    return daemon
+
+
 def test_tools_and_call_through_mcpctl(mcpd_env, run_daemon, py_peer):
     mcpd_env.write_config(server_config("py", py_peer.url))
     daemon = run_daemon()
@@ -89,12 +98,7 @@ def test_reference_servers(
         assert expected in reply["result"]["content"][0]["text"]
 
 
-def test_two_editors_with_the_same_ids_at_once_get_their_own_answers(
-    mcpd_env, run_daemon, editors, py_peer
-):
-    mcpd_env.write_config(server_config("py", py_peer.url))
-    daemon = run_daemon()
-    wait_state(daemon, "py", "connected")
+def test_two_editors_with_the_same_ids_at_once_get_their_own_answers(py_daemon, editors, py_peer):
     first, second = editors("py"), editors("py")
     first.initialize()
     second.initialize()
@@ -111,12 +115,7 @@ def test_two_editors_with_the_same_ids_at_once_get_their_own_answers(
             assert reply["result"]["content"][0]["text"] == f"{text}-{round_}"
 
 
-def test_notifications_reach_every_editor_and_progress_only_its_owner(
-    mcpd_env, run_daemon, editors, py_peer
-):
-    mcpd_env.write_config(server_config("py", py_peer.url))
-    daemon = run_daemon()
-    wait_state(daemon, "py", "connected")
+def test_notifications_reach_every_editor_and_progress_only_its_owner(py_daemon, editors, py_peer):
     first, second = editors("py"), editors("py")
     first.initialize()
     second.initialize()
@@ -135,10 +134,7 @@ def test_notifications_reach_every_editor_and_progress_only_its_owner(
     assert not [m for m in second.quiet_for(0.3) if m.get("method") == "notifications/progress"]
 
 
-def test_resource_subscriptions_are_shared_and_counted(mcpd_env, run_daemon, editors, py_peer):
-    mcpd_env.write_config(server_config("py", py_peer.url))
-    daemon = run_daemon()
-    wait_state(daemon, "py", "connected")
+def test_resource_subscriptions_are_shared_and_counted(py_daemon, editors, py_peer):
     first, second, third = editors("py"), editors("py"), editors("py")
     for editor in (first, second, third):
         editor.initialize()
@@ -158,10 +154,7 @@ def test_resource_subscriptions_are_shared_and_counted(mcpd_env, run_daemon, edi
     ]
 
 
-def test_cancellation_reaches_the_server(mcpd_env, run_daemon, editors, py_peer):
-    mcpd_env.write_config(server_config("py", py_peer.url))
-    daemon = run_daemon()
-    wait_state(daemon, "py", "connected")
+def test_cancellation_reaches_the_server(py_daemon, editors, py_peer):
     editor = editors("py")
     editor.initialize()
     request_id = editor.request_async("tools/call", {"name": "slow", "arguments": {"seconds": 30}})
@@ -179,10 +172,7 @@ def test_cancellation_reaches_the_server(mcpd_env, run_daemon, editors, py_peer)
     )
 
 
-def test_an_editor_that_leaves_cancels_its_requests(mcpd_env, run_daemon, editors, py_peer):
-    mcpd_env.write_config(server_config("py", py_peer.url))
-    daemon = run_daemon()
-    wait_state(daemon, "py", "connected")
+def test_an_editor_that_leaves_cancels_its_requests(py_daemon, editors, py_peer):
     editor = editors("py")
     editor.initialize()
     editor.request_async("tools/call", {"name": "slow", "arguments": {"seconds": 30}})
@@ -192,11 +182,8 @@ def test_an_editor_that_leaves_cancels_its_requests(mcpd_env, run_daemon, editor
 
 
 def test_invalid_json_from_an_editor_gets_a_parse_error_and_the_session_goes_on(
-    mcpd_env, run_daemon, editors, py_peer
+    py_daemon, editors, py_peer
 ):
-    mcpd_env.write_config(server_config("py", py_peer.url))
-    daemon = run_daemon()
-    wait_state(daemon, "py", "connected")
     editor = editors("py")
     editor.initialize()
     editor.send_raw(b'{"jsonrpc": "2.0", "id": 5, "method": ')
@@ -277,10 +264,8 @@ def test_per_client_sessions_are_isolated(mcpd_env, run_daemon, editors, py_peer
     ]
 
 
-def test_the_bridge_survives_a_daemon_restart(mcpd_env, run_daemon, editors, py_peer):
-    mcpd_env.write_config(server_config("py", py_peer.url))
-    daemon = run_daemon()
-    wait_state(daemon, "py", "connected")
+def test_the_bridge_survives_a_daemon_restart(py_daemon, run_daemon, editors, py_peer):
+    daemon = py_daemon
     editor = editors("py")
     editor.initialize()
     assert daemon.stop() == 0

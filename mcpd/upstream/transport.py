@@ -143,7 +143,11 @@ def _check_auth(response: httpx.Response) -> None:
         )
 
 
-class StreamableHttp:
+class _HttpTransport:
+    """What both transports share: where and how to reach the server."""
+
+    protocol_version: str | None
+
     def __init__(self, settings: TransportSettings, deliver: Deliver) -> None:
         self.client = settings.client
         self.url = settings.url
@@ -151,8 +155,13 @@ class StreamableHttp:
         self.deliver = deliver
         self.max_message_size = settings.max_message_size
         self.request_timeout = settings.request_timeout
+
+
+class StreamableHttp(_HttpTransport):
+    def __init__(self, settings: TransportSettings, deliver: Deliver) -> None:
+        super().__init__(settings, deliver)
         self.session_id: str | None = None
-        self.protocol_version: str | None = None
+        self.protocol_version = None
 
     def _headers(self, **extra: str) -> dict[str, str]:
         headers = {**self.headers, "Accept": ACCEPT, **extra}
@@ -289,12 +298,12 @@ class StreamableHttp:
                 continue
             try:
                 _check_auth(response)
-                if response.status_code >= 400 and self.session_id is not None:
-                    if _session_gone(response.status_code, await _error_detail(response)):
+                if response.status_code >= 400:
+                    detail = await _error_detail(response)
+                    if self.session_id is not None and _session_gone(response.status_code, detail):
                         raise SessionExpired(
                             f"the server no longer knows the session (HTTP {response.status_code})"
                         )
-                if response.status_code >= 400:
                     # 405 is what the specification asks for, but any refusal
                     # means the same: no standalone stream; requests still work.
                     log.debug(
@@ -327,18 +336,13 @@ class StreamableHttp:
             log.info("could not end the session", extra={"error": describe(exc)})
 
 
-class LegacySse:
+class LegacySse(_HttpTransport):
     """HTTP+SSE (2024-11-05): messages go by POST to the `endpoint` the stream names."""
 
     def __init__(self, settings: TransportSettings, deliver: Deliver) -> None:
-        self.client = settings.client
-        self.url = settings.url
-        self.headers = dict(settings.headers)
-        self.deliver = deliver
-        self.max_message_size = settings.max_message_size
-        self.request_timeout = settings.request_timeout
+        super().__init__(settings, deliver)
         self.endpoint: str | None = None
-        self.protocol_version: str | None = LEGACY_PROTOCOL
+        self.protocol_version = LEGACY_PROTOCOL
         self.ready = anyio.Event()  # set once the endpoint is known
 
     async def run(self) -> None:
