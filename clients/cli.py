@@ -11,7 +11,11 @@ from typing import Any
 import msgspec
 
 from mcpd.protocol import (
+    AuthPasteParams,
+    AuthStarted,
     CallParams,
+    LogoutParams,
+    LogoutResult,
     ReloadResult,
     RotateKeyResult,
     ServerParams,
@@ -185,6 +189,43 @@ def cmd_call(client: DaemonClient, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_auth(client: DaemonClient, args: argparse.Namespace) -> int:
+    started = msgspec.convert(client.request("auth", ServerParams(args.name)), AuthStarted)
+    print(f"To sign in to {args.name}, open this URL in a browser:\n\n  {started.url}\n")
+    if not args.no_browser and not args.paste:
+        import webbrowser
+
+        if not webbrowser.open(started.url):
+            print("(no browser could be opened here: open the URL yourself)")
+    if args.paste:
+        print("After signing in, the browser goes to a page that may not load (on another")
+        print("machine, say). Paste that page's full address (or just the code) here:")
+        try:
+            response = input("> ")
+        except EOFError:
+            print("mcpctl: nothing was pasted", file=sys.stderr)
+            return 1
+        status = client.request("auth_paste", AuthPasteParams(args.name, response))
+    else:
+        print(
+            "Waiting for the sign-in to finish in the browser (Ctrl-C stops waiting)...", flush=True
+        )
+        status = client.request("auth_wait", ServerParams(args.name))
+    server = msgspec.convert(status, ServerStatus)
+    print(f"Signed in; {server.name} is {server.state}.")
+    return 0
+
+
+def cmd_logout(client: DaemonClient, args: argparse.Namespace) -> int:
+    result = msgspec.convert(
+        client.request("logout", LogoutParams(args.name, args.forget_client)), LogoutResult
+    )
+    revoked = "revoked and " if result.revoked else ""
+    forgot = "; the client registration is forgotten too" if args.forget_client else ""
+    print(f"Signed out of {args.name}: tokens {revoked}deleted{forgot}.")
+    return 0
+
+
 def cmd_shutdown(client: DaemonClient, args: argparse.Namespace) -> int:
     client.request("shutdown")
     print("mcpd is shutting down")
@@ -224,6 +265,23 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("arguments", nargs="?", help="the arguments, a JSON object")
     call.add_argument("--json", action="store_true", help="the full result as JSON")
     call.set_defaults(run=cmd_call)
+
+    auth = commands.add_parser("auth", help="sign in to a server (OAuth), for every editor")
+    auth.add_argument("name", help="the server")
+    auth.add_argument("--no-browser", action="store_true", help="print the URL, open nothing")
+    auth.add_argument(
+        "--paste",
+        action="store_true",
+        help="for SSH and headless machines: paste the address the browser ends up at",
+    )
+    auth.set_defaults(run=cmd_auth)
+
+    logout = commands.add_parser("logout", help="revoke and delete a server's tokens")
+    logout.add_argument("name", help="the server")
+    logout.add_argument(
+        "--forget-client", action="store_true", help="also forget the client registration"
+    )
+    logout.set_defaults(run=cmd_logout)
 
     stdio = commands.add_parser(
         "stdio", help="be the stdio MCP server an editor launches, served by the daemon"

@@ -54,6 +54,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class DaemonSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # The loopback port of the OAuth callback (0: any free port, picked per flow).
+    callback_port: int = 19876
 
 
 class _File(msgspec.Struct, forbid_unknown_fields=True):

@@ -22,6 +22,7 @@ from . import logs
 from .config import Config
 from .connection import ClientConnection, peer_credentials
 from .methods import RpcFailure
+from .oauth.manager import AuthManager
 from .protocol import ErrorCode, Event, ReloadResult, StateChanged
 from .server import ServerRuntime
 from .states import State
@@ -47,6 +48,7 @@ class Daemon:
         self._connections_closed = anyio.Event()
         self._tg: TaskGroup | None = None
         self._editor_ids = itertools.count(1)
+        self.auth: AuthManager | None = None
 
     @property
     def max_frame_size(self) -> int:
@@ -70,6 +72,7 @@ class Daemon:
         listener = await SocketListener.from_socket(listener_socket)
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            self.auth = AuthManager(self.config.daemon.callback_port, self.save_record, tg)
             tg.start_soon(self._handle_signals)
             for entry in self.config.servers.values():
                 await self._start_server(entry)
@@ -214,6 +217,8 @@ class Daemon:
             ),
         )
         self.config = new
+        if self.auth is not None:
+            self.auth.callback_port = new.daemon.callback_port
         logs.set_level(new.daemon.log_level)
         for name in result.removed:
             self._stop_server(name)
@@ -226,6 +231,11 @@ class Daemon:
             await self._start_server(new.servers[name], announce=True)
         self.notifier.notify(ready="1", status=self._summary())
         return result
+
+    async def save_record(self, record: CredentialRecord) -> None:
+        """Write a server's credentials, atomically, before anything uses them."""
+        async with self._store_lock:
+            await anyio.to_thread.run_sync(self.store.save, record)
 
     async def rotate_key(self) -> int:
         async with self._store_lock:

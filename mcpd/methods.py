@@ -15,24 +15,30 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .config import ConfigError
 from .keys import KeyFileError
+from .oauth.http import OAuthError
 from .protocol import (
     PROTOCOL_VERSION,
     AttachParams,
     AttachResult,
+    AuthPasteParams,
+    AuthStarted,
     CallParams,
     EmptyParams,
     ErrorCode,
     HelloParams,
     HelloResult,
+    LogoutParams,
+    LogoutResult,
     ReloadResult,
     RotateKeyResult,
     ServerParams,
+    ServerStatus,
     StatusParams,
     StatusResult,
     SubscribeParams,
     ToolsResult,
 )
-from .server import Unavailable
+from .server import ServerRuntime, Unavailable
 from .upstream.session import RequestFailed
 
 if TYPE_CHECKING:
@@ -138,6 +144,80 @@ async def _upstream(runtime_request: Any) -> Any:
         raise RpcFailure(ErrorCode.UPSTREAM_ERROR, f"the server answered: {exc}") from None
 
 
+def _oauth_runtime(ctx: RequestContext, name: str) -> ServerRuntime:
+    """The server, if signing in to it makes sense; else an error that says why."""
+    runtime = ctx.daemon.server(name)
+    config = runtime.entry.config
+    if config is None:
+        raise RpcFailure(
+            ErrorCode.CONFIG_ERROR, f"server {name!r} is misconfigured: {runtime.entry.error}"
+        )
+    if not config.enabled:
+        raise RpcFailure(ErrorCode.SERVER_UNAVAILABLE, f"server {name!r} is disabled")
+    if config.oauth is False:
+        raise RpcFailure(ErrorCode.AUTH_FAILED, f"oauth = false for server {name!r}")
+    if runtime.bearer() is None and any(k.lower() == "authorization" for k in config.headers):
+        raise RpcFailure(
+            ErrorCode.AUTH_FAILED,
+            f"server {name!r} has a configured Authorization header; remove it (or set oauth) "
+            "to sign in with OAuth",
+        )
+    return runtime
+
+
+async def auth(ctx: RequestContext, params: ServerParams) -> AuthStarted:
+    """Start the sign-in to a server, or join the one under way."""
+    runtime = _oauth_runtime(ctx, params.server)
+    assert ctx.daemon.auth is not None
+    flow = await ctx.daemon.auth.start(runtime)
+    if flow.url is None:
+        raise RpcFailure(ErrorCode.AUTH_FAILED, flow.error or "the sign-in could not start")
+    return AuthStarted(flow.url)
+
+
+async def _connected_after_auth(runtime: ServerRuntime) -> ServerStatus:
+    if not await runtime.wait_usable():
+        raise RpcFailure(
+            ErrorCode.SERVER_UNAVAILABLE,
+            f"signed in, but {runtime.name!r} did not connect: "
+            + (runtime.machine.error or str(runtime.machine.state)),
+        )
+    return runtime.status()
+
+
+async def auth_wait(ctx: RequestContext, params: ServerParams) -> ServerStatus:
+    """Wait for the sign-in to finish and the server to connect."""
+    runtime = ctx.daemon.server(params.server)
+    assert ctx.daemon.auth is not None
+    flow = ctx.daemon.auth.flows.get(params.server)
+    if flow is None:
+        raise RpcFailure(ErrorCode.AUTH_FAILED, f"no sign-in to {params.server!r} was started")
+    await flow.done.wait()
+    if flow.error is not None:
+        raise RpcFailure(ErrorCode.AUTH_FAILED, flow.error)
+    return await _connected_after_auth(runtime)
+
+
+async def auth_paste(ctx: RequestContext, params: AuthPasteParams) -> ServerStatus:
+    """Finish a sign-in with the redirected URL (or code) a user pasted."""
+    runtime = ctx.daemon.server(params.server)
+    assert ctx.daemon.auth is not None
+    succeeded, message = await ctx.daemon.auth.paste(runtime, params.response)
+    if not succeeded:
+        raise RpcFailure(ErrorCode.AUTH_FAILED, message)
+    return await _connected_after_auth(runtime)
+
+
+async def logout(ctx: RequestContext, params: LogoutParams) -> LogoutResult:
+    runtime = ctx.daemon.server(params.server)
+    assert ctx.daemon.auth is not None
+    try:
+        revoked = await ctx.daemon.auth.logout(runtime, params.forget_client)
+    except OAuthError as exc:
+        raise RpcFailure(ErrorCode.AUTH_FAILED, str(exc)) from None
+    return LogoutResult(revoked)
+
+
 async def tools(ctx: RequestContext, params: ServerParams) -> ToolsResult:
     runtime = ctx.daemon.server(params.server)
     listed: list[dict[str, Any]] = []
@@ -167,6 +247,10 @@ METHODS: dict[str, Method] = {
     "rotate_key": Method(EmptyParams, rotate_key, cancellable=False),
     "shutdown": Method(EmptyParams, shutdown, cancellable=False),
     "attach": Method(AttachParams, attach),
+    "auth": Method(ServerParams, auth),
+    "auth_wait": Method(ServerParams, auth_wait),
+    "auth_paste": Method(AuthPasteParams, auth_paste),
+    "logout": Method(LogoutParams, logout, cancellable=False),
     "tools": Method(ServerParams, tools),
     "call": Method(CallParams, call),
 }

@@ -44,6 +44,7 @@ class ErrorCode(IntEnum):
     SERVER_UNAVAILABLE = 8
     UPSTREAM_ERROR = 9
     NOT_ATTACHED = 10
+    AUTH_FAILED = 11
 
 
 # --- Envelopes -------------------------------------------------------------
@@ -167,6 +168,27 @@ class AttachResult(msgspec.Struct):
 
 class ToolsResult(msgspec.Struct):
     tools: list[dict[str, Any]]
+
+
+class AuthStarted(msgspec.Struct):
+    """The authorization URL to open (the same for everyone who joins the flow)."""
+
+    url: str
+
+
+class AuthPasteParams(msgspec.Struct):
+    server: str
+    # The URL the browser was finally sent to, or just the code.
+    response: str
+
+
+class LogoutParams(msgspec.Struct):
+    server: str
+    forget_client: bool = False
+
+
+class LogoutResult(msgspec.Struct):
+    revoked: bool
 
 
 class CallParams(msgspec.Struct):

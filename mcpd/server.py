@@ -25,6 +25,9 @@ import httpx
 from anyio.abc import TaskGroup, TaskStatus
 
 from .config import ServerEntry
+from .oauth.discovery import Challenge, parse_challenge
+from .oauth.flow import union_scope
+from .oauth.http import OAuthError, Origin
 from .protocol import ServerStatus
 from .states import Event, ServerStateMachine, State
 from .store import CredentialRecord, UnreadableRecord
@@ -96,7 +99,14 @@ class SessionKeeper:
             self.session.lost(describe(failure))
             failed, self.attempt_failed = self.attempt_failed, anyio.Event()
             failed.set()
-            if was_connected and not isinstance(failure, AuthorizationRequired):
+            if isinstance(failure, AuthorizationRequired):
+                # Retrying changes nothing until the credentials do: wait for that.
+                self._wake = anyio.Event()
+                self._on_lost(failure, None)
+                await self._wake.wait()
+                self._on_retry()
+                continue
+            if was_connected:
                 self._on_lost(failure, None)  # reconnect at once, once
                 continue
             attempt += 1
@@ -131,6 +141,9 @@ class ServerRuntime:
         self.keeper: SessionKeeper | None = None
         self._per_client: dict[EditorId, SessionKeeper] = {}
         self._sinks: dict[EditorId, EditorSink] = {}
+        # The last authorization challenge, and a scope a 403 asked for (step-up).
+        self.challenge: Challenge | None = None
+        self.required_scope: str | None = None
         self.machine = ServerStateMachine(self._changed)
 
     @property
@@ -207,7 +220,12 @@ class ServerRuntime:
         assert self._client is not None
         assert self.entry.config is not None
         session = UpstreamSession(
-            self.name, self.entry.config, self._client, self._max_message_size, initialize_params
+            self.name,
+            self.entry.config,
+            self._client,
+            self._max_message_size,
+            initialize_params=initialize_params,
+            bearer=self.bearer,
         )
         return SessionKeeper(session, on_connected, on_lost, on_retry)
 
@@ -215,27 +233,102 @@ class ServerRuntime:
         if self.machine.state is not State.CONNECTED:
             self.machine.handle(Event.CONNECTED)
 
+    # --- Credentials ------------------------------------------------------------------
+
+    def _static_authorization(self) -> bool:
+        config = self.entry.config
+        return config is not None and any(k.lower() == "authorization" for k in config.headers)
+
+    def bearer(self) -> str | None:
+        """The OAuth access token to send, if OAuth applies and one is stored."""
+        config = self.entry.config
+        if config is None or config.oauth is False or self._static_authorization():
+            return None
+        tokens = self.record.tokens if self.record else None
+        return tokens.access_token if tokens else None
+
+    def http(self) -> tuple[httpx.AsyncClient, Origin, float]:
+        """What the OAuth steps need to reach this server's authorization server."""
+        config = self.entry.config
+        if self._client is None or config is None:
+            raise OAuthError(f"server {self.name!r} is not running")
+        return self._client, Origin(config.url, dict(config.headers)), config.timeout
+
+    async def wait_usable(self) -> bool:
+        """After new credentials: whether the server connects, within its timeout."""
+        keeper, config = self.keeper, self.entry.config
+        if keeper is None or config is None:
+            return False
+        with anyio.move_on_after(config.timeout):
+            while not self.keeper_connected():
+                await first_of(keeper.connected, keeper.attempt_failed)
+                if self.machine.state not in (State.CONNECTING, State.CONNECTED):
+                    break  # failed, or needs authorization again
+        return self.keeper_connected()
+
+    def keeper_connected(self) -> bool:
+        return self.keeper is not None and self.keeper.connected.is_set()
+
+    def begin_authorization(self) -> None:
+        if self.machine.state is not State.AUTHORIZING:
+            self.machine.handle(Event.AUTHORIZE)
+
+    def authorized(self, record: CredentialRecord) -> None:
+        self.record = record
+        self.required_scope = None
+        if self.machine.state is State.AUTHORIZING:
+            self.machine.handle(Event.AUTHORIZED)
+        self._renew_sessions("new credentials")
+
+    def authorization_failed(self, reason: str) -> None:
+        if self.machine.state is State.AUTHORIZING:
+            self.machine.handle(Event.AUTHORIZATION_FAILED, error=reason)
+
+    def client_registration_required(self, reason: str) -> None:
+        if self.machine.state is State.AUTHORIZING:
+            self.machine.handle(Event.CLIENT_REGISTRATION_REQUIRED, error=reason)
+
+    def logged_out(self, record: CredentialRecord | None) -> None:
+        self.record = record
+        self._renew_sessions("signed out")
+
+    def _renew_sessions(self, reason: str) -> None:
+        """Open new sessions with the current credentials (or none)."""
+        for keeper in [self.keeper, *self._per_client.values()]:
+            if keeper is None:
+                continue
+            if keeper.connected.is_set():
+                keeper.session.reconnect(reason)
+            else:
+                keeper.retry_now()
+
+    def _auth_required(self, failure: AuthorizationRequired) -> None:
+        config = self.entry.config
+        self.challenge = parse_challenge(failure.challenge)
+        if self.challenge is not None and self.challenge.error == "insufficient_scope":
+            granted = self.record.tokens.scope if self.record and self.record.tokens else None
+            self.required_scope = union_scope(granted, self.challenge.scope)
+        state = self.machine.state
+        if config is not None and config.oauth is None and self._static_authorization():
+            error = (
+                "the server refused the configured credentials (HTTP 401): "
+                "check the Authorization header in the config"
+            )
+        elif config is not None and config.oauth is False:
+            error = f"{failure}, but oauth = false for this server"
+        else:
+            if state not in (State.NEEDS_AUTH, State.AUTHORIZING, State.NEEDS_CLIENT_REGISTRATION):
+                refused = " and refused the stored token" if self.bearer() else ""
+                self.machine.handle(Event.AUTH_REQUIRED, error=f"{failure}{refused}")
+            return
+        if state in (State.CONNECTING, State.CONNECTED, State.FAILED):
+            self.machine.handle(Event.ERROR, error=error)
+
     def _lost(self, failure: BaseException, retry_at: float | None) -> None:
         reason = describe(failure)
         state = self.machine.state
         if isinstance(failure, AuthorizationRequired):
-            config = self.entry.config
-            static = config is not None and any(
-                k.lower() == "authorization" for k in config.headers
-            )
-            if static and (config is None or config.oauth is None):
-                self.machine.handle(
-                    Event.ERROR,
-                    error="the server refused the configured credentials (HTTP 401): "
-                    "check the Authorization header in the config",
-                    retry_at=retry_at,
-                )
-            elif state is not State.NEEDS_AUTH:
-                self.machine.handle(
-                    Event.AUTH_REQUIRED,
-                    error="the server requires authorization (HTTP 401); "
-                    "OAuth sign-in is not available in this version of mcpd",
-                )
+            self._auth_required(failure)
             return
         if retry_at is None and state is State.CONNECTED:
             log.info("connection lost; reconnecting", extra={"server": self.name, "error": reason})
@@ -301,6 +394,10 @@ class ServerRuntime:
         keeper = await self._wait_connected(self.keeper)
         try:
             return await keeper.session.request(method, params, timeout)
+        except AuthorizationRequired as exc:
+            raise Unavailable(
+                f"server {self.name!r}: {exc}; sign in with `mcpctl auth {self.name}`"
+            ) from None
         except UpstreamError as exc:
             raise Unavailable(f"server {self.name!r}: {exc}") from None
 

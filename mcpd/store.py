@@ -54,11 +54,21 @@ class ClientRegistration(msgspec.Struct, kw_only=True):
         return f"ClientRegistration(client_id={self.client_id!r}, issuer={self.issuer!r}, {_MASK})"
 
 
+class AuthorizationServer(msgspec.Struct, kw_only=True):
+    """What a refresh or a revocation needs, so that neither rediscovers."""
+
+    issuer: str
+    token_endpoint: str
+    revocation_endpoint: str | None = None
+    resource: str
+
+
 class CredentialRecord(msgspec.Struct, kw_only=True):
     server: str
     url: str
     tokens: TokenSet | None = None
     client: ClientRegistration | None = None
+    authorization: AuthorizationServer | None = None
     last_refresh_at: float | None = None
 
 

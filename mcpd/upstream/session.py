@@ -82,8 +82,11 @@ class UpstreamSession:
         config: ServerConfig,
         client: httpx.AsyncClient,
         max_message_size: int,
+        *,
         initialize_params: dict[str, Any] | None = None,
+        bearer: Callable[[], str | None] = lambda: None,
     ) -> None:
+        self.bearer = bearer
         self.name = name
         self.config = config
         self.client = client
@@ -119,6 +122,7 @@ class UpstreamSession:
             self.config.headers,
             self.max_message_size,
             self.config.timeout,
+            self.bearer,
         )
 
     async def open(self, tg: TaskGroup) -> None:
@@ -323,11 +327,19 @@ class UpstreamSession:
         if transport is None or not self.connected:
             raise UpstreamError("not connected")
         try:
-            return await self._own_request(transport, method, params, timeout)
-        except SessionExpired:
-            assert isinstance(transport, StreamableHttp)
-            await self._reinitialize(transport)
-            return await self._own_request(transport, method, params, timeout)
+            try:
+                return await self._own_request(transport, method, params, timeout)
+            except SessionExpired:
+                assert isinstance(transport, StreamableHttp)
+                await self._reinitialize(transport)
+                return await self._own_request(transport, method, params, timeout)
+        except SESSION_FATAL as exc:
+            self._fail(exc)
+            raise
+
+    def reconnect(self, reason: str) -> None:
+        """End the session (new credentials, say); the keeper opens a new one."""
+        self._fail(ConnectionLost(reason))
 
     # --- Editors ----------------------------------------------------------------------
 

@@ -53,6 +53,9 @@ class TransportSettings:
     max_message_size: int
     # Seconds to wait for response headers; streams may then run as long as they like.
     request_timeout: float
+    # The current OAuth access token, if any: asked for on every request, so a
+    # new token is used at once, without reconnecting.
+    bearer: Callable[[], str | None] = lambda: None
 
 
 class UpstreamError(Exception):
@@ -136,10 +139,12 @@ def _session_gone(status: int, detail: str) -> bool:
 
 
 def _check_auth(response: httpx.Response) -> None:
+    challenge = response.headers.get("www-authenticate", "")
     if response.status_code == 401:
+        raise AuthorizationRequired("the server requires authorization (HTTP 401)", challenge)
+    if response.status_code == 403 and "insufficient_scope" in challenge:
         raise AuthorizationRequired(
-            "the server requires authorization (HTTP 401)",
-            response.headers.get("www-authenticate", ""),
+            "the server requires more permissions (HTTP 403, insufficient_scope)", challenge
         )
 
 
@@ -155,6 +160,11 @@ class _HttpTransport:
         self.deliver = deliver
         self.max_message_size = settings.max_message_size
         self.request_timeout = settings.request_timeout
+        self.bearer = settings.bearer
+
+    def _base_headers(self) -> dict[str, str]:
+        token = self.bearer()
+        return {**self.headers, "Authorization": f"Bearer {token}"} if token else dict(self.headers)
 
 
 class StreamableHttp(_HttpTransport):
@@ -164,7 +174,7 @@ class StreamableHttp(_HttpTransport):
         self.protocol_version = None
 
     def _headers(self, **extra: str) -> dict[str, str]:
-        headers = {**self.headers, "Accept": ACCEPT, **extra}
+        headers = {**self._base_headers(), "Accept": ACCEPT, **extra}
         if self.session_id is not None:
             headers["Mcp-Session-Id"] = self.session_id
         if self.protocol_version is not None:
@@ -348,7 +358,7 @@ class LegacySse(_HttpTransport):
     async def run(self) -> None:
         """Hold the stream open until it ends; raises ConnectionLost then."""
         request = self.client.build_request(
-            "GET", self.url, headers={**self.headers, "Accept": "text/event-stream"}
+            "GET", self.url, headers={**self._base_headers(), "Accept": "text/event-stream"}
         )
         with anyio.fail_after(self.request_timeout):
             response = await self.client.send(request, stream=True)
@@ -383,7 +393,7 @@ class LegacySse(_HttpTransport):
             "POST",
             self.endpoint,
             content=jsonrpc.encode(message),
-            headers={**self.headers, "Content-Type": "application/json"},
+            headers={**self._base_headers(), "Content-Type": "application/json"},
         )
         with anyio.fail_after(self.request_timeout):
             response = await self.client.send(request)

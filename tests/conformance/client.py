@@ -3,11 +3,18 @@
     conformance client --command "python tests/conformance/client.py" --scenario NAME
 
 The suite appends its test server's URL. This starts a real `mcpd` in a
-private XDG tree with that URL as its one server, waits for it to connect,
-lists the tools with `mcpctl tools`, calls the first one with `mcpctl call`
-(arguments made from its input schema), shuts the daemon down (which ends the
-session with DELETE) and exits 0 only if every step worked. Nothing goes
-around the daemon.
+private XDG tree with that URL as its one server, waits for it to connect (or
+to ask for authorization), lists the tools with `mcpctl tools`, calls the first
+one with `mcpctl call` (arguments made from its input schema), shuts the
+daemon down (which ends the session with DELETE) and exits 0 only if every
+step worked. Nothing goes around the daemon.
+
+Authorization goes through `mcpctl auth`, with BROWSER set to
+tests/conformance/browser.py, a headless browser that follows the
+authorization server's redirect to the daemon's real loopback listener.
+Whenever a step says the server wants authorization (none yet, or more
+scope), the client signs in and tries again: at most three sign-ins in all. A
+pre-registered client from MCP_CONFORMANCE_CONTEXT goes into the config.
 """
 
 from __future__ import annotations
@@ -23,8 +30,12 @@ from pathlib import Path
 from typing import Any
 
 BIN = Path(sys.executable).parent
+BROWSER = Path(__file__).with_name("browser.py")
 SERVER = "conformance"
 DEADLINE_SECONDS = 30.0
+MAX_SIGN_INS = 3
+# The Client ID Metadata Document URL the suite expects a CIMD client to use.
+CLIENT_METADATA_URL = "https://conformance-test.local/client-metadata.json"
 
 
 def _sample(schema: dict[str, Any]) -> Any:
@@ -49,18 +60,35 @@ def arguments_for(schema: dict[str, Any]) -> dict[str, Any]:
     return {name: _sample(properties.get(name, {})) for name in required}
 
 
+def config_for(url: str, context: str | None) -> str:
+    """The daemon's config: the server, with a pre-registered client if the suite gave one."""
+    oauth = {"client_metadata_url": CLIENT_METADATA_URL}
+    if context:
+        given = json.loads(context)
+        for key in ("client_id", "client_secret"):
+            if isinstance(given.get(key), str):
+                oauth[key] = given[key]
+    table = ", ".join(f"{key} = {json.dumps(value)}" for key, value in oauth.items())
+    return (
+        "[daemon]\ncallback_port = 0\n"
+        f'[servers.{SERVER}]\nurl = "{url}"\ntimeout = 10\noauth = {{ {table} }}\n'
+    )
+
+
 class Daemon:
     def __init__(self, root: Path, url: str) -> None:
         (root / "run").mkdir(mode=0o700)
         config = root / "config" / "mcpd" / "config.toml"
         config.parent.mkdir(parents=True)
-        config.write_text(f'[servers.{SERVER}]\nurl = "{url}"\n')
+        config.write_text(config_for(url, os.environ.get("MCP_CONFORMANCE_CONTEXT")))
+        self.sign_ins = 0
         self.env = {
             **os.environ,
             "HOME": str(root),
             "XDG_CONFIG_HOME": str(root / "config"),
             "XDG_STATE_HOME": str(root / "state"),
             "XDG_RUNTIME_DIR": str(root / "run"),
+            "BROWSER": f"{sys.executable} {BROWSER} %s",
         }
         self.env.pop("MCPD_SOCKET", None)
         self.env.pop("MCPD_CONFIG", None)
@@ -89,13 +117,32 @@ class Daemon:
         print(f"$ mcpctl {' '.join(args)}\n{result.stdout}{result.stderr}", end="", flush=True)
         return result
 
-    def wait_connected(self) -> dict[str, Any]:
+    def wait_settled(self) -> dict[str, Any]:
+        """The server's status once it connected, wants authorization, or failed."""
         deadline = time.monotonic() + DEADLINE_SECONDS
         while True:
             status = json.loads(self.mcpctl("status", SERVER, "--json").stdout)["servers"][0]
-            if status["state"] == "connected" or time.monotonic() > deadline:
+            if status["state"] not in ("connecting", "authorizing"):
+                return dict(status)
+            if time.monotonic() > deadline:
                 return dict(status)
             time.sleep(0.1)
+
+    def sign_in(self) -> bool:
+        if self.sign_ins >= MAX_SIGN_INS:
+            print(f"giving up after {MAX_SIGN_INS} sign-ins", flush=True)
+            return False
+        self.sign_ins += 1
+        return self.mcpctl("auth", SERVER).returncode == 0
+
+    def with_sign_in(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run mcpctl; when the server wants authorization, sign in and run it again."""
+        while True:
+            result = self.mcpctl(*args)
+            if result.returncode == 0 or "mcpctl auth" not in result.stderr:
+                return result
+            if not self.sign_in():
+                return result
 
     def stop(self) -> int:
         self.mcpctl("shutdown")
@@ -107,18 +154,20 @@ def main(url: str) -> int:
     with tempfile.TemporaryDirectory(prefix="mcpd-conformance-") as root:
         daemon = Daemon(Path(root), url)
         try:
-            status = daemon.wait_connected()
+            if daemon.wait_settled()["state"] == "needs_auth" and not daemon.sign_in():
+                return 1
+            status = daemon.wait_settled()
             if status["state"] != "connected":
                 print(f"mcpd did not connect: {status}", file=sys.stderr)
                 return 1
-            listed = daemon.mcpctl("tools", SERVER, "--json")
+            listed = daemon.with_sign_in("tools", SERVER, "--json")
             if listed.returncode != 0:
                 return 1
             tools = json.loads(listed.stdout)["tools"]
             if tools:
                 tool = tools[0]
                 arguments = arguments_for(tool.get("inputSchema") or {})
-                called = daemon.mcpctl("call", SERVER, tool["name"], json.dumps(arguments))
+                called = daemon.with_sign_in("call", SERVER, tool["name"], json.dumps(arguments))
                 if called.returncode != 0:
                     return 1
         finally:

@@ -1,0 +1,337 @@
+"""The authorization code flow with PKCE, sans-IO: from discovery to tokens.
+
+    identity  = choose_client(settings, discovery, stored, redirect_uri)
+    client    = yield from register(...)    # when identity says so
+    pending   = begin(discovery, client, scope, redirect_uri)
+    ...the user's browser visits pending.url; the callback arrives...
+    code      = pending.accept(callback_query)
+    tokens    = yield from exchange(pending, code)
+
+Client identity, in this order: a configured client; a Client ID Metadata
+Document URL when the server supports those; dynamic registration (RFC 7591),
+reused while the redirect URI stays the same. With none of these possible the
+caller reports `needs_client_registration`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+
+from ..config import OAuthSettings
+from ..store import ClientRegistration, TokenSet
+from .discovery import Challenge, Discovery
+from .http import HttpRequest, HttpResponse, OAuthError, Step
+
+CLIENT_NAME = "mcpd"
+STATE_LIFETIME_SECONDS = 600.0
+OFFLINE_ACCESS = "offline_access"
+
+
+class ClientRegistrationRequired(OAuthError):
+    """No client identity can be had; the message names the setting to add."""
+
+
+def choose_scope(
+    settings: OAuthSettings | None, challenge: Challenge | None, discovery: Discovery
+) -> str | None:
+    """Configured scope, else the challenge's, else the resource's scopes_supported;
+    plus offline_access exactly when the authorization server lists it."""
+    if settings is not None and settings.scope:
+        scopes = settings.scope.split()
+    elif challenge is not None and challenge.scope:
+        scopes = challenge.scope.split()
+    elif discovery.scopes_supported:
+        scopes = list(discovery.scopes_supported)
+    else:
+        scopes = []
+    offered = discovery.server.scopes_supported or []
+    if OFFLINE_ACCESS in offered and OFFLINE_ACCESS not in scopes:
+        scopes.append(OFFLINE_ACCESS)
+    elif OFFLINE_ACCESS not in offered and OFFLINE_ACCESS in scopes:
+        scopes.remove(OFFLINE_ACCESS)
+    return " ".join(dict.fromkeys(scopes)) or None
+
+
+def union_scope(*scopes: str | None) -> str | None:
+    merged = [s for scope in scopes if scope for s in scope.split()]
+    return " ".join(dict.fromkeys(merged)) or None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """How to get a client id: use `client` as it is, or register one."""
+
+    client: ClientRegistration | None
+    register: bool
+
+
+def choose_client(
+    settings: OAuthSettings | None,
+    discovery: Discovery,
+    stored: ClientRegistration | None,
+    redirect_uri: str,
+) -> Identity:
+    server = discovery.server
+    if settings is not None and settings.client_id:
+        return Identity(
+            ClientRegistration(
+                client_id=settings.client_id,
+                client_secret=settings.client_secret,
+                redirect_uri=redirect_uri,
+                token_endpoint_auth_method=_auth_method(server, settings.client_secret),
+                issuer=server.issuer,
+            ),
+            register=False,
+        )
+    if (
+        settings is not None
+        and settings.client_metadata_url
+        and (server.client_id_metadata_document_supported)
+    ):
+        return Identity(
+            ClientRegistration(
+                client_id=settings.client_metadata_url,
+                redirect_uri=redirect_uri,
+                token_endpoint_auth_method="none",  # noqa: S106 - a method's name
+                issuer=server.issuer,
+            ),
+            register=False,
+        )
+    if (
+        stored is not None
+        and stored.issuer == server.issuer
+        and stored.redirect_uri == redirect_uri
+        and (
+            stored.client_secret_expires_at in (None, 0)
+            or stored.client_secret_expires_at > time.time()
+        )
+    ):
+        return Identity(stored, register=False)
+    if server.registration_endpoint is None:
+        raise ClientRegistrationRequired(
+            f"the authorization server {server.issuer} offers no dynamic client registration"
+            + (
+                " and no Client ID Metadata Document is configured"
+                if server.client_id_metadata_document_supported
+                else ""
+            )
+            + "; register a client with it and set oauth.client_id (and oauth.client_secret "
+            "if it has one) in this server's config table"
+        )
+    return Identity(None, register=True)
+
+
+def _auth_method(server: Any, secret: str | None) -> str:
+    """Token endpoint authentication for a client with or without a secret."""
+    supported = server.token_endpoint_auth_methods_supported
+    if secret is None:
+        return "none"
+    if supported is None or "client_secret_basic" in supported:
+        return "client_secret_basic"
+    if "client_secret_post" in supported:
+        return "client_secret_post"
+    return "client_secret_basic"
+
+
+def register(
+    discovery: Discovery, redirect_uri: str, scope: str | None
+) -> Step[ClientRegistration]:
+    server = discovery.server
+    assert server.registration_endpoint is not None
+    supported = server.token_endpoint_auth_methods_supported
+    method = "none" if supported is None or "none" in supported else supported[0]
+    metadata: dict[str, Any] = {
+        "client_name": CLIENT_NAME,
+        "redirect_uris": [redirect_uri],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": method,
+    }
+    if scope:
+        metadata["scope"] = scope
+    response = yield HttpRequest(
+        "POST", server.registration_endpoint, {"Accept": "application/json"}, json=metadata
+    )
+    if response.status not in (200, 201):
+        raise OAuthError(
+            f"client registration at {server.registration_endpoint} failed: "
+            + _error_text(response)
+        )
+    data = response.json()
+    if not isinstance(data, dict) or not isinstance(data.get("client_id"), str):
+        raise OAuthError("the client registration response has no client_id")
+    secret = data.get("client_secret") if isinstance(data.get("client_secret"), str) else None
+    expires = data.get("client_secret_expires_at")
+    granted = data.get("token_endpoint_auth_method")
+    return ClientRegistration(
+        client_id=data["client_id"],
+        client_secret=secret,
+        client_secret_expires_at=float(expires) if isinstance(expires, int | float) else None,
+        redirect_uri=redirect_uri,
+        token_endpoint_auth_method=granted
+        if isinstance(granted, str)
+        else _auth_method(server, secret),
+        issuer=server.issuer,
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclass
+class PendingAuthorization:
+    """One authorization in progress: what the callback must match."""
+
+    discovery: Discovery
+    client: ClientRegistration
+    redirect_uri: str
+    scope: str | None
+    url: str
+    state: str = field(repr=False)
+    verifier: str = field(repr=False)
+    created: float = field(default_factory=time.monotonic)
+    used: bool = False
+
+    def expired(self, now: float | None = None) -> bool:
+        return (
+            now if now is not None else time.monotonic()
+        ) - self.created > STATE_LIFETIME_SECONDS
+
+    def matches(self, state: str) -> bool:
+        return hmac.compare_digest(self.state.encode(), state.encode())
+
+    def accept(self, query: str) -> str:
+        """The authorization code from the callback's query string, checked."""
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        if self.used:
+            raise OAuthError("this authorization was already completed; start a new one")
+        if not self.matches(params.get("state", "")):
+            raise OAuthError("the callback's state does not match this authorization")
+        if self.expired():
+            raise OAuthError("the authorization expired (10 minutes); start a new one")
+        self.used = True
+        issuer = self.discovery.server.issuer
+        iss = params.get("iss")
+        expect_iss = self.discovery.server.authorization_response_iss_parameter_supported
+        if (iss is not None or expect_iss) and (
+            iss is None or iss.rstrip("/") != issuer.rstrip("/")
+        ):
+            raise OAuthError(
+                f"the callback's issuer {iss!r} is not {issuer!r} (RFC 9207); refusing it"
+            )
+        if "error" in params:
+            description = params.get("error_description", "")
+            raise OAuthError(
+                f"the authorization server refused: {params['error']}"
+                + (f": {description}" if description else "")
+            )
+        code = params.get("code")
+        if not code:
+            raise OAuthError("the callback carries no authorization code")
+        return code
+
+
+def begin(
+    discovery: Discovery, client: ClientRegistration, scope: str | None, redirect_uri: str
+) -> PendingAuthorization:
+    verifier = _b64(secrets.token_bytes(32))
+    challenge = _b64(hashlib.sha256(verifier.encode()).digest())
+    state = _b64(secrets.token_bytes(32))
+    params = {
+        "response_type": "code",
+        "client_id": client.client_id,
+        "redirect_uri": redirect_uri,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "state": state,
+        "resource": discovery.resource,
+    }
+    if scope:
+        params["scope"] = scope
+    endpoint = discovery.server.authorization_endpoint
+    separator = "&" if urlsplit(endpoint).query else "?"
+    url = f"{endpoint}{separator}{urlencode(params)}"
+    return PendingAuthorization(discovery, client, redirect_uri, scope, url, state, verifier)
+
+
+def client_authentication(
+    client: ClientRegistration, form: dict[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Headers and form of a token endpoint request, per the client's auth method."""
+    headers = {"Accept": "application/json"}
+    form = {**form}
+    method = client.token_endpoint_auth_method or "none"
+    if client.client_secret is not None and method == "client_secret_basic":
+        pair = f"{quote(client.client_id, safe='')}:{quote(client.client_secret, safe='')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+    else:
+        form["client_id"] = client.client_id
+        if client.client_secret is not None and method == "client_secret_post":
+            form["client_secret"] = client.client_secret
+    return headers, form
+
+
+def _error_text(response: HttpResponse) -> str:
+    data = response.json()
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        description = data.get("error_description")
+        return str(data["error"]) + (f": {description}" if isinstance(description, str) else "")
+    return f"HTTP {response.status}"
+
+
+class TokenError(OAuthError):
+    def __init__(self, message: str, error: str | None) -> None:
+        super().__init__(message)
+        self.error = error
+
+
+def token_request(
+    token_endpoint: str, client: ClientRegistration, form: dict[str, str]
+) -> Step[TokenSet]:
+    headers, body = client_authentication(client, form)
+    response = yield HttpRequest("POST", token_endpoint, headers, form=body)
+    data = response.json()
+    if response.status != 200:
+        error = data.get("error") if isinstance(data, dict) else None
+        raise TokenError(
+            f"the token endpoint refused: {_error_text(response)}",
+            error if isinstance(error, str) else None,
+        )
+    if not isinstance(data, dict) or not isinstance(data.get("access_token"), str):
+        raise TokenError("the token endpoint's answer has no access_token", None)
+    token_type = data.get("token_type")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise TokenError(f"the token endpoint issued a {token_type!r} token, not Bearer", None)
+    now = time.time()
+    expires_in = data.get("expires_in")
+    refresh = data.get("refresh_token")
+    scope = data.get("scope")
+    return TokenSet(
+        access_token=data["access_token"],
+        refresh_token=refresh if isinstance(refresh, str) else None,
+        expires_at=now + float(expires_in) if isinstance(expires_in, int | float) else None,
+        obtained_at=now,
+        scope=scope if isinstance(scope, str) else form.get("scope"),
+    )
+
+
+def exchange(pending: PendingAuthorization, code: str) -> Step[TokenSet]:
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": pending.redirect_uri,
+        "code_verifier": pending.verifier,
+        "resource": pending.discovery.resource,
+    }
+    tokens = yield from token_request(pending.discovery.server.token_endpoint, pending.client, form)
+    if tokens.scope is None and pending.scope:
+        tokens.scope = pending.scope
+    return tokens
