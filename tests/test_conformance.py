@@ -47,3 +47,36 @@ def test_conformance_scenario(scenario, tmp_path):
     assert passed == total > 0, output
     assert result.returncode == 0, output
     assert "OVERALL: PASSED" in output
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize(("suite", "scenarios"), [("auth", 14), ("backcompat", 2), ("draft", 3)])
+def test_conformance_suite(suite, scenarios, tmp_path):
+    """Every scenario of the suite, run by the suite itself (in parallel)."""
+    command = conformance_client_command([sys.executable, str(CLIENT)])
+    result = subprocess.run(
+        [
+            *conformance_argv(),
+            "client",
+            "--command",
+            command,
+            "--suite",
+            suite,
+            "-o",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=380,
+        check=False,
+    )
+    output = ANSI.sub("", result.stdout + result.stderr)
+    total = re.search(r"Total: (\d+) passed, (\d+) failed, (\d+) warnings", output)
+    assert total is not None, output
+    passed, failed, warnings = map(int, total.groups())
+    assert (failed, warnings) == (0, 0), output
+    assert passed > 0, output
+    assert result.returncode == 0, output
+    outcomes = re.findall(r"^([✓✗]) (\S+):", output, re.MULTILINE)
+    assert len(outcomes) == scenarios, output
+    assert all(mark == "✓" for mark, _ in outcomes), output
