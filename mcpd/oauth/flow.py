@@ -186,6 +186,14 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+class ServerRefused(OAuthError):
+    """The authorization server said no; `error` is its OAuth error code, if any."""
+
+    def __init__(self, message: str, error: str | None) -> None:
+        super().__init__(message)
+        self.error = error
+
+
 @dataclass
 class PendingAuthorization:
     """One authorization in progress: what the callback must match."""
@@ -229,9 +237,10 @@ class PendingAuthorization:
             )
         if "error" in params:
             description = params.get("error_description", "")
-            raise OAuthError(
+            raise ServerRefused(
                 f"the authorization server refused: {params['error']}"
-                + (f": {description}" if description else "")
+                + (f": {description}" if description else ""),
+                params["error"],
             )
         code = params.get("code")
         if not code:
@@ -287,12 +296,6 @@ def _error_text(response: HttpResponse) -> str:
     return f"HTTP {response.status}"
 
 
-class TokenError(OAuthError):
-    def __init__(self, message: str, error: str | None) -> None:
-        super().__init__(message)
-        self.error = error
-
-
 def token_request(
     token_endpoint: str, client: ClientRegistration, form: dict[str, str]
 ) -> Step[TokenSet]:
@@ -301,15 +304,15 @@ def token_request(
     data = response.json()
     if response.status != 200:
         error = data.get("error") if isinstance(data, dict) else None
-        raise TokenError(
+        raise ServerRefused(
             f"the token endpoint refused: {_error_text(response)}",
             error if isinstance(error, str) else None,
         )
     if not isinstance(data, dict) or not isinstance(data.get("access_token"), str):
-        raise TokenError("the token endpoint's answer has no access_token", None)
+        raise ServerRefused("the token endpoint's answer has no access_token", None)
     token_type = data.get("token_type")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
-        raise TokenError(f"the token endpoint issued a {token_type!r} token, not Bearer", None)
+        raise ServerRefused(f"the token endpoint issued a {token_type!r} token, not Bearer", None)
     now = time.time()
     expires_in = data.get("expires_in")
     refresh = data.get("refresh_token")

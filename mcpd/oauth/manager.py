@@ -19,13 +19,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from ..store import AuthorizationServer, CredentialRecord
+from ..store import AuthorizationServer, ClientRegistration, CredentialRecord
 from .callback import CallbackListener, redirect_uri
 from .discovery import discover
 from .flow import (
     STATE_LIFETIME_SECONDS,
     ClientRegistrationRequired,
     PendingAuthorization,
+    ServerRefused,
     begin,
     choose_client,
     choose_scope,
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SaveRecord = Callable[[CredentialRecord], Awaitable[None]]
+# Errors that mean the authorization server does not know our registered client.
+FORGET_CLIENT_ON = frozenset({"invalid_client", "unauthorized_client"})
 
 
 @dataclass
@@ -145,7 +148,17 @@ class AuthManager:
         if client is None:
             client = await drive(register(discovery, redirect, scope), *http)
             log.info("registered a client", extra={"server": runtime.name})
+            # Kept at once: the next sign-in reuses it, even if this one fails.
+            await self._keep_client(runtime, client)
         return begin(discovery, client, scope, redirect)
+
+    async def _keep_client(self, runtime: ServerRuntime, client: ClientRegistration | None) -> None:
+        config = runtime.entry.config
+        assert config is not None
+        record = runtime.record or CredentialRecord(server=runtime.name, url=config.url)
+        record.client = client
+        await self._save(record)
+        runtime.record = record
 
     async def _expire(self, flow: Flow) -> None:
         with anyio.move_on_after(STATE_LIFETIME_SECONDS):
@@ -189,6 +202,14 @@ class AuthManager:
             code = pending.accept(query)
             tokens = await drive(exchange(pending, code), *runtime.http())
         except OAuthError as exc:
+            stored = runtime.record.client if runtime.record else None
+            if (
+                isinstance(exc, ServerRefused)
+                and exc.error in FORGET_CLIENT_ON
+                and (stored is not None and stored.client_id == pending.client.client_id)
+            ):
+                # The server no longer knows the registered client: register anew next time.
+                await self._keep_client(runtime, None)
             runtime.authorization_failed(str(exc))
             flow.finish(str(exc))
             return False, str(exc)

@@ -1,0 +1,375 @@
+"""A demo MCP server protected by OAuth, and its authorization server, on loopback.
+
+    python -m mcpd.demo.server --port PORT [--token-lifetime SECONDS]
+
+THIS IS A DEMO, NOT AN AUTHORIZATION SERVER TO USE. There is no login and no
+consent page: the demo "user" approves every authorization request at once,
+so /authorize redirects straight back to the client's redirect URI with a
+code. Clients, codes and tokens live in memory and die with the process. It
+listens on 127.0.0.1 only.
+
+Everything that speaks HTTP is the official Python SDK's (`mcp`, mcpd's `demo`
+extra): the MCP server (`MCPServer`, Streamable HTTP), and, from
+`mcp.server.auth` through `AuthSettings`, the authorization server's endpoints
+(metadata per RFC 8414 with PKCE S256, /authorize, /token, /register per RFC
+7591, /revoke per RFC 7009), their request validation (PKCE, redirect URIs,
+client authentication, scopes), the protected resource metadata (RFC 9728), and
+the bearer middleware that answers 401 with a `resource_metadata` challenge
+and refuses tokens issued for another resource (RFC 8707). This module only
+supplies the storage behind them: `DemoProvider`.
+
+At http://127.0.0.1:PORT (the issuer, and the MCP server's origin):
+
+- `/mcp`: the MCP server; tools `echo(text)`, `time()` (the current UTC time)
+  and `whoami()` (the client and scopes of the token used).
+- `/.well-known/oauth-protected-resource/mcp`: its resource metadata, naming
+  the issuer above and the scope `mcp`.
+- `/.well-known/oauth-authorization-server`, `/authorize`, `/token`,
+  `/register`, `/revoke`.
+
+Scopes: `mcp` (needed for /mcp) and `offline_access`. A client that registers
+without a scope gets both. A refresh token is issued only when the grant
+includes `offline_access`.
+
+Tokens: access tokens live `--token-lifetime` seconds (default 3600); refresh
+tokens do not expire. A refresh rotates the refresh token (the old one stops
+working at once) and issues a new access token; earlier access tokens stay
+valid until they expire. Revoking any token of a grant (its access or refresh
+tokens) revokes the whole grant.
+
+Each registration, authorization, token issue, refresh and revocation is
+logged to stderr as a `demo-as: ...` line, never with a token or code in it.
+Once the port is bound it prints `mcpd-peer: listening on 127.0.0.1:PORT` to
+stderr (with `--port 0`, the port it got).
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import count
+
+import uvicorn
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.provider import (
+    AccessToken,
+    AuthorizationCode,
+    AuthorizationParams,
+    AuthorizeError,
+    OAuthAuthorizationServerProvider,
+    RefreshToken,
+    TokenError,
+    construct_redirect_uri,
+)
+from mcp.server.auth.settings import AuthSettings, ClientRegistrationOptions, RevocationOptions
+from mcp.server.mcpserver import MCPServer
+from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+from pydantic import AnyHttpUrl
+
+HOST = "127.0.0.1"
+MCP_PATH = "/mcp"
+MCP_SCOPE = "mcp"
+OFFLINE_ACCESS = "offline_access"
+DEFAULT_TOKEN_LIFETIME = 3600
+CODE_LIFETIME_SECONDS = 300
+DEMO_USER = "demo-user"
+
+
+def log(message: str) -> None:
+    print(f"demo-as: {message}", file=sys.stderr, flush=True)
+
+
+class DemoRefreshToken(RefreshToken):
+    grant: int  # every token of one authorization shares its grant
+
+
+class DemoAccessToken(AccessToken):
+    grant: int
+
+
+@dataclass
+class DemoProvider(
+    OAuthAuthorizationServerProvider[AuthorizationCode, DemoRefreshToken, DemoAccessToken]
+):
+    """The SDK's authorization server routes call this for everything they store.
+
+    A demo: `authorize` approves at once, on behalf of a user who is not asked.
+    """
+
+    resource: str  # the MCP server's URL: the only resource tokens are issued for
+    token_lifetime: int
+    clients: dict[str, OAuthClientInformationFull] = field(default_factory=dict)
+    codes: dict[str, AuthorizationCode] = field(default_factory=dict)
+    access_tokens: dict[str, DemoAccessToken] = field(default_factory=dict)
+    refresh_tokens: dict[str, DemoRefreshToken] = field(default_factory=dict)
+    _grants: count[int] = field(default_factory=lambda: count(1))
+
+    # --- Clients (dynamic registration) ------------------------------------------------
+
+    async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
+        return self.clients.get(client_id)
+
+    async def register_client(self, client_info: OAuthClientInformationFull) -> None:
+        self.clients[client_info.client_id] = client_info
+        log(
+            f"registered client {client_info.client_id} ({client_info.client_name or 'unnamed'}, "
+            f"auth method {client_info.token_endpoint_auth_method}, scope {client_info.scope!r})"
+        )
+
+    # --- Authorization: approved at once ---------------------------------------------------
+
+    def _is_our_resource(self, resource: str) -> bool:
+        return resource.rstrip("/") == self.resource.rstrip("/")
+
+    async def authorize(
+        self, client: OAuthClientInformationFull, params: AuthorizationParams
+    ) -> str:
+        """The demo user says yes without being asked: straight back with a code."""
+        if params.resource is not None and not self._is_our_resource(params.resource):
+            raise AuthorizeError(
+                "invalid_target", f"this server issues tokens for {self.resource} only"
+            )
+        scopes = params.scopes if params.scopes is not None else (client.scope or "").split()
+        code = secrets.token_urlsafe(32)
+        self.codes[code] = AuthorizationCode(
+            code=code,
+            scopes=scopes,
+            expires_at=time.time() + CODE_LIFETIME_SECONDS,
+            client_id=client.client_id,
+            code_challenge=params.code_challenge,
+            redirect_uri=params.redirect_uri,
+            redirect_uri_provided_explicitly=params.redirect_uri_provided_explicitly,
+            resource=params.resource,
+            subject=DEMO_USER,
+        )
+        log(
+            f"approved client {client.client_id} for scope {' '.join(scopes)!r} "
+            f"(resource {params.resource!r}) without asking anyone: this is a demo"
+        )
+        return construct_redirect_uri(str(params.redirect_uri), code=code, state=params.state)
+
+    async def load_authorization_code(
+        self, client: OAuthClientInformationFull, authorization_code: str
+    ) -> AuthorizationCode | None:
+        code = self.codes.get(authorization_code)
+        return code if code is not None and code.client_id == client.client_id else None
+
+    async def exchange_authorization_code(
+        self, client: OAuthClientInformationFull, authorization_code: AuthorizationCode
+    ) -> OAuthToken:
+        if self.codes.pop(authorization_code.code, None) is None:
+            raise TokenError("invalid_grant", "authorization code already used")
+        grant = next(self._grants)
+        token = self._issue(
+            grant, client.client_id, authorization_code.scopes, authorization_code.resource
+        )
+        log(f"grant {grant}: {self._describe(token)} for an authorization code")
+        return token
+
+    # --- Tokens ------------------------------------------------------------------------------
+
+    def _issue(
+        self, grant: int, client_id: str, scopes: Sequence[str], resource: str | None
+    ) -> OAuthToken:
+        # A client that sent no resource indicator still gets a token for this
+        # server, the only resource there is, so the bearer middleware's RFC 8707
+        # check (`validate_token_resource`) accepts it.
+        bound = resource or self.resource
+        access = secrets.token_urlsafe(32)
+        self.access_tokens[access] = DemoAccessToken(
+            token=access,
+            client_id=client_id,
+            scopes=list(scopes),
+            expires_at=int(time.time()) + self.token_lifetime,
+            resource=bound,
+            subject=DEMO_USER,
+            grant=grant,
+        )
+        refresh = None
+        if OFFLINE_ACCESS in scopes:
+            refresh = secrets.token_urlsafe(32)
+            self.refresh_tokens[refresh] = DemoRefreshToken(
+                token=refresh,
+                client_id=client_id,
+                scopes=list(scopes),
+                resource=bound,
+                subject=DEMO_USER,
+                grant=grant,
+            )
+        return OAuthToken(
+            access_token=access,
+            token_type="Bearer",
+            expires_in=self.token_lifetime,
+            scope=" ".join(scopes),
+            refresh_token=refresh,
+        )
+
+    @staticmethod
+    def _describe(token: OAuthToken) -> str:
+        refresh = "and a refresh token" if token.refresh_token else "and no refresh token"
+        return (
+            f"issued an access token (expires in {token.expires_in}s, scope {token.scope!r}) "
+            + refresh
+        )
+
+    async def load_refresh_token(
+        self, client: OAuthClientInformationFull, refresh_token: str
+    ) -> DemoRefreshToken | None:
+        token = self.refresh_tokens.get(refresh_token)
+        if token is None or token.client_id != client.client_id:
+            log(f"refused a refresh token from client {client.client_id}: unknown or revoked")
+            return None
+        return token
+
+    async def exchange_refresh_token(
+        self,
+        client: OAuthClientInformationFull,
+        refresh_token: DemoRefreshToken,
+        scopes: list[str],
+    ) -> OAuthToken:
+        # Rotation: the refresh token presented stops working now.
+        if self.refresh_tokens.pop(refresh_token.token, None) is None:
+            raise TokenError("invalid_grant", "refresh token already used")
+        token = self._issue(refresh_token.grant, client.client_id, scopes, refresh_token.resource)
+        log(f"grant {refresh_token.grant}: refreshed; {self._describe(token)}")
+        return token
+
+    async def load_access_token(self, token: str) -> DemoAccessToken | None:
+        access = self.access_tokens.get(token)
+        if access is None:
+            return None
+        if access.expires_at is not None and access.expires_at < time.time():
+            del self.access_tokens[token]
+            log(f"grant {access.grant}: an access token was presented after it expired")
+            return None
+        return access
+
+    async def revoke_token(self, token: DemoAccessToken | DemoRefreshToken) -> None:
+        grant = token.grant
+        access = [key for key, value in self.access_tokens.items() if value.grant == grant]
+        refresh = [key for key, value in self.refresh_tokens.items() if value.grant == grant]
+        for key in access:
+            del self.access_tokens[key]
+        for key in refresh:
+            del self.refresh_tokens[key]
+        kind = "refresh" if isinstance(token, DemoRefreshToken) else "access"
+        log(
+            f"grant {grant}: revoked (asked with its {kind} token): "
+            f"{len(access)} access and {len(refresh)} refresh token(s) dropped"
+        )
+
+
+def build_server(port: int, token_lifetime: int) -> MCPServer:
+    origin = f"http://{HOST}:{port}"
+    resource = origin + MCP_PATH
+    provider = DemoProvider(resource=resource, token_lifetime=token_lifetime)
+    server: MCPServer = MCPServer(
+        "mcpd-demo",
+        instructions="A demo server for mcpd: echo and time, behind OAuth.",
+        version="1.0.0",
+        auth_server_provider=provider,
+        auth=AuthSettings(
+            issuer_url=AnyHttpUrl(origin),
+            resource_server_url=AnyHttpUrl(resource),
+            required_scopes=[MCP_SCOPE],
+            client_registration_options=ClientRegistrationOptions(
+                enabled=True,
+                valid_scopes=[MCP_SCOPE, OFFLINE_ACCESS],
+                default_scopes=[MCP_SCOPE, OFFLINE_ACCESS],
+            ),
+            revocation_options=RevocationOptions(enabled=True),
+            validate_token_resource=True,
+        ),
+        log_level="WARNING",
+    )
+
+    @server.tool()
+    def echo(text: str) -> str:
+        """Return the text given."""
+        return text
+
+    @server.tool(name="time")
+    def current_time() -> str:
+        """The current time in UTC, ISO 8601."""
+        return datetime.now(UTC).isoformat(timespec="seconds")
+
+    @server.tool()
+    def whoami() -> str:
+        """The client, user, scopes and expiry of the access token this call came with."""
+        token = get_access_token()
+        if token is None:
+            return "no access token"
+        expires = (
+            datetime.fromtimestamp(token.expires_at, UTC).isoformat(timespec="seconds")
+            if token.expires_at is not None
+            else "never"
+        )
+        return (
+            f"client {token.client_id}, user {token.subject}, scope {' '.join(token.scopes)!r}, "
+            f"access token expires {expires}"
+        )
+
+    return server
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return number
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m mcpd.demo.server",
+        description="A demo MCP server behind OAuth, with its own authorization server that "
+        "approves every sign-in at once. For trying mcpd; never for real use.",
+    )
+    parser.add_argument(
+        "--port", type=int, required=True, help="the port on 127.0.0.1 (0: any free one)"
+    )
+    parser.add_argument(
+        "--token-lifetime",
+        type=_positive,
+        default=DEFAULT_TOKEN_LIFETIME,
+        metavar="SECONDS",
+        help=f"how long access tokens live (default {DEFAULT_TOKEN_LIFETIME})",
+    )
+    options = parser.parse_args(argv)
+
+    # Bound here rather than by uvicorn so that the ready line says that this
+    # process, not another, has the port; and so that with --port 0 the URLs in
+    # the metadata carry the port actually bound.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((HOST, options.port))
+    sock.listen(128)
+    port: int = sock.getsockname()[1]
+
+    app = build_server(port, options.token_lifetime).streamable_http_app(host=HOST)
+    config = uvicorn.Config(
+        app,
+        host=HOST,
+        port=port,
+        log_level="warning",
+        # Open SSE streams would otherwise hold a SIGTERM until they close.
+        timeout_graceful_shutdown=1,
+    )
+    print(f"mcpd-peer: listening on {HOST}:{port}", file=sys.stderr, flush=True)
+    print(
+        f"demo-as: MCP server at http://{HOST}:{port}{MCP_PATH}, authorization server at "
+        f"http://{HOST}:{port}; access tokens live {options.token_lifetime}s",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Signing in to OAuth-protected servers through the real daemon and mcpctl.
+
+The server and its authorization server are the official TypeScript SDK's
+example (`simpleStreamableHttp.js --oauth`, and `--oauth-strict`, which also
+checks the resource indicator). The browser is played by the test: it fetches
+the authorization URL that `mcpctl auth` prints and follows the redirect to
+the daemon's real loopback listener, as a user's browser would.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from harness import MCPCTL, server_config, status_of, wait_state
+from real_peers import SIMPLE_STREAMABLE_HTTP, free_port, sdk_example
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def browse(url: str, follow: bool = True) -> tuple[int, str, str]:
+    """GET like a browser: (status, final URL or Location, body)."""
+    opener = urllib.request.build_opener() if follow else urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(url, timeout=20) as response:
+            return response.status, response.url, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        location = exc.headers.get("Location", exc.url)
+        return exc.code, location, exc.read().decode(errors="replace")
+
+
+@pytest.fixture(params=[("--oauth",), ("--oauth", "--oauth-strict")], ids=["oauth", "strict"])
+def oauth_peer(request, tmp_path):
+    with sdk_example(SIMPLE_STREAMABLE_HTTP, tmp_path, *request.param) as peer:
+        # The example names itself localhost in its resource metadata.
+        peer.url = peer.url.replace("127.0.0.1", "localhost")
+        yield peer
+
+
+def start_auth(env, name: str, *flags: str) -> tuple[subprocess.Popen[str], str]:
+    """Run `mcpctl auth NAME --no-browser` and read the URL it prints."""
+    process = subprocess.Popen(
+        [MCPCTL, "auth", name, "--no-browser", *flags],
+        env=env.vars,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.strip().startswith("http"):
+            return process, line.strip()
+    raise AssertionError(
+        f"no URL from mcpctl auth: {process.stderr.read() if process.stderr else ''}"
+    )
+
+
+def finish(process: subprocess.Popen[str], stdin: str | None = None) -> tuple[int, str, str]:
+    out, err = process.communicate(stdin, timeout=60)
+    return process.returncode, out, err
+
+
+def callback_port(url: str) -> int:
+    redirect = parse_qs(urlsplit(url).query)["redirect_uri"][0]
+    port = urlsplit(redirect).port
+    assert port is not None
+    return port
+
+
+def test_sign_in_once_and_every_path_uses_the_token(mcpd_env, run_daemon, editors, oauth_peer):
+    mcpd_env.write_config("[daemon]\ncallback_port = 0\n" + server_config("ts", oauth_peer.url))
+    daemon = run_daemon()
+    needs = wait_state(daemon, "ts", "needs_auth")
+    assert "401" in needs["error"]
+    editor = editors("ts")
+    refused = editor.request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}})
+    assert "mcpctl auth ts" in refused["error"]["message"]
+
+    process, url = start_auth(mcpd_env, "ts")
+    assert "code_challenge_method=S256" in url
+    assert "resource=" in url
+    status, final_url, page = browse(url)
+    assert (status, urlsplit(final_url).path) == (200, "/callback")
+    assert "Signed in" in page
+    code, out, err = finish(process)
+    assert code == 0, err
+    assert "Signed in; ts is connected." in out
+
+    connected = status_of(daemon, "ts")
+    assert connected["state"] == "connected"
+    assert connected["access_expires_at"] > time.time() + 60
+    call = daemon.mcpctl("call", "ts", "greet", '{"name": "oauth"}')
+    assert call.stdout == "Hello, oauth!\n"
+    assert editor.initialize()["result"]["serverInfo"]["name"]
+    assert (
+        editor.call("greet", {"name": "editor"})["result"]["content"][0]["text"] == "Hello, editor!"
+    )
+
+    # The listener closed once the flow was over.
+    with (
+        pytest.raises(ConnectionRefusedError),
+        socket.create_connection(("127.0.0.1", callback_port(url)), 1),
+    ):
+        pass
+    # Tokens survive a restart of the daemon: no new sign-in.
+    daemon.stop()
+    daemon = run_daemon()
+    wait_state(daemon, "ts", "connected")
+
+
+def test_several_auth_commands_share_one_flow(mcpd_env, run_daemon, oauth_peer):
+    mcpd_env.write_config("[daemon]\ncallback_port = 0\n" + server_config("ts", oauth_peer.url))
+    daemon = run_daemon()
+    wait_state(daemon, "ts", "needs_auth")
+    first, first_url = start_auth(mcpd_env, "ts")
+    second, second_url = start_auth(mcpd_env, "ts")
+    assert first_url == second_url  # one flow, one browser tab
+    browse(first_url)
+    for process in (first, second):
+        code, out, err = finish(process)
+        assert code == 0, err
+        assert "connected" in out
+    assert status_of(daemon, "ts")["state"] == "connected"
+
+
+def test_headless_sign_in_by_pasting_the_redirect(mcpd_env, run_daemon, oauth_peer):
+    mcpd_env.write_config("[daemon]\ncallback_port = 0\n" + server_config("ts", oauth_peer.url))
+    daemon = run_daemon()
+    wait_state(daemon, "ts", "needs_auth")
+    process, url = start_auth(mcpd_env, "ts", "--paste")
+    status, location, _ = browse(url, follow=False)  # the redirect a remote browser would show
+    assert status in (302, 303)
+    assert urlsplit(location).path == "/callback"
+    code, out, err = finish(process, location + "\n")
+    assert code == 0, err
+    assert "Signed in; ts is connected." in out
+    assert daemon.mcpctl("call", "ts", "greet", '{"name": "ssh"}').stdout == "Hello, ssh!\n"
+
+
+def test_logout_forgets_the_tokens(mcpd_env, run_daemon, oauth_peer):
+    mcpd_env.write_config("[daemon]\ncallback_port = 0\n" + server_config("ts", oauth_peer.url))
+    daemon = run_daemon()
+    wait_state(daemon, "ts", "needs_auth")
+    process, url = start_auth(mcpd_env, "ts")
+    browse(url)
+    assert finish(process)[0] == 0
+    out = daemon.mcpctl("logout", "ts", "--forget-client")
+    assert out.returncode == 0, out.stderr
+    assert "tokens deleted" in out.stdout
+    assert wait_state(daemon, "ts", "needs_auth")["access_expires_at"] is None
+
+
+def test_the_callback_listener_refuses_what_is_not_the_callback(mcpd_env, run_daemon, oauth_peer):
+    mcpd_env.write_config("[daemon]\ncallback_port = 0\n" + server_config("ts", oauth_peer.url))
+    daemon = run_daemon()
+    wait_state(daemon, "ts", "needs_auth")
+    process, url = start_auth(mcpd_env, "ts")
+    base = f"http://127.0.0.1:{callback_port(url)}"
+
+    assert browse(f"{base}/elsewhere")[0] == 404
+    post = urllib.request.Request(f"{base}/callback", data=b"x=1", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(post, timeout=10)
+    assert refused.value.code == 405
+    status, _, page = browse(f"{base}/callback?code=stolen&state=not-the-state")
+    assert status == 400
+    assert "unknown or already finished" in page
+
+    # A flood of junk connections does not stop the real callback.
+    def junk() -> None:
+        with socket.create_connection(("127.0.0.1", callback_port(url)), 5) as sock:
+            sock.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+            sock.recv(1024)
+
+    threads = [threading.Thread(target=junk) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    status, _, page = browse(url)
+    assert status == 200, page
+    assert finish(process)[0] == 0
+    assert status_of(daemon, "ts")["state"] == "connected"
+
+
+def test_a_refusal_is_shown_escaped_and_the_flow_ends(mcpd_env, run_daemon, oauth_peer):
+    mcpd_env.write_config("[daemon]\ncallback_port = 0\n" + server_config("ts", oauth_peer.url))
+    daemon = run_daemon()
+    wait_state(daemon, "ts", "needs_auth")
+    process, url = start_auth(mcpd_env, "ts")
+    state = parse_qs(urlsplit(url).query)["state"][0]
+    status, _, page = browse(
+        f"http://127.0.0.1:{callback_port(url)}/callback?error=access_denied"
+        f"&error_description=%3Cscript%3Ealert(1)%3C%2Fscript%3E&state={state}"
+    )
+    assert status == 400
+    assert "&lt;script&gt;" in page
+    assert "<script>" not in page
+    code, _, err = finish(process)
+    assert code == 1
+    assert "access_denied" in err
+    failed = status_of(daemon, "ts")
+    assert failed["state"] == "needs_auth"
+    assert "access_denied" in failed["error"]
+    # The next flow does not take the old state: a replayed callback is refused.
+    again, again_url = start_auth(mcpd_env, "ts")
+    stale = f"http://127.0.0.1:{callback_port(again_url)}/callback?code=c&state={state}"
+    assert browse(stale)[0] == 400
+    assert browse(again_url)[0] == 200
+    assert finish(again)[0] == 0
+
+
+def test_a_taken_callback_port_fails_at_once_with_the_setting_to_change(
+    mcpd_env, run_daemon, oauth_peer
+):
+    port = free_port()
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", port))
+    squatter.listen()
+    try:
+        mcpd_env.write_config(
+            f"[daemon]\ncallback_port = {port}\n" + server_config("ts", oauth_peer.url)
+        )
+        daemon = run_daemon()
+        wait_state(daemon, "ts", "needs_auth")
+        result = daemon.mcpctl("auth", "ts", "--no-browser")
+        assert result.returncode == 1
+        assert f"127.0.0.1:{port}" in result.stderr
+        assert "callback_port" in result.stderr
+    finally:
+        squatter.close()
+
+
+def test_no_secret_of_the_flow_reaches_the_log(mcpd_env, run_daemon, oauth_peer):
+    mcpd_env.write_config("[daemon]\ncallback_port = 0\n" + server_config("ts", oauth_peer.url))
+    daemon = run_daemon("--log-level", "debug")
+    wait_state(daemon, "ts", "needs_auth")
+    process, url = start_auth(mcpd_env, "ts")
+    _, location, _ = browse(url, follow=False)
+    code = parse_qs(urlsplit(location).query)["code"][0]
+    browse(location)
+    assert finish(process)[0] == 0
+    headers = json.loads(daemon.mcpctl("call", "ts", "greet", '{"name": "x"}', "--json").stdout)
+    assert headers["content"]
+    daemon.stop()
+    log = daemon.log
+    state = parse_qs(urlsplit(url).query)["state"][0]
+    for secret in (code, state):
+        assert secret not in log
+    assert "Bearer" not in log
