@@ -70,7 +70,6 @@ from mcp.server.auth.provider import (
 from mcp.server.auth.settings import AuthSettings, ClientRegistrationOptions, RevocationOptions
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
-from pydantic import AnyHttpUrl
 
 HOST = "127.0.0.1"
 MCP_PATH = "/mcp"
@@ -204,7 +203,6 @@ class DemoProvider(
             )
         return OAuthToken(
             access_token=access,
-            token_type="Bearer",
             expires_in=self.token_lifetime,
             scope=" ".join(scopes),
             refresh_token=refresh,
@@ -274,17 +272,23 @@ def build_server(port: int, token_lifetime: int) -> MCPServer:
         instructions="A demo server for mcpd: echo and time, behind OAuth.",
         version="1.0.0",
         auth_server_provider=provider,
-        auth=AuthSettings(
-            issuer_url=AnyHttpUrl(origin),
-            resource_server_url=AnyHttpUrl(resource),
-            required_scopes=[MCP_SCOPE],
-            client_registration_options=ClientRegistrationOptions(
-                enabled=True,
-                valid_scopes=[MCP_SCOPE, OFFLINE_ACCESS],
-                default_scopes=[MCP_SCOPE, OFFLINE_ACCESS],
-            ),
-            revocation_options=RevocationOptions(enabled=True),
-            validate_token_resource=True,
+        # Validated from strings rather than built from AnyHttpUrl(...): only then
+        # does the SDK keep a path-less issuer without a trailing slash
+        # (AnyHttpUrl("http://127.0.0.1:PORT") is "http://127.0.0.1:PORT/"), and
+        # RFC 8414 compares issuers as exact strings.
+        auth=AuthSettings.model_validate(
+            {
+                "issuer_url": origin,
+                "resource_server_url": resource,
+                "required_scopes": [MCP_SCOPE],
+                "client_registration_options": ClientRegistrationOptions(
+                    enabled=True,
+                    valid_scopes=[MCP_SCOPE, OFFLINE_ACCESS],
+                    default_scopes=[MCP_SCOPE, OFFLINE_ACCESS],
+                ),
+                "revocation_options": RevocationOptions(enabled=True),
+                "validate_token_resource": True,
+            }
         ),
         log_level="WARNING",
     )
