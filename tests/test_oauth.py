@@ -149,16 +149,42 @@ def test_headless_sign_in_by_pasting_the_redirect(mcpd_env, run_daemon, oauth_pe
 
 
 def test_logout_forgets_the_tokens(mcpd_env, run_daemon, oauth_peer):
-    mcpd_env.write_config("[daemon]\ncallback_port = 0\n" + server_config("ts", oauth_peer.url))
+    # A fixed port: a registration is for one redirect URI (port 0 changes it every time).
+    port = free_port()
+    mcpd_env.write_config(
+        f"[daemon]\ncallback_port = {port}\n" + server_config("ts", oauth_peer.url)
+    )
     daemon = run_daemon()
     wait_state(daemon, "ts", "needs_auth")
     process, url = start_auth(mcpd_env, "ts")
     browse(url)
     assert finish(process)[0] == 0
-    out = daemon.mcpctl("logout", "ts", "--forget-client")
+    out = daemon.mcpctl("logout", "ts")
     assert out.returncode == 0, out.stderr
     assert "tokens deleted" in out.stdout
     assert wait_state(daemon, "ts", "needs_auth")["access_expires_at"] is None
+    # Signing in again reuses the registered client...
+    process, url = start_auth(mcpd_env, "ts")
+    browse(url)
+    assert finish(process)[0] == 0
+    assert daemon.log.count("registered a client") == 1
+    # ...until it is forgotten.
+    assert daemon.mcpctl("logout", "ts", "--forget-client").returncode == 0
+    wait_state(daemon, "ts", "needs_auth")
+    process, url = start_auth(mcpd_env, "ts")
+    browse(url)
+    assert finish(process)[0] == 0
+    assert daemon.log.count("registered a client") == 2
+
+
+def test_oauth_false_never_signs_in(mcpd_env, run_daemon, oauth_peer):
+    mcpd_env.write_config(server_config("ts", oauth_peer.url, "oauth = false\n"))
+    daemon = run_daemon()
+    failed = wait_state(daemon, "ts", "failed")
+    assert "oauth = false" in failed["error"]
+    refused = daemon.mcpctl("auth", "ts", "--no-browser")
+    assert refused.returncode == 1
+    assert "oauth = false" in refused.stderr
 
 
 def test_the_callback_listener_refuses_what_is_not_the_callback(mcpd_env, run_daemon, oauth_peer):
