@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from mcpd.protocol import (
+    AuthParams,
     AuthPasteParams,
     AuthStarted,
     CallParams,
@@ -190,7 +191,9 @@ def cmd_call(client: DaemonClient, args: argparse.Namespace) -> int:
 
 
 def cmd_auth(client: DaemonClient, args: argparse.Namespace) -> int:
-    started = msgspec.convert(client.request("auth", ServerParams(args.name)), AuthStarted)
+    started = msgspec.convert(
+        client.request("auth", AuthParams(args.name, args.restart)), AuthStarted
+    )
     print(f"To sign in to {args.name}, open this URL in a browser:\n\n  {started.url}\n")
     if not args.no_browser and not args.paste:
         import webbrowser
@@ -207,8 +210,11 @@ def cmd_auth(client: DaemonClient, args: argparse.Namespace) -> int:
             return 1
         status = client.request("auth_paste", AuthPasteParams(args.name, response))
     else:
+        print("Waiting for the sign-in to finish in the browser (Ctrl-C stops waiting)...")
         print(
-            "Waiting for the sign-in to finish in the browser (Ctrl-C stops waiting)...", flush=True
+            f"If the browser shows an error from the sign-in page, run: mcpctl auth {args.name} "
+            "--restart",
+            flush=True,
         )
         status = client.request("auth_wait", ServerParams(args.name))
     server = msgspec.convert(status, ServerStatus)
@@ -269,6 +275,11 @@ def _parser() -> argparse.ArgumentParser:
     auth = commands.add_parser("auth", help="sign in to a server (OAuth), for every editor")
     auth.add_argument("name", help="the server")
     auth.add_argument("--no-browser", action="store_true", help="print the URL, open nothing")
+    auth.add_argument(
+        "--restart",
+        action="store_true",
+        help="abandon a sign-in under way and start afresh, registering a new client",
+    )
     auth.add_argument(
         "--paste",
         action="store_true",

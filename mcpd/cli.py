@@ -27,6 +27,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         prog="mcpd",
         description="Per-user daemon for remote MCP servers. Runs in the foreground; "
         "systemd (see systemd/mcpd.socket) or a terminal keeps it.",
+        epilog="`mcpd demo` tries the whole product without an account: a local "
+        "OAuth-protected MCP server, a daemon in a temporary directory, the sign-in, and a "
+        "tool called through mcpctl (needs the demo extra: pip install 'mcpd[demo]').",
     )
     parser.add_argument(
         "--config",
@@ -50,6 +53,14 @@ def _inode(path: Path) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["demo"]:
+        if len(words) > 1:
+            print("usage: mcpd demo (it takes no options)", file=sys.stderr)
+            return 2
+        from .demo.run import main as demo
+
+        return demo()
     args = _arguments(argv)
     # Every file and socket the daemon creates is private from its first moment.
     os.umask(0o077)

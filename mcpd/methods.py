@@ -20,6 +20,7 @@ from .protocol import (
     PROTOCOL_VERSION,
     AttachParams,
     AttachResult,
+    AuthParams,
     AuthPasteParams,
     AuthStarted,
     CallParams,
@@ -165,11 +166,11 @@ def _oauth_runtime(ctx: RequestContext, name: str) -> ServerRuntime:
     return runtime
 
 
-async def auth(ctx: RequestContext, params: ServerParams) -> AuthStarted:
+async def auth(ctx: RequestContext, params: AuthParams) -> AuthStarted:
     """Start the sign-in to a server, or join the one under way."""
     runtime = _oauth_runtime(ctx, params.server)
     assert ctx.daemon.auth is not None
-    flow = await ctx.daemon.auth.start(runtime)
+    flow = await ctx.daemon.auth.start(runtime, restart=params.restart)
     if flow.url is None:
         raise RpcFailure(ErrorCode.AUTH_FAILED, flow.error or "the sign-in could not start")
     return AuthStarted(flow.url)
@@ -247,7 +248,7 @@ METHODS: dict[str, Method] = {
     "rotate_key": Method(EmptyParams, rotate_key, cancellable=False),
     "shutdown": Method(EmptyParams, shutdown, cancellable=False),
     "attach": Method(AttachParams, attach),
-    "auth": Method(ServerParams, auth),
+    "auth": Method(AuthParams, auth),
     "auth_wait": Method(ServerParams, auth_wait),
     "auth_paste": Method(AuthPasteParams, auth_paste),
     "logout": Method(LogoutParams, logout, cancellable=False),

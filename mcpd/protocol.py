@@ -170,6 +170,13 @@ class ToolsResult(msgspec.Struct):
     tools: list[dict[str, Any]]
 
 
+class AuthParams(msgspec.Struct):
+    server: str
+    # Abandon a sign-in under way and start afresh, with a new client
+    # registration (the authorization server may have forgotten the old one).
+    restart: bool = False
+
+
 class AuthStarted(msgspec.Struct):
     """The authorization URL to open (the same for everyone who joins the flow)."""
 

@@ -198,7 +198,9 @@ class ServerRuntime:
                 httpx.AsyncClient(
                     verify=config.verify,
                     timeout=httpx.Timeout(config.timeout, read=None),
-                    follow_redirects=False,
+                    # 307/308 keep the method and body (a URL without its trailing
+                    # slash, say); httpx drops Authorization on a change of origin.
+                    follow_redirects=True,
                 ) as client,
                 anyio.create_task_group() as tg,
             ):

@@ -37,7 +37,8 @@ working at once) and issues a new access token; earlier access tokens stay
 valid until they expire. Revoking any token of a grant (its access or refresh
 tokens) revokes the whole grant.
 
-Each registration, authorization, token issue, refresh and revocation is
+Each registration, authorization, token issue, refresh and revocation, and
+each refresh token presented again after it was rotated away or revoked, is
 logged to stderr as a `demo-as: ...` line, never with a token or code in it.
 Once the port is bound it prints `mcpd-peer: listening on 127.0.0.1:PORT` to
 stderr (with `--port 0`, the port it got).
@@ -107,6 +108,9 @@ class DemoProvider(
     codes: dict[str, AuthorizationCode] = field(default_factory=dict)
     access_tokens: dict[str, DemoAccessToken] = field(default_factory=dict)
     refresh_tokens: dict[str, DemoRefreshToken] = field(default_factory=dict)
+    # Refresh tokens rotated away or revoked, and how, so that one presented
+    # again is logged as what it is.
+    retired: dict[str, str] = field(default_factory=dict)
     _grants: count[int] = field(default_factory=lambda: count(1))
 
     # --- Clients (dynamic registration) ------------------------------------------------
@@ -220,10 +224,14 @@ class DemoProvider(
         self, client: OAuthClientInformationFull, refresh_token: str
     ) -> DemoRefreshToken | None:
         token = self.refresh_tokens.get(refresh_token)
-        if token is None or token.client_id != client.client_id:
-            log(f"refused a refresh token from client {client.client_id}: unknown or revoked")
+        if token is None:
+            if refresh_token in self.retired:
+                log(
+                    f"client {client.client_id} presented a refresh token that was "
+                    f"{self.retired[refresh_token]}"
+                )
             return None
-        return token
+        return token if token.client_id == client.client_id else None
 
     async def exchange_refresh_token(
         self,
@@ -234,6 +242,7 @@ class DemoProvider(
         # Rotation: the refresh token presented stops working now.
         if self.refresh_tokens.pop(refresh_token.token, None) is None:
             raise TokenError("invalid_grant", "refresh token already used")
+        self.retired[refresh_token.token] = f"rotated away (grant {refresh_token.grant})"
         token = self._issue(refresh_token.grant, client.client_id, scopes, refresh_token.resource)
         log(f"grant {refresh_token.grant}: refreshed; {self._describe(token)}")
         return token
@@ -256,6 +265,7 @@ class DemoProvider(
             del self.access_tokens[key]
         for key in refresh:
             del self.refresh_tokens[key]
+            self.retired[key] = f"revoked (grant {grant})"
         kind = "refresh" if isinstance(token, DemoRefreshToken) else "access"
         log(
             f"grant {grant}: revoked (asked with its {kind} token): "

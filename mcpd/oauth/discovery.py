@@ -69,21 +69,38 @@ class Discovery:
     from_metadata: bool  # False: the 2025-03-26 default endpoints
 
 
-_PARAM = re.compile(r'([A-Za-z0-9_!#$%&\'*+.^`|~-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)')
+# RFC 7235: a list of challenges, each a scheme with a token68 or parameters.
+_TCHARS = r"[A-Za-z0-9_!#$%&'*+.^`|~-]+"
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+_PARAM_AT = re.compile(rf'({_TCHARS})[ \t]*=[ \t]*({_QUOTED}|[^\s,"]*)[ \t]*(?:,|$)')
+_SCHEME_AT = re.compile(rf"({_TCHARS})(?:[ \t]+[A-Za-z0-9._~+/-]+=*[ \t]*(?=,|$))?[ \t]*,?")
+_SEPARATORS = re.compile(r"[\s,]*")
 
 
 def parse_challenge(header: str) -> Challenge | None:
     """The Bearer challenge of a WWW-Authenticate header, if there is one."""
-    match = re.search(r"(?:^|,)\s*Bearer(?:\s+|$)(.*)", header, re.IGNORECASE | re.DOTALL)
-    if match is None:
+    challenges: list[tuple[str, dict[str, str]]] = []
+    position = 0
+    while True:
+        separators = _SEPARATORS.match(header, position)
+        position = separators.end() if separators else position
+        if position >= len(header):
+            break
+        param = _PARAM_AT.match(header, position)
+        if param is not None and challenges:
+            name, raw = param.groups()
+            value = raw[1:-1] if raw.startswith('"') else raw
+            challenges[-1][1].setdefault(name.lower(), re.sub(r"\\(.)", r"\1", value))
+            position = param.end()
+            continue
+        scheme = _SCHEME_AT.match(header, position)
+        if scheme is None:
+            break
+        challenges.append((scheme.group(1).lower(), {}))
+        position = scheme.end()
+    params = next((p for name, p in challenges if name == "bearer"), None)
+    if params is None:
         return None
-    params: dict[str, str] = {}
-    for name, raw in _PARAM.findall(match.group(1)):
-        lowered = name.lower()
-        if lowered in params:
-            continue  # a later scheme's parameter of the same name
-        value = raw[1:-1] if raw.startswith('"') else raw
-        params[lowered] = re.sub(r"\\(.)", r"\1", value)
     return Challenge(
         resource_metadata=params.get("resource_metadata"),
         scope=params.get("scope") or None,

@@ -54,8 +54,8 @@ def choose_scope(
     offered = discovery.server.scopes_supported or []
     if OFFLINE_ACCESS in offered and OFFLINE_ACCESS not in scopes:
         scopes.append(OFFLINE_ACCESS)
-    elif OFFLINE_ACCESS not in offered and OFFLINE_ACCESS in scopes:
-        scopes.remove(OFFLINE_ACCESS)
+    elif OFFLINE_ACCESS not in offered:
+        scopes = [scope for scope in scopes if scope != OFFLINE_ACCESS]
     return " ".join(dict.fromkeys(scopes)) or None
 
 
@@ -133,11 +133,9 @@ def _auth_method(server: Any, secret: str | None) -> str:
     supported = server.token_endpoint_auth_methods_supported
     if secret is None:
         return "none"
-    if supported is None or "client_secret_basic" in supported:
-        return "client_secret_basic"
-    if "client_secret_post" in supported:
-        return "client_secret_post"
-    return "client_secret_basic"
+    # The first method the server lists that mcpd can do; Basic when it lists none.
+    usable = [m for m in supported or () if m in ("client_secret_basic", "client_secret_post")]
+    return usable[0] if usable else "client_secret_basic"
 
 
 def register(
@@ -146,7 +144,13 @@ def register(
     server = discovery.server
     assert server.registration_endpoint is not None
     supported = server.token_endpoint_auth_methods_supported
-    method = "none" if supported is None or "none" in supported else supported[0]
+    # A public client when the server allows one; else the first method it
+    # lists that mcpd can perform.
+    usable = ("none", "client_secret_basic", "client_secret_post")
+    if not supported or "none" in supported:
+        method = "none"
+    else:
+        method = next((m for m in supported if m in usable), "none")
     metadata: dict[str, Any] = {
         "client_name": CLIENT_NAME,
         "redirect_uris": [redirect_uri],
@@ -202,7 +206,7 @@ class PendingAuthorization:
     client: ClientRegistration
     redirect_uri: str
     scope: str | None
-    url: str
+    url: str = field(repr=False)  # it carries the state
     state: str = field(repr=False)
     verifier: str = field(repr=False)
     created: float = field(default_factory=time.monotonic)
@@ -278,13 +282,14 @@ def client_authentication(
     headers = {"Accept": "application/json"}
     form = {**form}
     method = client.token_endpoint_auth_method or "none"
+    # client_id goes in the form whatever the method: servers that take Basic
+    # accept it there, and some require it.
+    form["client_id"] = client.client_id
     if client.client_secret is not None and method == "client_secret_basic":
         pair = f"{quote(client.client_id, safe='')}:{quote(client.client_secret, safe='')}"
         headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
-    else:
-        form["client_id"] = client.client_id
-        if client.client_secret is not None and method == "client_secret_post":
-            form["client_secret"] = client.client_secret
+    elif client.client_secret is not None and method == "client_secret_post":
+        form["client_secret"] = client.client_secret
     return headers, form
 
 
@@ -309,6 +314,10 @@ def token_request(
             error if isinstance(error, str) else None,
         )
     if not isinstance(data, dict) or not isinstance(data.get("access_token"), str):
+        # Some servers answer errors with 200: take their error code all the same.
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, str):
+            raise ServerRefused(f"the token endpoint refused: {_error_text(response)}", error)
         raise ServerRefused("the token endpoint's answer has no access_token", None)
     token_type = data.get("token_type")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":

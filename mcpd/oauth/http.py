@@ -68,9 +68,13 @@ class Origin:
         return self.headers if origin(url) == origin(self.url) else {}
 
 
+DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
 def origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
-    return parts.scheme, (parts.hostname or "").lower(), parts.port
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or DEFAULT_PORTS.get(scheme)
 
 
 async def drive(step: Step[T], client: httpx.AsyncClient, server: Origin, timeout: float) -> T:

@@ -106,11 +106,16 @@ class AuthManager:
 
     # --- Flows ----------------------------------------------------------------------------
 
-    async def start(self, runtime: ServerRuntime) -> Flow:
-        """Begin the flow for this server, or join the one under way."""
+    async def start(self, runtime: ServerRuntime, *, restart: bool = False) -> Flow:
+        """Begin the flow for this server, or join the one under way (or, with
+        `restart`, abandon that one and begin afresh with a new registration)."""
         flow = self.flows.get(runtime.name)
         if flow is not None and not flow.done.is_set():
-            return flow
+            if not restart:
+                return flow
+            flow.finish("replaced by a new sign-in (mcpctl auth --restart)")
+        if restart and runtime.record is not None and runtime.record.client is not None:
+            await self._keep_client(runtime, None)
         flow = Flow(runtime)
         self.flows[runtime.name] = flow
         runtime.begin_authorization()

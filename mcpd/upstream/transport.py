@@ -206,6 +206,8 @@ class StreamableHttp(_HttpTransport):
                         f"the server no longer knows the session (HTTP {response.status_code})"
                     )
                 raise HttpStatusError(response.status_code, detail)
+            if response.status_code >= 300:
+                raise HttpStatusError(response.status_code, "an unexpected redirect")
             if session_id := response.headers.get("mcp-session-id"):
                 self.session_id = session_id
             if response.status_code == 202 or related is None:
