@@ -25,6 +25,7 @@ from mcpd.protocol import (
     StatusParams,
     StatusResult,
     SubscribeParams,
+    TokenResult,
     ToolsResult,
 )
 
@@ -232,6 +233,12 @@ def cmd_logout(client: DaemonClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(client: DaemonClient, args: argparse.Namespace) -> int:
+    result = msgspec.convert(client.request("token", ServerParams(args.name)), TokenResult)
+    print(result.access_token)
+    return 0
+
+
 def cmd_shutdown(client: DaemonClient, args: argparse.Namespace) -> int:
     client.request("shutdown")
     print("mcpd is shutting down")
@@ -293,6 +300,12 @@ def _parser() -> argparse.ArgumentParser:
         "--forget-client", action="store_true", help="also forget the client registration"
     )
     logout.set_defaults(run=cmd_logout)
+
+    token = commands.add_parser(
+        "token", help="print a valid access token (servers with export_token = true)"
+    )
+    token.add_argument("name", help="the server")
+    token.set_defaults(run=cmd_token)
 
     stdio = commands.add_parser(
         "stdio", help="be the stdio MCP server an editor launches, served by the daemon"

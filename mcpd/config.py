@@ -49,6 +49,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     timeout: float = 30.0
     # TLS verification: True, False (internal servers only), or a CA bundle path.
     verify: bool | str = True
+    # Whether `mcpctl token NAME` may hand the access token out (to this user only).
+    export_token: bool = False
 
 
 class DaemonSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -177,7 +177,9 @@ class Daemon:
         assert self._tg is not None
         # Room for the rpc envelope around the largest message a server may send.
         max_message_size = self.max_frame_size - 64
-        runtime = ServerRuntime(entry, self._publish, self._load_record, max_message_size)
+        runtime = ServerRuntime(
+            entry, self._publish, self._load_record, max_message_size, self.save_record
+        )
         self.servers[entry.name] = runtime
         if announce:
             self._broadcast(entry.name, Event("added", {"server": runtime.status()}))

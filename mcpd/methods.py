@@ -8,6 +8,7 @@ is adding one entry to `METHODS`.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ from .protocol import (
     StatusParams,
     StatusResult,
     SubscribeParams,
+    TokenResult,
     ToolsResult,
 )
 from .server import ServerRuntime, Unavailable
@@ -219,6 +221,43 @@ async def logout(ctx: RequestContext, params: LogoutParams) -> LogoutResult:
     return LogoutResult(revoked)
 
 
+async def token(ctx: RequestContext, params: ServerParams) -> TokenResult:
+    """A currently valid access token, refreshed first if due: a credential helper."""
+    runtime = ctx.daemon.server(params.server)
+    config = runtime.entry.config
+    if config is None or not config.export_token:
+        raise RpcFailure(
+            ErrorCode.AUTH_FAILED,
+            f"server {params.server!r} does not hand its token out; set export_token = true "
+            f"in [servers.{params.server}] to allow it",
+        )
+    token = runtime.bearer()
+    if token is None:
+        raise RpcFailure(
+            ErrorCode.SERVER_UNAVAILABLE,
+            f"not signed in to {params.server!r}; run `mcpctl auth {params.server}`",
+        )
+    refresher = runtime.refresher
+    tokens = runtime.record.tokens if runtime.record else None
+    now = time.time()
+    expired = tokens is not None and tokens.expires_at is not None and tokens.expires_at <= now
+    if refresher is not None and (refresher.schedule.is_due(now) or expired):
+        await refresher.refresh(token)
+        token = runtime.bearer()
+        tokens = runtime.record.tokens if runtime.record else None
+        if token is None or (
+            tokens is not None
+            and tokens.expires_at is not None
+            and tokens.expires_at <= time.time()
+        ):
+            raise RpcFailure(
+                ErrorCode.AUTH_FAILED,
+                f"the token of {params.server!r} expired and could not be refreshed: "
+                + (runtime.status().error or "see `mcpctl status`"),
+            )
+    return TokenResult(token, tokens.expires_at if tokens else None)
+
+
 async def tools(ctx: RequestContext, params: ServerParams) -> ToolsResult:
     runtime = ctx.daemon.server(params.server)
     listed: list[dict[str, Any]] = []
@@ -252,6 +291,7 @@ METHODS: dict[str, Method] = {
     "auth_wait": Method(ServerParams, auth_wait),
     "auth_paste": Method(AuthPasteParams, auth_paste),
     "logout": Method(LogoutParams, logout, cancellable=False),
+    "token": Method(ServerParams, token),
     "tools": Method(ServerParams, tools),
     "call": Method(CallParams, call),
 }

@@ -198,6 +198,11 @@ class LogoutResult(msgspec.Struct):
     revoked: bool
 
 
+class TokenResult(msgspec.Struct):
+    access_token: str
+    expires_at: float | None
+
+
 class CallParams(msgspec.Struct):
     server: str
     tool: str

@@ -28,6 +28,7 @@ from .config import ServerEntry
 from .oauth.discovery import Challenge, parse_challenge
 from .oauth.flow import union_scope
 from .oauth.http import OAuthError, Origin
+from .oauth.refresher import Refresher
 from .protocol import ServerStatus
 from .states import Event, ServerStateMachine, State
 from .store import CredentialRecord, UnreadableRecord
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 StateListener = Callable[["ServerRuntime", State], None]
 RecordLoader = Callable[[str, str], Awaitable[CredentialRecord | None]]
+RecordSaver = Callable[[CredentialRecord], Awaitable[None]]
 
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 60.0
@@ -129,10 +131,13 @@ class ServerRuntime:
         on_change: StateListener,
         load_record: RecordLoader,
         max_message_size: int,
+        save_record: RecordSaver,
     ):
         self.entry = entry
         self.record: CredentialRecord | None = None
+        self.refresher: Refresher | None = None
         self._load_record = load_record
+        self._save_record = save_record
         self._on_change = on_change
         self._max_message_size = max_message_size
         self._scope: anyio.CancelScope | None = None
@@ -164,15 +169,22 @@ class ServerRuntime:
 
     def status(self) -> ServerStatus:
         machine, tokens = self.machine, self.record.tokens if self.record else None
+        schedule = self.refresher.schedule if self.refresher else None
+        error, retry_at = machine.error, machine.next_retry_at
+        if error is None and schedule is not None and schedule.last_error is not None:
+            # Connected, but the refresh is failing: say so, and when it tries again.
+            error = f"token refresh failing ({schedule.failures}x): {schedule.last_error}"
+            retry_at = schedule.due
         return ServerStatus(
             name=self.name,
             url=self.entry.display_url,
             state=machine.state,
             since=machine.since,
-            error=machine.error,
-            next_retry_at=machine.next_retry_at,
+            error=error,
+            next_retry_at=retry_at,
             access_expires_at=tokens.expires_at if tokens else None,
             last_refresh_at=self.record.last_refresh_at if self.record else None,
+            next_refresh_at=schedule.due if schedule else None,
         )
 
     # --- Life -----------------------------------------------------------------------
@@ -205,6 +217,8 @@ class ServerRuntime:
                 anyio.create_task_group() as tg,
             ):
                 self._client, self._tg = client, tg
+                self.refresher = Refresher(self, self._save_record, self._load_record)
+                tg.start_soon(self.refresher.run)
                 self.keeper = self._keeper(None, self._connected, self._lost, self._retrying)
                 try:
                     await self.keeper.run()
@@ -228,6 +242,7 @@ class ServerRuntime:
             self._max_message_size,
             initialize_params=initialize_params,
             bearer=self.bearer,
+            on_unauthorized=self._unauthorized,
         )
         return SessionKeeper(session, on_connected, on_lost, on_retry)
 
@@ -271,6 +286,30 @@ class ServerRuntime:
     def keeper_connected(self) -> bool:
         return self.keeper is not None and self.keeper.connected.is_set()
 
+    async def _unauthorized(self, token: str) -> bool:
+        """The server refused `token`: one refresh (shared), True if a new token is in place."""
+        return self.refresher is not None and await self.refresher.refresh(token)
+
+    def refresh_succeeded(self) -> None:
+        """A new access token: sessions use it from their next request; a session
+        that stopped for want of one tries again now."""
+        for keeper in [self.keeper, *self._per_client.values()]:
+            if keeper is not None and not keeper.connected.is_set():
+                keeper.retry_now()
+
+    def refresh_failing(self) -> None:
+        """A passing failure: the tokens are kept; status shows the error and the retry."""
+        schedule = self.refresher.schedule if self.refresher else None
+        if self.machine.state is State.FAILED and schedule is not None:
+            error = f"the access token expired; refreshing it failed: {schedule.last_error}"
+            self.machine.handle(Event.ERROR, error=error, retry_at=schedule.due)
+        else:
+            self._on_change(self, self.machine.state)
+
+    def refresh_refused(self, reason: str) -> None:
+        if self.machine.state in (State.CONNECTING, State.CONNECTED, State.FAILED):
+            self.machine.handle(Event.AUTH_REQUIRED, error=reason)
+
     def begin_authorization(self) -> None:
         if self.machine.state is not State.AUTHORIZING:
             self.machine.handle(Event.AUTHORIZE)
@@ -278,6 +317,8 @@ class ServerRuntime:
     def authorized(self, record: CredentialRecord) -> None:
         self.record = record
         self.required_scope = None
+        if self.refresher is not None:
+            self.refresher.planned(record)
         if self.machine.state is State.AUTHORIZING:
             self.machine.handle(Event.AUTHORIZED)
         self._renew_sessions("new credentials")
@@ -292,6 +333,8 @@ class ServerRuntime:
 
     def logged_out(self, record: CredentialRecord | None) -> None:
         self.record = record
+        if self.refresher is not None:
+            self.refresher.planned(record)
         self._renew_sessions("signed out")
 
     def _renew_sessions(self, reason: str) -> None:
@@ -318,6 +361,14 @@ class ServerRuntime:
             )
         elif config is not None and config.oauth is False:
             error = f"{failure}, but oauth = false for this server"
+        elif self.refresher is not None and self.refresher.schedule.last_error is not None:
+            # The token expired while its refresh keeps failing for a passing
+            # reason: not the user's to fix; the next good refresh reconnects.
+            schedule = self.refresher.schedule
+            error = f"the access token expired; refreshing it failed: {schedule.last_error}"
+            if state in (State.CONNECTING, State.CONNECTED, State.FAILED):
+                self.machine.handle(Event.ERROR, error=error, retry_at=schedule.due)
+            return
         else:
             if state not in (State.NEEDS_AUTH, State.AUTHORIZING, State.NEEDS_CLIENT_REGISTRATION):
                 refused = " and refused the stored token" if self.bearer() else ""

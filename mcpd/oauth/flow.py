@@ -193,9 +193,10 @@ def _b64(data: bytes) -> str:
 class ServerRefused(OAuthError):
     """The authorization server said no; `error` is its OAuth error code, if any."""
 
-    def __init__(self, message: str, error: str | None) -> None:
+    def __init__(self, message: str, error: str | None, status: int | None = None) -> None:
         super().__init__(message)
         self.error = error
+        self.status = status
 
 
 @dataclass
@@ -312,6 +313,7 @@ def token_request(
         raise ServerRefused(
             f"the token endpoint refused: {_error_text(response)}",
             error if isinstance(error, str) else None,
+            response.status,
         )
     if not isinstance(data, dict) or not isinstance(data.get("access_token"), str):
         # Some servers answer errors with 200: take their error code all the same.
@@ -347,3 +349,21 @@ def exchange(pending: PendingAuthorization, code: str) -> Step[TokenSet]:
     if tokens.scope is None and pending.scope:
         tokens.scope = pending.scope
     return tokens
+
+
+def refresh(
+    tokens: TokenSet, client: ClientRegistration, token_endpoint: str, resource: str
+) -> Step[TokenSet]:
+    """The refresh token grant; a response without a refresh token keeps the old one."""
+    assert tokens.refresh_token is not None
+    form = {
+        "grant_type": "refresh_token",
+        "refresh_token": tokens.refresh_token,
+        "resource": resource,
+    }
+    fresh = yield from token_request(token_endpoint, client, form)
+    if fresh.refresh_token is None:
+        fresh.refresh_token = tokens.refresh_token
+    if fresh.scope is None:
+        fresh.scope = tokens.scope
+    return fresh

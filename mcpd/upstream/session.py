@@ -85,8 +85,11 @@ class UpstreamSession:
         *,
         initialize_params: dict[str, Any] | None = None,
         bearer: Callable[[], str | None] = lambda: None,
+        on_unauthorized: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.bearer = bearer
+        # Asked, with the token the server refused, for a newer one (a refresh).
+        self.on_unauthorized = on_unauthorized
         self.name = name
         self.config = config
         self.client = client
@@ -180,7 +183,7 @@ class UpstreamSession:
                 + ", ".join((*STREAMABLE_PROTOCOLS, LEGACY_PROTOCOL))
             )
         transport.protocol_version = version
-        await transport.post(jsonrpc.notification("notifications/initialized"))
+        await self._post(transport, jsonrpc.notification("notifications/initialized"))
         return result
 
     async def _reinitialize(self, transport: StreamableHttp) -> None:
@@ -255,6 +258,21 @@ class UpstreamSession:
         for message in routing.upstream:
             self._send_soon(message)
 
+    async def _post(self, transport: Transport, message: dict[str, Any]) -> None:
+        """Post; when the server refuses the access token, get a new one and post once more."""
+        token = self.bearer()
+        try:
+            await transport.post(message)
+        except AuthorizationRequired as exc:
+            if (
+                token is None
+                or self.on_unauthorized is None
+                or "insufficient_scope" in exc.challenge
+                or not await self.on_unauthorized(token)
+            ):
+                raise
+            await transport.post(message)
+
     def _send_soon(self, message: dict[str, Any]) -> None:
         assert self._tg is not None
         self._tg.start_soon(self._send, message)
@@ -266,11 +284,11 @@ class UpstreamSession:
             return
         try:
             try:
-                await transport.post(message)
+                await self._post(transport, message)
             except SessionExpired:
                 assert isinstance(transport, StreamableHttp)
                 await self._reinitialize(transport)
-                await transport.post(message)
+                await self._post(transport, message)
         except SESSION_FATAL as exc:
             self._answer_unsent(message, describe(exc))
             self._fail(exc)
@@ -305,7 +323,7 @@ class UpstreamSession:
         self._waiters[upstream_id] = waiter
         try:
             with anyio.fail_after(limit if limit > 0 else None):
-                await transport.post(message)
+                await self._post(transport, message)
                 await waiter.event.wait()
         except TimeoutError:
             raise UpstreamError(f"no answer to {method} within {limit:g}s") from None

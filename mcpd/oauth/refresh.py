@@ -1,0 +1,105 @@
+"""When to refresh an access token, and what a failed refresh means: sans-IO.
+
+Theory of operation
+-------------------
+A token is refreshed proactively at a random point between 70% and 80% of
+its lifetime, so that many servers behind one authorization server do not all
+refresh in the same second; a token that lives longer than five minutes is
+refreshed no later than 60 seconds before it expires, so that clock skew and a
+slow network cannot make the refresh late. A token of a few seconds follows
+the fraction alone: it is never refreshed in a loop. A token without an
+expiry is refreshed only when the server refuses it.
+
+Times here are wall-clock Unix seconds, never a monotonic clock: a laptop that
+slept past a refresh time must find the refresh due when it wakes, and only
+the wall clock moved while it slept. The caller sleeps in short steps and asks
+again (`next_wake`).
+
+A refresh that fails for a passing reason (the network, a 5xx, 429,
+`temporarily_unavailable`, `slow_down`) keeps the tokens and is retried with
+exponential backoff and jitter, capped; one the server refused for good
+(`invalid_grant`, `invalid_client`) means the user must sign in again.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from ..store import TokenSet
+
+EARLIEST_FRACTION: Final = 0.70
+LATEST_FRACTION: Final = 0.80
+FLOOR_SECONDS: Final = 60.0  # no later than this before expiry...
+FLOOR_APPLIES_ABOVE: Final = 300.0  # ...for tokens that live longer than this
+BACKOFF_BASE_SECONDS: Final = 1.0
+BACKOFF_CAP_SECONDS: Final = 300.0
+# However far off the next event, look at the wall clock this often: it may
+# have jumped (a suspend) while the process slept.
+MAX_SLEEP_SECONDS: Final = 30.0
+
+TRANSIENT_ERRORS: Final = frozenset({"temporarily_unavailable", "slow_down"})
+FATAL_ERRORS: Final = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
+
+
+def refresh_at(tokens: TokenSet, rng: Callable[[], float] = random.random) -> float | None:
+    """When to refresh these tokens proactively; None: never (no expiry, or no refresh token)."""
+    if tokens.expires_at is None or tokens.refresh_token is None:
+        return None
+    lifetime = max(0.0, tokens.expires_at - tokens.obtained_at)
+    fraction = EARLIEST_FRACTION + (LATEST_FRACTION - EARLIEST_FRACTION) * rng()
+    due = tokens.obtained_at + lifetime * fraction
+    if lifetime > FLOOR_APPLIES_ABOVE:
+        due = min(due, tokens.expires_at - FLOOR_SECONDS)
+    return due
+
+
+def retry_delay(attempt: int, rng: Callable[[], float] = random.random) -> float:
+    """Backoff before refresh attempt `attempt + 1` (attempt counts failures, from 1)."""
+    exponent = min(max(0, attempt - 1), 16)
+    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**exponent)
+    return float(ceiling * (0.5 + rng() / 2))
+
+
+def next_wake(now: float, due: float | None) -> float:
+    """How long to sleep before looking again."""
+    if due is None:
+        return MAX_SLEEP_SECONDS
+    return max(0.0, min(due - now, MAX_SLEEP_SECONDS))
+
+
+def is_transient(status: int | None, error: str | None) -> bool:
+    """Whether a failed refresh should be retried with the same refresh token."""
+    if error in FATAL_ERRORS:
+        return False
+    if error in TRANSIENT_ERRORS:
+        return True
+    return status is None or status >= 500 or status == 429
+
+
+@dataclass
+class RefreshSchedule:
+    """One credential's refresh timing: when next, and the failures so far."""
+
+    rng: Callable[[], float] = random.random
+    due: float | None = None
+    failures: int = 0
+    last_error: str | None = None
+
+    def plan(self, tokens: TokenSet | None) -> None:
+        """New tokens: schedule their refresh, forget past failures."""
+        self.due = refresh_at(tokens, self.rng) if tokens is not None else None
+        self.failures = 0
+        self.last_error = None
+
+    def failed(self, now: float, error: str) -> float:
+        """A transient failure: when to try again."""
+        self.failures += 1
+        self.last_error = error
+        self.due = now + retry_delay(self.failures, self.rng)
+        return self.due
+
+    def is_due(self, now: float) -> bool:
+        return self.due is not None and now >= self.due

@@ -1,0 +1,165 @@
+"""The token lifecycle end to end, against the official Python SDK's
+authorization server routes (the demo server, tests/demo_peer.py) issuing
+access tokens that live a few seconds and rotating refresh tokens on every
+use. The provider's own log lines are the counts."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+from demo_peer import demo_server
+from harness import MCPCTL, server_config, status_of, wait_state
+from test_oauth import browse, finish, start_auth
+
+LIFETIME = 4  # seconds: 70-80% of it is the refresh point
+
+
+def sign_in(mcpd_env, daemon, name: str) -> None:
+    wait_state(daemon, name, "needs_auth")
+    process, url = start_auth(mcpd_env, name)
+    assert browse(url)[0] == 200
+    code, _, err = finish(process)
+    assert code == 0, err
+
+
+def refreshes(peer) -> int:
+    return peer.log.count(": refreshed;")
+
+
+def test_tokens_are_refreshed_before_expiry_with_no_activity(mcpd_env, run_daemon, tmp_path):
+    with demo_server(tmp_path, token_lifetime=LIFETIME) as peer:
+        mcpd_env.write_config("[daemon]\ncallback_port = 0\n" + server_config("demo", peer.url))
+        daemon = run_daemon()
+        sign_in(mcpd_env, daemon, "demo")
+        first = status_of(daemon, "demo")
+        assert first["next_refresh_at"] is not None
+        lifetime = first["access_expires_at"] - time.time()
+        assert first["next_refresh_at"] <= first["access_expires_at"] - 0.2 * lifetime + 0.5
+        deadline = time.monotonic() + 4 * LIFETIME
+        while refreshes(peer) < 3:
+            assert time.monotonic() < deadline, peer.log
+            time.sleep(0.1)
+        now = status_of(daemon, "demo")
+        assert now["state"] == "connected"
+        assert now["access_expires_at"] > time.time()
+        assert now["last_refresh_at"] is not None
+        assert "presented a refresh token" not in peer.log  # no rotated token reused
+        assert "after it expired" not in peer.log  # never used an expired token
+        call = daemon.mcpctl("call", "demo", "echo", '{"text": "still fresh"}')
+        assert call.stdout == "still fresh\n"
+
+
+def test_concurrent_calls_across_expiry_all_succeed_with_one_refresh_each_time(
+    mcpd_env, run_daemon, editors, tmp_path
+):
+    with demo_server(tmp_path, token_lifetime=LIFETIME) as peer:
+        mcpd_env.write_config("[daemon]\ncallback_port = 0\n" + server_config("demo", peer.url))
+        daemon = run_daemon()
+        sign_in(mcpd_env, daemon, "demo")
+        bridges = [editors("demo") for _ in range(4)]
+        for bridge in bridges:
+            bridge.initialize()
+        results: list[bool] = []
+        lock = threading.Lock()
+
+        def hammer(bridge) -> None:
+            end = time.monotonic() + 2 * LIFETIME
+            while time.monotonic() < end:
+                reply = bridge.call("echo", {"text": "x"})
+                with lock:
+                    results.append("result" in reply)
+
+        def cli() -> None:
+            end = time.monotonic() + 2 * LIFETIME
+            while time.monotonic() < end:
+                out = subprocess.run(
+                    [MCPCTL, "call", "demo", "echo", '{"text": "y"}'],
+                    env=mcpd_env.vars,
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    check=False,
+                )
+                with lock:
+                    results.append(out.returncode == 0)
+
+        threads = [threading.Thread(target=hammer, args=(b,)) for b in bridges]
+        threads += [threading.Thread(target=cli) for _ in range(2)]
+        before = refreshes(peer)
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert len(results) > 50
+        assert all(results), f"{results.count(False)} calls failed"
+        done = refreshes(peer) - before
+        # One refresh per lifetime that passed, however many calls were in flight.
+        assert 1 <= done <= 3, peer.log
+        assert "presented a refresh token" not in peer.log
+
+
+def test_a_restart_with_an_expired_token_refreshes_without_the_browser(
+    mcpd_env, run_daemon, tmp_path
+):
+    with demo_server(tmp_path, token_lifetime=LIFETIME) as peer:
+        mcpd_env.write_config("[daemon]\ncallback_port = 0\n" + server_config("demo", peer.url))
+        daemon = run_daemon()
+        sign_in(mcpd_env, daemon, "demo")
+        expires = status_of(daemon, "demo")["access_expires_at"]
+        daemon.stop()
+        while time.time() < expires + 0.5:
+            time.sleep(0.1)
+        authorizations = peer.log.count("authorized")
+        daemon = run_daemon()
+        wait_state(daemon, "demo", "connected")
+        assert status_of(daemon, "demo")["access_expires_at"] > time.time()
+        assert peer.log.count("authorized") == authorizations  # no browser
+        assert daemon.mcpctl("call", "demo", "echo", '{"text": "back"}').stdout == "back\n"
+
+
+def test_a_refused_refresh_needs_auth_for_that_server_only(mcpd_env, run_daemon, tmp_path):
+    with (
+        demo_server(tmp_path, token_lifetime=LIFETIME) as forgetful,
+        demo_server(tmp_path, token_lifetime=LIFETIME) as steady,
+    ):
+        mcpd_env.write_config(
+            "[daemon]\ncallback_port = 0\n"
+            + server_config("a", forgetful.url)
+            + server_config("b", steady.url)
+        )
+        daemon = run_daemon()
+        sign_in(mcpd_env, daemon, "a")
+        sign_in(mcpd_env, daemon, "b")
+        port = forgetful.port
+        forgetful.stop()
+        with demo_server(tmp_path, port=port, token_lifetime=LIFETIME):
+            # The restarted server knows none of the old tokens: invalid_grant.
+            refused = wait_state(daemon, "a", "needs_auth", timeout=3 * LIFETIME)
+            assert "refused" in refused["error"]
+            time.sleep(LIFETIME)  # b lives through a refresh meanwhile
+            assert status_of(daemon, "b")["state"] == "connected"
+            assert daemon.mcpctl("call", "b", "echo", '{"text": "b"}').stdout == "b\n"
+
+
+def test_token_helper_hands_out_a_valid_token_only_when_allowed(mcpd_env, run_daemon, tmp_path):
+    with demo_server(tmp_path, token_lifetime=LIFETIME) as peer:
+        mcpd_env.write_config(
+            "[daemon]\ncallback_port = 0\n"
+            + server_config("open", peer.url, "export_token = true\n")
+            + server_config("closed", peer.url)
+        )
+        daemon = run_daemon()
+        sign_in(mcpd_env, daemon, "open")
+        sign_in(mcpd_env, daemon, "closed")
+        refused = daemon.mcpctl("token", "closed")
+        assert refused.returncode == 1
+        assert "export_token = true" in refused.stderr
+        assert refused.stdout == ""
+        handed = daemon.mcpctl("token", "open")
+        assert handed.returncode == 0, handed.stderr
+        token = handed.stdout.strip()
+        assert handed.stdout == token + "\n"
+        assert len(token) > 20
+        assert token not in daemon.log
