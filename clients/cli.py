@@ -49,7 +49,13 @@ def token_column(server: ServerStatus, now: float) -> str:
     if server.access_expires_at is None:
         return "-"
     remaining = server.access_expires_at - now
-    return f"expires {_ago_or_in(remaining)}" if remaining > 0 else "expired"
+    text = f"expires {_ago_or_in(remaining)}" if remaining > 0 else "expired"
+    details = []
+    if server.last_refresh_at is not None:
+        details.append(f"refreshed {_ago_or_in(server.last_refresh_at - now)}")
+    if server.next_refresh_at is not None:
+        details.append(f"next refresh {_ago_or_in(server.next_refresh_at - now)}")
+    return f"{text} ({', '.join(details)})" if details else text
 
 
 def render_table(servers: list[ServerStatus], now: float) -> str:
