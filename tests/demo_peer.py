@@ -32,7 +32,12 @@ from real_peers import Peer, PeersNotInstalledError, _run
 
 @contextmanager
 def demo_server(
-    log_dir: Path, *, port: int | None = None, token_lifetime: int | None = None
+    log_dir: Path,
+    *,
+    port: int | None = None,
+    token_lifetime: int | None = None,
+    hide_expiry: bool = False,
+    outage_file: Path | None = None,
 ) -> Iterator[Peer]:
     """`python -m mcpd.demo.server` on `port`, or a free one (retried if taken first)."""
     if importlib.util.find_spec("mcp") is None:
@@ -44,6 +49,10 @@ def demo_server(
         argv = [sys.executable, "-m", "mcpd.demo.server", "--port", str(chosen)]
         if token_lifetime is not None:
             argv += ["--token-lifetime", str(token_lifetime)]
+        if hide_expiry:
+            argv.append("--hide-expiry")
+        if outage_file is not None:
+            argv += ["--outage-file", str(outage_file)]
         return argv, {}
 
     with _run("mcpd-demo", launch, log_dir, port=port) as peer:

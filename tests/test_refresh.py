@@ -5,12 +5,16 @@ use. The provider's own log lines are the counts."""
 
 from __future__ import annotations
 
+import os
+import random
+import signal
 import subprocess
 import threading
 import time
 
+import pytest
 from demo_peer import demo_server
-from harness import MCPCTL, server_config, status_of, wait_state
+from harness import MCPCTL, server_config, start_daemon, status_of, wait_state
 from test_oauth import browse, finish, start_auth
 
 LIFETIME = 4  # seconds: 70-80% of it is the refresh point
@@ -163,3 +167,106 @@ def test_token_helper_hands_out_a_valid_token_only_when_allowed(mcpd_env, run_da
         assert handed.stdout == token + "\n"
         assert len(token) > 20
         assert token not in daemon.log
+
+
+def test_a_burst_of_calls_at_expiry_makes_exactly_one_refresh(
+    mcpd_env, run_daemon, editors, tmp_path
+):
+    """The provider hides expires_in, so nothing refreshes early: the first
+    calls after expiry all meet a 401 at once, and share one refresh."""
+    with demo_server(tmp_path, token_lifetime=3, hide_expiry=True) as peer:
+        mcpd_env.write_config("[daemon]\ncallback_port = 0\n" + server_config("demo", peer.url))
+        daemon = run_daemon()
+        sign_in(mcpd_env, daemon, "demo")
+        assert status_of(daemon, "demo")["next_refresh_at"] is None
+        bridges = [editors("demo") for _ in range(5)]
+        for bridge in bridges:
+            bridge.initialize()
+        time.sleep(3.5)  # let the token expire, unrefreshed
+        assert refreshes(peer) == 0
+        ids = {
+            bridge: [
+                bridge.request_async("tools/call", {"name": "echo", "arguments": {"text": str(i)}})
+                for i in range(20)
+            ]
+            for bridge in bridges
+        }
+        for bridge, requests in ids.items():
+            for request_id in requests:
+                reply = bridge.response(request_id)
+                assert "result" in reply, reply
+        assert refreshes(peer) == 1, peer.log
+        assert "presented a refresh token" not in peer.log
+
+
+def test_the_authorization_server_down_for_a_while(mcpd_env, run_daemon, tmp_path):
+    outage = tmp_path / "outage"
+    with demo_server(tmp_path, token_lifetime=LIFETIME, outage_file=outage) as peer:
+        mcpd_env.write_config("[daemon]\ncallback_port = 0\n" + server_config("demo", peer.url))
+        daemon = run_daemon()
+        sign_in(mcpd_env, daemon, "demo")
+        outage.touch()
+        deadline = time.monotonic() + 3 * LIFETIME
+        while True:  # the refresh fails; the status says so, with the next attempt
+            status = status_of(daemon, "demo")
+            if status["error"] and "refresh" in status["error"] and status["next_retry_at"]:
+                break
+            assert time.monotonic() < deadline, (status, peer.log)
+            time.sleep(0.1)
+        assert status["state"] in ("connected", "failed")
+        time.sleep(LIFETIME)  # the access token expires meanwhile
+        assert status_of(daemon, "demo")["state"] != "needs_auth"  # tokens kept
+        outage.unlink()
+        wait_state(daemon, "demo", "connected", timeout=3 * LIFETIME)
+        deadline = time.monotonic() + 3 * LIFETIME
+        while status_of(daemon, "demo")["error"] is not None:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert daemon.mcpctl("call", "demo", "echo", '{"text": "back"}').stdout == "back\n"
+        assert "presented a refresh token" not in peer.log
+        assert "token endpoint down" in peer.log
+
+
+@pytest.mark.timeout(300)
+def test_sigkill_around_refreshes_never_loses_the_store(mcpd_env, tmp_path):
+    """50 kills at random moments of a daemon refreshing every ~1.5 s: every
+    restart finds a readable store and either a working credential or, where
+    the provider revoked the grant (a rotation the daemon never saw), a clear
+    needs_auth."""
+    rng = random.Random(5)
+    with demo_server(tmp_path, token_lifetime=2) as peer:
+        mcpd_env.write_config("[daemon]\ncallback_port = 0\n" + server_config("demo", peer.url))
+        revoked = 0
+        for _ in range(50):
+            daemon, notify = start_daemon(mcpd_env)
+            try:
+                state = wait_settled(daemon)
+                if state["state"] == "needs_auth":
+                    if mcpd_env.credentials_dir.joinpath("demo.cred").exists():
+                        revoked += "refused" in (state["error"] or "")
+                    sign_in(mcpd_env, daemon, "demo")
+                else:
+                    assert state["state"] == "connected", (state, daemon.log)
+                time.sleep(rng.uniform(0, 3))
+                os.kill(daemon.pid, signal.SIGKILL)
+                daemon.process.wait()
+            finally:
+                notify.close()
+            assert not list(mcpd_env.credentials_dir.glob("*.unreadable-*"))
+        assert refreshes(peer) >= 10  # the kills did land around refreshes
+        daemon, notify = start_daemon(mcpd_env)
+        try:
+            assert wait_settled(daemon)["state"] in ("connected", "needs_auth")
+        finally:
+            daemon.stop()
+            notify.close()
+
+
+def wait_settled(daemon) -> dict:
+    deadline = time.monotonic() + 20
+    while True:
+        state = status_of(daemon, "demo")
+        if state["state"] in ("connected", "needs_auth", "failed"):
+            return state
+        assert time.monotonic() < deadline, state
+        time.sleep(0.05)

@@ -55,6 +55,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import count
+from pathlib import Path
 
 import uvicorn
 from mcp.server.auth.middleware.auth_context import get_access_token
@@ -71,6 +72,7 @@ from mcp.server.auth.provider import (
 from mcp.server.auth.settings import AuthSettings, ClientRegistrationOptions, RevocationOptions
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 HOST = "127.0.0.1"
 MCP_PATH = "/mcp"
@@ -104,6 +106,9 @@ class DemoProvider(
 
     resource: str  # the MCP server's URL: the only resource tokens are issued for
     token_lifetime: int
+    # Leave expires_in out of token responses (the tokens still expire), as
+    # some providers do: clients then learn of expiry from a 401.
+    hide_expiry: bool = False
     clients: dict[str, OAuthClientInformationFull] = field(default_factory=dict)
     codes: dict[str, AuthorizationCode] = field(default_factory=dict)
     access_tokens: dict[str, DemoAccessToken] = field(default_factory=dict)
@@ -111,6 +116,9 @@ class DemoProvider(
     # Refresh tokens rotated away or revoked, and how, so that one presented
     # again is logged as what it is.
     retired: dict[str, str] = field(default_factory=dict)
+    # Refresh tokens rotated away, by grant: presenting one again revokes the
+    # whole grant, as real providers do when a refresh token leaks.
+    rotated: dict[str, int] = field(default_factory=dict)
     _grants: count[int] = field(default_factory=lambda: count(1))
 
     # --- Clients (dynamic registration) ------------------------------------------------
@@ -207,7 +215,7 @@ class DemoProvider(
             )
         return OAuthToken(
             access_token=access,
-            expires_in=self.token_lifetime,
+            expires_in=None if self.hide_expiry else self.token_lifetime,
             scope=" ".join(scopes),
             refresh_token=refresh,
         )
@@ -230,6 +238,9 @@ class DemoProvider(
                     f"client {client.client_id} presented a refresh token that was "
                     f"{self.retired[refresh_token]}"
                 )
+            grant = self.rotated.pop(refresh_token, None)
+            if grant is not None:
+                self._revoke_grant(grant, "a rotated refresh token was presented again")
             return None
         return token if token.client_id == client.client_id else None
 
@@ -243,6 +254,7 @@ class DemoProvider(
         if self.refresh_tokens.pop(refresh_token.token, None) is None:
             raise TokenError("invalid_grant", "refresh token already used")
         self.retired[refresh_token.token] = f"rotated away (grant {refresh_token.grant})"
+        self.rotated[refresh_token.token] = refresh_token.grant
         token = self._issue(refresh_token.grant, client.client_id, scopes, refresh_token.resource)
         log(f"grant {refresh_token.grant}: refreshed; {self._describe(token)}")
         return token
@@ -258,7 +270,10 @@ class DemoProvider(
         return access
 
     async def revoke_token(self, token: DemoAccessToken | DemoRefreshToken) -> None:
-        grant = token.grant
+        kind = "refresh" if isinstance(token, DemoRefreshToken) else "access"
+        self._revoke_grant(token.grant, f"asked with its {kind} token")
+
+    def _revoke_grant(self, grant: int, why: str) -> None:
         access = [key for key, value in self.access_tokens.items() if value.grant == grant]
         refresh = [key for key, value in self.refresh_tokens.items() if value.grant == grant]
         for key in access:
@@ -266,17 +281,40 @@ class DemoProvider(
         for key in refresh:
             del self.refresh_tokens[key]
             self.retired[key] = f"revoked (grant {grant})"
-        kind = "refresh" if isinstance(token, DemoRefreshToken) else "access"
         log(
-            f"grant {grant}: revoked (asked with its {kind} token): "
+            f"grant {grant}: revoked ({why}): "
             f"{len(access)} access and {len(refresh)} refresh token(s) dropped"
         )
 
 
-def build_server(port: int, token_lifetime: int) -> MCPServer:
+def with_token_outage(app: ASGIApp, flag: Path) -> ASGIApp:
+    """The token endpoint is down (503) while `flag` exists: an outage, on demand."""
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/token" and flag.exists():
+            log("token endpoint down: answering 503 temporarily_unavailable")
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send(
+                {"type": "http.response.body", "body": b'{"error":"temporarily_unavailable"}'}
+            )
+            return
+        await app(scope, receive, send)
+
+    return guarded
+
+
+def build_server(port: int, token_lifetime: int, hide_expiry: bool = False) -> MCPServer:
     origin = f"http://{HOST}:{port}"
     resource = origin + MCP_PATH
-    provider = DemoProvider(resource=resource, token_lifetime=token_lifetime)
+    provider = DemoProvider(
+        resource=resource, token_lifetime=token_lifetime, hide_expiry=hide_expiry
+    )
     server: MCPServer = MCPServer(
         "mcpd-demo",
         instructions="A demo server for mcpd: echo and time, behind OAuth.",
@@ -355,6 +393,17 @@ def main(argv: list[str] | None = None) -> None:
         metavar="SECONDS",
         help=f"how long access tokens live (default {DEFAULT_TOKEN_LIFETIME})",
     )
+    parser.add_argument(
+        "--hide-expiry",
+        action="store_true",
+        help="leave expires_in out of token responses (the tokens still expire)",
+    )
+    parser.add_argument(
+        "--outage-file",
+        type=Path,
+        metavar="PATH",
+        help="while PATH exists, the token endpoint answers 503 temporarily_unavailable",
+    )
     options = parser.parse_args(argv)
 
     # Bound here rather than by uvicorn so that the ready line says that this
@@ -366,7 +415,11 @@ def main(argv: list[str] | None = None) -> None:
     sock.listen(128)
     port: int = sock.getsockname()[1]
 
-    app = build_server(port, options.token_lifetime).streamable_http_app(host=HOST)
+    app: ASGIApp = build_server(
+        port, options.token_lifetime, options.hide_expiry
+    ).streamable_http_app(host=HOST)
+    if options.outage_file is not None:
+        app = with_token_outage(app, options.outage_file)
     config = uvicorn.Config(
         app,
         host=HOST,
