@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcpd.server import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, backoff_delay
+from mcpd.upstream.keeper import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, backoff_delay
 
 
 def ceiling(attempt: int) -> float:
