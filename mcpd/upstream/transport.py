@@ -37,6 +37,8 @@ LEGACY_PROTOCOL = "2024-11-05"
 # A server may close an SSE stream and let the client resume it (SEP-1699):
 # how often to try before the request is given up.
 MAX_RESUME_ATTEMPTS = 5
+# How long to wait for a POST stream to end once its response came.
+DRAIN_SECONDS = 1.0
 # Failed attempts in a row to reopen the standalone stream before the session
 # is considered lost.
 MAX_LISTEN_FAILURES = 3
@@ -239,19 +241,31 @@ class StreamableHttp(_HttpTransport):
     ) -> bool:
         """Deliver a stream's messages; True once the response to `related` came."""
         decoder.reset()  # a new stream: nothing of a broken one carries over
+        answered = False
         try:
-            async for chunk in response.aiter_bytes():
+            chunks = response.aiter_bytes()
+            async for chunk in chunks:
                 for event in decoder.feed(chunk):
                     if event.event != "message":
                         continue
                     message = self._deliver_raw(event.data, related)
-                    if (
+                    answered = answered or (
                         message is not None
                         and related is not None
                         and jsonrpc.is_response(message)
                         and message.get("id") == related
-                    ):
-                        return True
+                    )
+                if answered:
+                    break
+            if answered:
+                # The server ends the stream after the response: read to that end
+                # (briefly) so that the connection goes back to the pool.
+                with anyio.move_on_after(DRAIN_SECONDS):
+                    async for chunk in chunks:
+                        for event in decoder.feed(chunk):
+                            if event.event == "message":
+                                self._deliver_raw(event.data, related)
+                return True
         except EventTooLarge as exc:
             raise MessageTooLarge(str(exc)) from None
         except httpx.HTTPError as exc:
