@@ -11,9 +11,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
@@ -434,3 +437,53 @@ def wait_state(daemon: DaemonProcess, name: str, state: str, timeout: float = 20
         if time.monotonic() > deadline:
             raise AssertionError(f"{name} stayed {current}; log:\n{daemon.log}")
         time.sleep(0.05)
+
+
+# --- Signing in, as a user's browser would ------------------------------------------
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def browse(url: str, follow: bool = True) -> tuple[int, str, str]:
+    """GET like a browser: (status, final URL or Location, body)."""
+    opener = urllib.request.build_opener() if follow else urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(url, timeout=20) as response:
+            return response.status, response.url, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        location = exc.headers.get("Location", exc.url)
+        return exc.code, location, exc.read().decode(errors="replace")
+
+
+def start_auth(env, name: str, *flags: str) -> tuple[subprocess.Popen[str], str]:
+    """Run `mcpctl auth NAME --no-browser` and read the URL it prints."""
+    process = subprocess.Popen(
+        [MCPCTL, "auth", name, "--no-browser", *flags],
+        env=env.vars,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.strip().startswith("http"):
+            return process, line.strip()
+    raise AssertionError(
+        f"no URL from mcpctl auth: {process.stderr.read() if process.stderr else ''}"
+    )
+
+
+def finish(process: subprocess.Popen[str], stdin: str | None = None) -> tuple[int, str, str]:
+    out, err = process.communicate(stdin, timeout=60)
+    return process.returncode, out, err
+
+
+def callback_port(url: str) -> int:
+    redirect = parse_qs(urlsplit(url).query)["redirect_uri"][0]
+    port = urlsplit(redirect).port
+    assert port is not None
+    return port

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import threading
 import time
 import urllib.error
@@ -19,24 +18,8 @@ import urllib.request
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from harness import MCPCTL, server_config, status_of, wait_state
+from harness import browse, callback_port, finish, server_config, start_auth, status_of, wait_state
 from real_peers import SIMPLE_STREAMABLE_HTTP, free_port, sdk_example
-
-
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None
-
-
-def browse(url: str, follow: bool = True) -> tuple[int, str, str]:
-    """GET like a browser: (status, final URL or Location, body)."""
-    opener = urllib.request.build_opener() if follow else urllib.request.build_opener(NoRedirect)
-    try:
-        with opener.open(url, timeout=20) as response:
-            return response.status, response.url, response.read().decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        location = exc.headers.get("Location", exc.url)
-        return exc.code, location, exc.read().decode(errors="replace")
 
 
 @pytest.fixture(params=[("--oauth",), ("--oauth", "--oauth-strict")], ids=["oauth", "strict"])
@@ -45,37 +28,6 @@ def oauth_peer(request, tmp_path):
         # The example names itself localhost in its resource metadata.
         peer.url = peer.url.replace("127.0.0.1", "localhost")
         yield peer
-
-
-def start_auth(env, name: str, *flags: str) -> tuple[subprocess.Popen[str], str]:
-    """Run `mcpctl auth NAME --no-browser` and read the URL it prints."""
-    process = subprocess.Popen(
-        [MCPCTL, "auth", name, "--no-browser", *flags],
-        env=env.vars,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.strip().startswith("http"):
-            return process, line.strip()
-    raise AssertionError(
-        f"no URL from mcpctl auth: {process.stderr.read() if process.stderr else ''}"
-    )
-
-
-def finish(process: subprocess.Popen[str], stdin: str | None = None) -> tuple[int, str, str]:
-    out, err = process.communicate(stdin, timeout=60)
-    return process.returncode, out, err
-
-
-def callback_port(url: str) -> int:
-    redirect = parse_qs(urlsplit(url).query)["redirect_uri"][0]
-    port = urlsplit(redirect).port
-    assert port is not None
-    return port
 
 
 def test_sign_in_once_and_every_path_uses_the_token(mcpd_env, run_daemon, editors, oauth_peer):

@@ -9,9 +9,8 @@ registered clients when restarted, which the tests use.
 from __future__ import annotations
 
 from demo_peer import demo_server
-from harness import server_config, status_of, wait_state
+from harness import browse, finish, server_config, start_auth, status_of, wait_state
 from real_peers import free_port
-from test_oauth import browse, finish, start_auth
 
 
 def test_sign_in_call_and_revoke(mcpd_env, run_daemon, tmp_path):

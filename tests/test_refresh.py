@@ -14,8 +14,16 @@ import time
 
 import pytest
 from demo_peer import demo_server
-from harness import MCPCTL, server_config, start_daemon, status_of, wait_state
-from test_oauth import browse, finish, start_auth
+from harness import (
+    MCPCTL,
+    browse,
+    finish,
+    server_config,
+    start_auth,
+    start_daemon,
+    status_of,
+    wait_state,
+)
 
 LIFETIME = 4  # seconds: 70-80% of it is the refresh point
 
