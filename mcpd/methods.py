@@ -159,7 +159,7 @@ def _oauth_runtime(ctx: RequestContext, name: str) -> ServerRuntime:
         raise RpcFailure(ErrorCode.SERVER_UNAVAILABLE, f"server {name!r} is disabled")
     if config.oauth is False:
         raise RpcFailure(ErrorCode.AUTH_FAILED, f"oauth = false for server {name!r}")
-    if runtime.bearer() is None and any(k.lower() == "authorization" for k in config.headers):
+    if runtime.static_authorization():
         raise RpcFailure(
             ErrorCode.AUTH_FAILED,
             f"server {name!r} has a configured Authorization header; remove it (or set oauth) "

@@ -175,14 +175,14 @@ class ServerRuntime:
 
     # --- Credentials ------------------------------------------------------------------
 
-    def _static_authorization(self) -> bool:
+    def static_authorization(self) -> bool:
         config = self.entry.config
         return config is not None and any(k.lower() == "authorization" for k in config.headers)
 
     def bearer(self) -> str | None:
         """The OAuth access token to send, if OAuth applies and one is stored."""
         config = self.entry.config
-        if config is None or config.oauth is False or self._static_authorization():
+        if config is None or config.oauth is False or self.static_authorization():
             return None
         tokens = self.record.tokens if self.record else None
         return tokens.access_token if tokens else None
@@ -200,14 +200,11 @@ class ServerRuntime:
         if keeper is None or config is None:
             return False
         with anyio.move_on_after(config.timeout):
-            while not self.keeper_connected():
+            while not keeper.connected.is_set():
                 await first_of(keeper.connected, keeper.attempt_failed)
                 if self.machine.state not in (State.CONNECTING, State.CONNECTED):
                     break  # failed, or needs authorization again
-        return self.keeper_connected()
-
-    def keeper_connected(self) -> bool:
-        return self.keeper is not None and self.keeper.connected.is_set()
+        return keeper.connected.is_set()
 
     async def _unauthorized(self, token: str) -> bool:
         """The server refused `token`: one refresh (shared), True if a new token is in place."""
@@ -277,7 +274,7 @@ class ServerRuntime:
             granted = self.record.tokens.scope if self.record and self.record.tokens else None
             self.required_scope = union_scope(granted, self.challenge.scope)
         state = self.machine.state
-        if config is not None and config.oauth is None and self._static_authorization():
+        if config is not None and config.oauth is None and self.static_authorization():
             error = (
                 "the server refused the configured credentials (HTTP 401): "
                 "check the Authorization header in the config"

@@ -130,6 +130,10 @@ async def _error_detail(response: httpx.Response) -> str:
     return text[:200]
 
 
+def _session_expired(status: int) -> SessionExpired:
+    return SessionExpired(f"the server no longer knows the session (HTTP {status})")
+
+
 def _session_gone(status: int, detail: str) -> bool:
     """Whether a refusal of a request that carried a session id means the session expired.
 
@@ -204,9 +208,7 @@ class StreamableHttp(_HttpTransport):
             if response.status_code >= 400:
                 detail = await _error_detail(response)
                 if had_session and _session_gone(response.status_code, detail):
-                    raise SessionExpired(
-                        f"the server no longer knows the session (HTTP {response.status_code})"
-                    )
+                    raise _session_expired(response.status_code)
                 raise HttpStatusError(response.status_code, detail)
             if response.status_code >= 300:
                 raise HttpStatusError(response.status_code, "an unexpected redirect")
@@ -327,9 +329,7 @@ class StreamableHttp(_HttpTransport):
                 if response.status_code >= 400:
                     detail = await _error_detail(response)
                     if self.session_id is not None and _session_gone(response.status_code, detail):
-                        raise SessionExpired(
-                            f"the server no longer knows the session (HTTP {response.status_code})"
-                        )
+                        raise _session_expired(response.status_code)
                     # 405 is what the specification asks for, but any refusal
                     # means the same: no standalone stream; requests still work.
                     log.debug(
