@@ -19,68 +19,24 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
 
-from harness import McpdEnv, RawClient, start_daemon  # noqa: E402
+from bench_common import BIN, daemon_env, summary, timed  # noqa: E402
+from harness import McpdEnv, RawClient  # noqa: E402
 from real_peers import simple_streamable_http  # noqa: E402
 
 from mcpd.protocol import FrameDecoder, Request, encode_frame  # noqa: E402
-
-BIN = Path(sys.executable).parent
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return {"median_ms": statistics.median(ordered) * 1000, "p99_ms": p99 * 1000, "n": len(ordered)}
-
-
-def timed(action: Callable[[], Any], runs: int) -> list[float]:
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        action()
-        samples.append(time.perf_counter() - started)
-    return samples
-
-
-@contextmanager
-def daemon_env(config: str = "") -> Iterator[tuple[McpdEnv, Any]]:
-    with tempfile.TemporaryDirectory(prefix="mcpd-bench-") as root:
-        home = Path(root) / "home"
-        (home / "run").mkdir(parents=True, mode=0o700)
-        env = McpdEnv(
-            home,
-            {
-                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                "HOME": str(home),
-                "XDG_CONFIG_HOME": str(home / "config"),
-                "XDG_STATE_HOME": str(home / "state"),
-                "XDG_RUNTIME_DIR": str(home / "run"),
-            },
-        )
-        if config:
-            env.write_config(config)
-        daemon, notify = start_daemon(env)
-        try:
-            yield env, daemon
-        finally:
-            daemon.stop()
-            notify.close()
-
 
 # --- 1. control plane -------------------------------------------------------------
 

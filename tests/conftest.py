@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import reliability
 from harness import (
     DaemonProcess,
     Editor,
@@ -85,3 +86,12 @@ def editors(mcpd_env: McpdEnv) -> Iterator[Any]:
     for editor in started:
         if editor.process.poll() is None:
             editor.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    counts = reliability.recorded()
+    if not counts:
+        return
+    terminalreporter.section("reliability")
+    for count in counts:
+        terminalreporter.write_line(f"{count.count:>9,}  {count.what}  ({count.test})")
