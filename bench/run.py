@@ -6,9 +6,11 @@
    against a raw Unix-socket echo of the same frames in this process;
 2. CLI start: `mcpctl status` as a whole process, against
    `python -c "import msgspec"`;
-3. data plane (one editor): `tools/call` of the TypeScript SDK example's
-   `greet` through `mcpctl stdio` and the daemon, against the same driver
-   speaking Streamable HTTP to the server directly.
+3. data plane: `tools/call` of the TypeScript SDK example's `greet` from 1, 8
+   and 32 editors at once, each its own process calling in sequence: through
+   `mcpctl stdio` and the daemon, through mcp-remote (one copy per editor, as
+   editors run it), and with the same driver speaking Streamable HTTP to the
+   server directly.
 
 Every figure is a median over repeated runs with the 99th percentile beside
 it. The real peers come from tests/peers/install.sh.
@@ -19,10 +21,14 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,8 +39,8 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_common import BIN, daemon_env, summary, timed  # noqa: E402
-from harness import McpdEnv, RawClient  # noqa: E402
-from real_peers import simple_streamable_http  # noqa: E402
+from harness import RawClient  # noqa: E402
+from real_peers import mcp_remote_argv, simple_streamable_http  # noqa: E402
 
 from mcpd.protocol import FrameDecoder, Request, encode_frame  # noqa: E402
 
@@ -86,8 +92,6 @@ def control_plane(runs: int) -> dict[str, Any]:
             client.request("status")
             client.receive()
 
-        timed(status, 200)  # warm up
-        measured = timed(status, runs)
         floor_path = str(env.root / "floor.sock")
         with echo_server(floor_path, response_frame):
             raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -100,8 +104,12 @@ def control_plane(runs: int) -> dict[str, Any]:
                 while decoder.next_frame() is None:
                     decoder.feed(raw.recv(65536))
 
+            timed(status, 200)  # warm up
             timed(echo, 200)
-            floor = timed(echo, runs)
+            measured, floor = [], []
+            for _ in range(max(1, runs // 50)):  # interleaved, so that drift hits both alike
+                measured += timed(status, 50)
+                floor += timed(echo, 50)
             raw.close()
         client.close()
     result = {"status": summary(measured), "floor": summary(floor)}
@@ -138,28 +146,28 @@ def cli_start(runs: int) -> dict[str, Any]:
     return result
 
 
-# --- 3. data plane, one editor -------------------------------------------------------------
+# --- 3. data plane ----------------------------------------------------------------------
 
 CALL = {"name": "greet", "arguments": {"name": "bench"}}
+INITIALIZE = {
+    "protocolVersion": "2025-11-25",
+    "capabilities": {},
+    "clientInfo": {"name": "bench", "version": "1"},
+}
 
 
 class DirectClient:
     """The editor-like driver speaking Streamable HTTP itself (one connection)."""
 
+    pid = None  # nothing stands between it and the server
+
     def __init__(self, url: str) -> None:
         parts = url.split("/", 3)
         self.host, self.path = parts[2], "/" + parts[3]
-        self.conn = http.client.HTTPConnection(self.host, timeout=10)
+        self.conn = http.client.HTTPConnection(self.host, timeout=30)
         self.session: str | None = None
         self.next_id = 0
-        self.call(
-            "initialize",
-            {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "bench", "version": "1"},
-            },
-        )
+        self.call("initialize", INITIALIZE)
         self.notify("notifications/initialized")
 
     def _headers(self) -> dict[str, str]:
@@ -172,46 +180,50 @@ class DirectClient:
             headers["MCP-Protocol-Version"] = "2025-11-25"
         return headers
 
+    def _post(self, body: str) -> tuple[http.client.HTTPResponse, bytes]:
+        for attempt in (1, 2):
+            try:
+                self.conn.request("POST", self.path, body, self._headers())
+                response = self.conn.getresponse()
+                return response, response.read()
+            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                # The server closes a connection left idle (while other variants
+                # ran): reconnect, as any HTTP client does.
+                self.conn.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
     def notify(self, method: str) -> None:
-        self.conn.request(
-            "POST", self.path, json.dumps({"jsonrpc": "2.0", "method": method}), self._headers()
-        )
-        self.conn.getresponse().read()
+        self._post(json.dumps({"jsonrpc": "2.0", "method": method}))
 
     def call(self, method: str, params: dict[str, Any]) -> Any:
         self.next_id += 1
         body = json.dumps(
             {"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}
         )
-        self.conn.request("POST", self.path, body, self._headers())
-        response = self.conn.getresponse()
+        response, raw = self._post(body)
         self.session = response.getheader("mcp-session-id") or self.session
-        data = response.read().decode()
+        data = raw.decode()
         if response.getheader("content-type", "").startswith("text/event-stream"):
             lines = [line[5:].strip() for line in data.splitlines() if line.startswith("data:")]
             return json.loads(lines[-1])
         return json.loads(data)
 
+    def close(self) -> None:
+        self.conn.close()
 
-class BridgeClient:
-    """The same driver, through `mcpctl stdio NAME`."""
 
-    def __init__(self, env: McpdEnv, name: str) -> None:
+class StdioClient:
+    """The same driver, through a stdio proxy process: `mcpctl stdio NAME` or mcp-remote."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], stderr: Any) -> None:
         self.process = subprocess.Popen(
-            [str(BIN / "mcpctl"), "stdio", name],
-            env=env.vars,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
+            argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr
         )
+        self.pid: int | None = self.process.pid
         self.next_id = 0
-        self.call(
-            "initialize",
-            {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "bench", "version": "1"},
-            },
-        )
+        self.call("initialize", INITIALIZE)
         self._write({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
     def _write(self, message: dict[str, Any]) -> None:
@@ -224,41 +236,200 @@ class BridgeClient:
         self._write({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params})
         assert self.process.stdout is not None
         while True:
-            message = json.loads(self.process.stdout.readline())
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{self.process.args[0]} exited ({self.process.wait()})")
+            message = json.loads(line)
             if message.get("id") == self.next_id:
+                if "result" not in message:
+                    raise RuntimeError(f"the call failed: {message}")
                 return message
-
-    def rss_kb(self) -> int:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(
-            next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
-        )
 
     def close(self) -> None:
         assert self.process.stdin is not None
         self.process.stdin.close()
-        self.process.wait(timeout=10)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
-def data_plane(runs: int, log_dir: Path) -> dict[str, Any]:
+def proc_rss_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User plus system CPU of a process, its waited-for children included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(value) for value in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def node_tree(pid: int) -> list[int]:
+    """A process and its descendants (mcp-remote may run its work in a child)."""
+    found, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = Path(f"/proc/{parent}/task/{parent}/children")
+        if children.exists():
+            for child in map(int, children.read_text().split()):
+                found.append(child)
+                frontier.append(child)
+    return found
+
+
+def run_batch(editors: list[Any], calls: int, extra_pids: list[int]) -> dict[str, Any]:
+    """Every editor makes `calls` calls in sequence, all editors at once."""
+    pids = [p for e in editors if e.pid for p in node_tree(e.pid)] + extra_pids
+    cpu_before = sum(proc_cpu_seconds(pid) for pid in pids)
+    latencies: list[list[float]] = [[] for _ in editors]
+    start = threading.Barrier(len(editors) + 1)
+
+    failures: list[BaseException] = []
+
+    def drive(index: int) -> None:
+        start.wait()
+        try:
+            latencies[index] = timed(lambda: editors[index].call("tools/call", CALL), calls)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=drive, args=(i,)) for i in range(len(editors))]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - began
+    if failures:
+        raise failures[0]
+    cpu = sum(proc_cpu_seconds(pid) for pid in pids) - cpu_before
+    samples = [x for per_editor in latencies for x in per_editor]
+    return {"samples": samples, "wall": wall, "cpu": cpu}
+
+
+def data_plane(editor_counts: list[int], calls: int, rounds: int, log_dir: Path) -> dict[str, Any]:
+    """tools/call through mcpd, through mcp-remote and directly, at each editor count.
+
+    The three variants take turns, `rounds` times, so that the machine's drift
+    falls on all alike; each editor makes `calls // editors` calls per round.
+    """
+    figures: dict[str, Any] = {}
     with simple_streamable_http(log_dir) as peer:
         url = peer.url.replace("127.0.0.1", "localhost")
-        direct = DirectClient(url)
-        timed(lambda: direct.call("tools/call", CALL), 100)
-        with daemon_env(f'[servers.ts]\nurl = "{url}"\n') as (env, _daemon):
-            bridge = BridgeClient(env, "ts")
-            timed(lambda: bridge.call("tools/call", CALL), 100)
-            via_bridge, baseline = [], []
-            for _ in range(runs // 10):  # interleaved batches
-                via_bridge += timed(lambda: bridge.call("tools/call", CALL), 10)
-                baseline += timed(lambda: direct.call("tools/call", CALL), 10)
-            rss = bridge.rss_kb()
-            bridge.close()
-    result = {"through_mcpd": summary(via_bridge), "direct": summary(baseline)}
-    result["added_p50_ms"] = result["through_mcpd"]["median_ms"] - result["direct"]["median_ms"]
-    result["bridge_rss_mb"] = rss / 1024
-    result["goals"] = "added at most 0.5 ms at p50; bridge at most 20 MB RSS"
-    return result
+        with daemon_env(f'[servers.ts]\nurl = "{url}"\n') as (env, daemon):
+            remote_home = env.root / "mcp-remote-home"
+            remote_home.mkdir()
+            remote_env = {**env.vars, "HOME": str(remote_home)}
+            stderr = (log_dir / "editors.log").open("ab")
+            for count in editor_counts:
+                variants: dict[str, list[Any]] = {
+                    "direct": [DirectClient(url) for _ in range(count)],
+                    "mcpd": [
+                        StdioClient([str(BIN / "mcpctl"), "stdio", "ts"], env.vars, stderr)
+                        for _ in range(count)
+                    ],
+                    "mcp-remote": [
+                        StdioClient(
+                            [*mcp_remote_argv(), url, "--transport", "http-only"],
+                            remote_env,
+                            stderr,
+                        )
+                        for _ in range(count)
+                    ],
+                }
+                per_editor = max(1, calls // count)
+                batches: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+                for editors in variants.values():  # warm up
+                    run_batch(editors, max(5, per_editor // 10), [])
+                for _ in range(rounds):
+                    for name, editors in variants.items():
+                        extra = [daemon.process.pid] if name == "mcpd" else []
+                        batches[name].append(run_batch(editors, per_editor, extra))
+                result: dict[str, Any] = {}
+                for name, runs in batches.items():
+                    samples = [x for run in runs for x in run["samples"]]
+                    wall = sum(run["wall"] for run in runs)
+                    cpu = sum(run["cpu"] for run in runs)
+                    result[name] = {
+                        **summary(samples),
+                        "calls_per_s": len(samples) / wall,
+                        "cpu_ms_per_call": cpu * 1000 / len(samples),
+                    }
+                    rss = [
+                        sum(proc_rss_kb(pid) for pid in node_tree(e.pid)) / 1024
+                        for e in variants[name]
+                        if e.pid
+                    ]
+                    if rss:
+                        result[name]["rss_mb_per_process"] = statistics.median(rss)
+                result["mcpd"]["daemon_rss_mb"] = proc_rss_kb(daemon.process.pid) / 1024
+                result["added_p50_ms"] = {
+                    name: result[name]["median_ms"] - result["direct"]["median_ms"]
+                    for name in ("mcpd", "mcp-remote")
+                }
+                result["throughput_vs_mcp_remote"] = (
+                    result["mcpd"]["calls_per_s"] / result["mcp-remote"]["calls_per_s"]
+                )
+                figures[f"{count}_editors"] = result
+                for editors in variants.values():
+                    for editor in editors:
+                        editor.close()
+            stderr.close()
+    figures["goals"] = (
+        "1 editor: mcpd adds at most 0.5 ms at p50 over direct; 8 and 32 editors: at least "
+        "2x mcp-remote's calls per second; each bridge process at most 20 MB RSS"
+    )
+    return figures
+
+
+def print_floors(figures: dict[str, Any]) -> None:
+    cp, cli = figures["control_plane"], figures["cli_start"]
+    print(
+        f"{'against a floor':<28}{'measured p50/p99 ms':>24}{'floor p50/p99 ms':>22}{'result':>22}"
+    )
+    rows = [
+        ("control plane: status", cp["status"], cp["floor"], f"{cp['ratio']:.2f}x (goal <= 3x)"),
+        (
+            "CLI start: mcpctl status",
+            cli["mcpctl_status"],
+            cli["floor"],
+            f"{cli['ratio']:.2f}x (goal <= 1.5x)",
+        ),
+    ]
+    for name, measured, floor, result in rows:
+        print(
+            f"{name:<28}{measured['median_ms']:>12.3f}/{measured['p99_ms']:<11.3f}"
+            f"{floor['median_ms']:>10.3f}/{floor['p99_ms']:<11.3f}{result:>22}"
+        )
+
+
+def print_data_plane(figures: dict[str, Any]) -> None:
+    print(
+        f"\n{'tools/call':<22}{'p50/p99 ms':>18}{'added p50':>11}{'calls/s':>9}"
+        f"{'CPU ms/call':>12}{'RSS MB/proc':>12}"
+    )
+    for key, result in figures.items():
+        if not key.endswith("_editors"):
+            continue
+        for name in ("direct", "mcpd", "mcp-remote"):
+            row = result[name]
+            added = result["added_p50_ms"].get(name)
+            print(
+                f"{key.replace('_', ' ') + ', ' + name:<22}"
+                f"{row['median_ms']:>9.2f}/{row['p99_ms']:<8.2f}"
+                f"{'' if added is None else f'+{added:.2f}':>11}{row['calls_per_s']:>9.0f}"
+                f"{row['cpu_ms_per_call']:>12.2f}{row.get('rss_mb_per_process', 0):>12.1f}"
+            )
+        print(
+            f"{'':<22}mcpd/mcp-remote calls per second: "
+            f"{result['throughput_vs_mcp_remote']:.1f}x; "
+            f"daemon RSS {result['mcpd']['daemon_rss_mb']:.1f} MB"
+        )
+    print(f"goals: {figures['goals']}")
 
 
 def main() -> int:
@@ -271,32 +442,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mcpd-bench-peers-") as logs:
         figures["control_plane"] = control_plane(5000 // scale)
         figures["cli_start"] = cli_start(40 // min(scale, 4))
-        figures["data_plane_1_editor"] = data_plane(2000 // scale, Path(logs))
+        figures["data_plane"] = data_plane(
+            [1, 8, 32], calls=1000 // scale, rounds=3, log_dir=Path(logs)
+        )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(figures, indent=2))
-    print(f"{'benchmark':<28}{'measured p50/p99 ms':>24}{'floor p50/p99 ms':>22}{'result':>22}")
-    cp, cli, dp = figures["control_plane"], figures["cli_start"], figures["data_plane_1_editor"]
-    rows = [
-        ("control plane: status", cp["status"], cp["floor"], f"{cp['ratio']:.2f}x (goal <= 3x)"),
-        (
-            "CLI start: mcpctl status",
-            cli["mcpctl_status"],
-            cli["floor"],
-            f"{cli['ratio']:.2f}x (goal <= 1.5x)",
-        ),
-        (
-            "tools/call, 1 editor",
-            dp["through_mcpd"],
-            dp["direct"],
-            f"+{dp['added_p50_ms']:.2f} ms (goal <= 0.5)",
-        ),
-    ]
-    for name, measured, floor, result in rows:
-        print(
-            f"{name:<28}{measured['median_ms']:>12.3f}/{measured['p99_ms']:<11.3f}"
-            f"{floor['median_ms']:>10.3f}/{floor['p99_ms']:<11.3f}{result:>22}"
-        )
-    print(f"bridge RSS: {dp['bridge_rss_mb']:.1f} MB (goal <= 20 MB)")
+    print_floors(figures)
+    print_data_plane(figures["data_plane"])
     print(f"figures: {args.json}")
     return 0
 

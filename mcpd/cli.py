@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     log.info("listening", extra={"socket": listener.getsockname(), "pid": os.getpid()})
     try:
-        anyio.run(Daemon(config, store, notifier).run, listener)
+        anyio.run(
+            Daemon(config, store, notifier).run, listener, backend_options={"use_uvloop": True}
+        )
     finally:
         # Remove the socket we bound (not one systemd passed us, which outlives
         # us), so clients see at once that the daemon is gone.

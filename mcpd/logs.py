@@ -58,9 +58,6 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     set_level(level)
-    # httpx logs every request with its full URL, which may carry a secret.
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def set_level(level: str) -> None:

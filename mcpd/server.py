@@ -19,10 +19,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-import httpx
 from anyio.abc import TaskGroup, TaskStatus
 
 from .config import ServerEntry
+from .httpclient import HttpClient
 from .oauth.discovery import Challenge, parse_challenge
 from .oauth.flow import union_scope
 from .oauth.http import OAuthError, Origin
@@ -65,7 +65,7 @@ class ServerRuntime:
         self._max_message_size = max_message_size
         self._scope: anyio.CancelScope | None = None
         self._tg: TaskGroup | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._client: HttpClient | None = None
         self.keeper: SessionKeeper | None = None
         self._per_client: dict[EditorId, SessionKeeper] = {}
         self._sinks: dict[EditorId, EditorSink] = {}
@@ -130,13 +130,7 @@ class ServerRuntime:
                 self.machine.handle(Event.AUTH_REQUIRED, error=str(exc))
                 await anyio.sleep_forever()
             async with (
-                httpx.AsyncClient(
-                    verify=config.verify,
-                    timeout=httpx.Timeout(config.timeout, read=None),
-                    # 307/308 keep the method and body (a URL without its trailing
-                    # slash, say); httpx drops Authorization on a change of origin.
-                    follow_redirects=True,
-                ) as client,
+                HttpClient(verify=config.verify, connect_timeout=config.timeout) as client,
                 anyio.create_task_group() as tg,
             ):
                 self._client, self._tg = client, tg
@@ -187,7 +181,7 @@ class ServerRuntime:
         tokens = self.record.tokens if self.record else None
         return tokens.access_token if tokens else None
 
-    def http(self) -> tuple[httpx.AsyncClient, Origin, float]:
+    def http(self) -> tuple[HttpClient, Origin, float]:
         """What the OAuth steps need to reach this server's authorization server."""
         config = self.entry.config
         if self._client is None or config is None:

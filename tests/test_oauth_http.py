@@ -1,15 +1,15 @@
-"""The driver of the sans-IO OAuth steps: which headers go where, and limits.
-
-httpx's MockTransport stands in for the network here: these tests are about
-what the driver sends, which no real server would report back.
-"""
+"""The driver of the sans-IO OAuth steps: which headers go where, and limits,
+against a real HTTP server that records what it received."""
 
 from __future__ import annotations
 
-import anyio
-import httpx
-import pytest
+import socket
 
+import anyio
+import pytest
+from http_peer import http_peer, reply
+
+from mcpd.httpclient import HttpClient
 from mcpd.oauth.http import (
     MAX_BODY,
     HttpRequest,
@@ -21,59 +21,55 @@ from mcpd.oauth.http import (
     drive,
 )
 
-SERVER = Origin("https://mcp.example.com/mcp", {"X-Api-Key": "k", "Authorization": "Bearer static"})
 
+def run(step: Step[object], server: Origin) -> object:
+    async def main() -> object:
+        async with HttpClient() as client:
+            return await drive(step, client, server, 5)
 
-def two_requests() -> Step[list[int]]:
-    first = yield HttpRequest("GET", "https://mcp.example.com/.well-known/oauth-protected-resource")
-    second = yield HttpRequest("POST", "https://auth.example.com/token", form={"a": "b"})
-    return [first.status, second.status]
+    return anyio.run(main)
 
 
 def test_configured_headers_go_to_the_servers_origin_only():
-    seen: list[httpx.Request] = []
+    with http_peer(reply(body=b"{}")) as peer:
+        port = peer.url.rsplit(":", 1)[1]
+        server = Origin(peer.url + "/mcp", {"X-Api-Key": "k", "Authorization": "Bearer static"})
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json={})
+        def two_requests() -> Step[list[int]]:
+            first = yield HttpRequest("GET", peer.url + "/.well-known/oauth-protected-resource")
+            # The same machine under another name: another origin.
+            second = yield HttpRequest("POST", f"http://localhost:{port}/token", form={"a": "b"})
+            return [first.status, second.status]
 
-    async def main() -> list[int]:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            return await drive(two_requests(), client, SERVER, 5)
-
-    assert anyio.run(main) == [200, 200]
-    assert seen[0].headers["x-api-key"] == "k"
-    assert "x-api-key" not in seen[1].headers
-    assert "authorization" not in seen[1].headers
-    assert seen[1].content == b"a=b"
+        assert run(two_requests(), server) == [200, 200]
+    assert peer.seen[0].headers["x-api-key"] == "k"
+    assert "x-api-key" not in peer.seen[1].headers
+    assert "authorization" not in peer.seen[1].headers
+    assert peer.seen[1].body == b"a=b"
+    assert peer.seen[1].headers["content-type"] == "application/x-www-form-urlencoded"
 
 
 def test_an_oversized_answer_is_refused():
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=b"x" * (MAX_BODY + 1))
+    with http_peer(reply(body=b"x" * (MAX_BODY + 1))) as peer:
 
-    async def main() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            await drive(two_requests(), client, SERVER, 5)
+        def step() -> Step[None]:
+            yield HttpRequest("GET", peer.url + "/big")
 
-    with pytest.raises(OAuthError, match="more than"):
-        anyio.run(main)
+        with pytest.raises(OAuthError, match="more than"):
+            run(step(), Origin(peer.url, {}))
 
 
 def test_an_unreachable_server_is_a_clear_error_without_query_secrets():
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
 
     def step() -> Step[None]:
-        yield HttpRequest("GET", "https://user:pw@auth.example.com/x?token=secret")
-
-    async def main() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            await drive(step(), client, SERVER, 5)
+        yield HttpRequest("GET", f"http://user:pw@127.0.0.1:{port}/x?token=secret")
 
     with pytest.raises(OAuthError) as error:
-        anyio.run(main)
-    assert "cannot reach https://auth.example.com/x" in str(error.value)
+        run(step(), Origin("https://mcp.example.com/mcp", {}))
+    assert f"cannot reach http://127.0.0.1:{port}/x" in str(error.value)
     assert "secret" not in str(error.value)
     assert "pw" not in str(error.value)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import anyio
-import httpx
 import msgspec
+
+from ..httpclient import DEFAULT_PORTS, BodyTooLarge, HttpClient, HttpError
 
 T = TypeVar("T")
 # OAuth documents are small; anything bigger is refused unread.
@@ -68,16 +69,13 @@ class Origin:
         return self.headers if origin(url) == origin(self.url) else {}
 
 
-DEFAULT_PORTS = {"https": 443, "http": 80}
-
-
 def origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     return scheme, (parts.hostname or "").lower(), parts.port or DEFAULT_PORTS.get(scheme)
 
 
-async def drive(step: Step[T], client: httpx.AsyncClient, server: Origin, timeout: float) -> T:
+async def drive(step: Step[T], client: HttpClient, server: Origin, timeout: float) -> T:
     """Perform a step's requests with `client` until it returns its result."""
     try:
         request = next(step)
@@ -90,29 +88,29 @@ async def drive(step: Step[T], client: httpx.AsyncClient, server: Origin, timeou
 
 
 async def _perform(
-    request: HttpRequest, client: httpx.AsyncClient, headers: dict[str, str], timeout: float
+    request: HttpRequest, client: HttpClient, headers: dict[str, str], timeout: float
 ) -> HttpResponse:
+    headers = {**headers, **request.headers}
+    body = b""
+    if request.form is not None:
+        body = urlencode(request.form).encode()
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    elif request.json is not None:
+        body = msgspec.json.encode(request.json)
+        headers["Content-Type"] = "application/json"
     try:
         with anyio.fail_after(timeout):
-            async with client.stream(
-                request.method,
-                request.url,
-                headers={**headers, **request.headers},
-                data=request.form,
-                json=request.json,
-            ) as response:
-                body = b""
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_BODY:
-                        raise OAuthError(f"{request.url} answered with more than {MAX_BODY} bytes")
+            async with client.stream(request.method, request.url, headers, body) as response:
+                content = await response.read(MAX_BODY)
     except TimeoutError:
         raise OAuthError(f"{_where(request.url)} did not answer within {timeout:g}s") from None
-    except httpx.HTTPError as exc:
-        raise OAuthError(f"cannot reach {_where(request.url)}: {type(exc).__name__}") from None
-    return HttpResponse(
-        response.status_code, {k.lower(): v for k, v in response.headers.items()}, body
-    )
+    except BodyTooLarge:
+        raise OAuthError(
+            f"{_where(request.url)} answered with more than {MAX_BODY} bytes"
+        ) from None
+    except HttpError as exc:
+        raise OAuthError(f"cannot reach {_where(request.url)}: {exc}") from None
+    return HttpResponse(response.status_code, response.headers, content)
 
 
 def _where(url: str) -> str:

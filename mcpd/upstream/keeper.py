@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 
 import anyio
-import httpx
 
+from ..httpclient import HttpError
 from .session import UpstreamSession
 from .transport import AuthorizationRequired, UpstreamError, describe
 
@@ -63,7 +63,7 @@ class SessionKeeper:
             async with anyio.create_task_group() as tg:
                 try:
                     await self.session.open(tg)
-                except (UpstreamError, httpx.HTTPError, TimeoutError, OSError) as exc:
+                except (UpstreamError, HttpError, TimeoutError, OSError) as exc:
                     failure = exc
                 else:
                     attempt = 0

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import httpx
 from anyio.abc import TaskGroup
 
 from .. import __version__
 from ..config import ServerConfig
+from ..httpclient import HttpClient, HttpError
 from . import jsonrpc
 from .mux import EditorId, Multiplexer, Routing
 from .transport import (
@@ -58,7 +58,7 @@ LEGACY_FALLBACK_STATUSES = frozenset({400, 404, 405})
 
 EditorSink = Callable[[bytes], None]
 # Errors that mean the session itself is gone, not just one request.
-SESSION_FATAL = (ConnectionLost, AuthorizationRequired, httpx.TransportError)
+SESSION_FATAL = (ConnectionLost, AuthorizationRequired, HttpError)
 
 
 class RequestFailed(Exception):
@@ -80,7 +80,7 @@ class UpstreamSession:
         self,
         name: str,
         config: ServerConfig,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         max_message_size: int,
         *,
         initialize_params: dict[str, Any] | None = None,
@@ -129,7 +129,7 @@ class UpstreamSession:
         )
 
     async def open(self, tg: TaskGroup) -> None:
-        """Initialize a new session on a new transport; raises UpstreamError and httpx errors."""
+        """Initialize a new session on a new transport; raises UpstreamError and HttpError."""
         self._tg = tg
         self._failure = None
         self._failed = anyio.Event()
@@ -216,12 +216,12 @@ class UpstreamSession:
             if isinstance(self.transport, StreamableHttp):
                 try:
                     await self._reinitialize(self.transport)
-                except (UpstreamError, httpx.HTTPError, TimeoutError) as exc:
+                except (UpstreamError, HttpError, TimeoutError) as exc:
                     self._fail(exc)
                     return
                 assert self._tg is not None
                 self._tg.start_soon(self._guard, self.transport.listen)
-        except (UpstreamError, httpx.HTTPError, TimeoutError, OSError) as exc:
+        except (UpstreamError, HttpError, TimeoutError, OSError) as exc:
             self._fail(exc)
 
     async def close(self) -> None:
@@ -292,7 +292,7 @@ class UpstreamSession:
         except SESSION_FATAL as exc:
             self._answer_unsent(message, describe(exc))
             self._fail(exc)
-        except (UpstreamError, httpx.HTTPError, TimeoutError) as exc:
+        except (UpstreamError, HttpError, TimeoutError) as exc:
             self._answer_unsent(message, describe(exc))
 
     def _answer_unsent(self, message: dict[str, Any], reason: str) -> None:

@@ -1,4 +1,4 @@
-"""The two HTTP transports of MCP, client side, over httpx.
+"""The two HTTP transports of MCP, client side, over mcpd's HTTP client.
 
 `StreamableHttp` is the current transport (2025-03-26 and later): every
 message is a POST to the server's one endpoint, answered with JSON, with an
@@ -23,8 +23,8 @@ from typing import Any
 from urllib.parse import urljoin
 
 import anyio
-import httpx
 
+from ..httpclient import ConnectError, HttpClient, HttpError, Response
 from . import jsonrpc
 from .sse import EventTooLarge, SseDecoder
 
@@ -49,7 +49,7 @@ Deliver = Callable[[dict[str, Any], int | None], None]
 
 @dataclass(frozen=True)
 class TransportSettings:
-    client: httpx.AsyncClient
+    client: HttpClient
     url: str
     headers: Mapping[str, str]
     max_message_size: int
@@ -90,21 +90,16 @@ class MessageTooLarge(UpstreamError):
 
 def describe(exc: BaseException) -> str:
     """A one-line account of an HTTP-level failure, without URLs' secrets."""
-    if isinstance(exc, UpstreamError):
+    if isinstance(exc, UpstreamError | ConnectError):
         return str(exc)
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, TimeoutError):
         return "timed out"
-    if isinstance(exc, httpx.ConnectError):
-        return f"cannot connect: {exc}" if str(exc) else "cannot connect"
-    if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError):
-        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return f"the connection broke ({detail})"
-    if isinstance(exc, httpx.HTTPError):
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, HttpError):
+        return f"the connection broke ({exc})"
     return f"{type(exc).__name__}: {exc}"
 
 
-async def _read_limited(response: httpx.Response, limit: int) -> bytes:
+async def _read_limited(response: Response, limit: int) -> bytes:
     chunks, size = [], 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
@@ -114,10 +109,10 @@ async def _read_limited(response: httpx.Response, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _error_detail(response: httpx.Response) -> str:
+async def _error_detail(response: Response) -> str:
     try:
         body = await _read_limited(response, 4096)
-    except (MessageTooLarge, httpx.HTTPError):
+    except (MessageTooLarge, HttpError):
         return ""
     text = body.decode("utf-8", errors="replace").strip()
     try:
@@ -144,7 +139,7 @@ def _session_gone(status: int, detail: str) -> bool:
     return status == 404 or (status == 400 and "session" in detail.lower())
 
 
-def _check_auth(response: httpx.Response) -> None:
+def _check_auth(response: Response) -> None:
     challenge = response.headers.get("www-authenticate", "")
     if response.status_code == 401:
         raise AuthorizationRequired("the server requires authorization (HTTP 401)", challenge)
@@ -172,6 +167,13 @@ class _HttpTransport:
         token = self.bearer()
         return {**self.headers, "Authorization": f"Bearer {token}"} if token else dict(self.headers)
 
+    async def _open(
+        self, method: str, url: str, headers: dict[str, str], body: bytes = b""
+    ) -> Response:
+        """Send and wait for the response head, no longer than the request timeout."""
+        with anyio.fail_after(self.request_timeout):
+            return await self.client.send(method, url, headers, body)
+
 
 class StreamableHttp(_HttpTransport):
     def __init__(self, settings: TransportSettings, deliver: Deliver) -> None:
@@ -187,22 +189,16 @@ class StreamableHttp(_HttpTransport):
             headers["MCP-Protocol-Version"] = self.protocol_version
         return headers
 
-    async def _open(self, request: httpx.Request) -> httpx.Response:
-        """Send and wait for the response head, no longer than the request timeout."""
-        with anyio.fail_after(self.request_timeout):
-            return await self.client.send(request, stream=True)
-
     async def post(self, message: dict[str, Any]) -> None:
         """Send one message; whatever comes back is delivered."""
         related = message["id"] if jsonrpc.is_request(message) else None
-        request = self.client.build_request(
+        had_session = self.session_id is not None
+        response = await self._open(
             "POST",
             self.url,
-            content=jsonrpc.encode(message),
-            headers=self._headers(**{"Content-Type": "application/json"}),
+            self._headers(**{"Content-Type": "application/json"}),
+            jsonrpc.encode(message),
         )
-        had_session = self.session_id is not None
-        response = await self._open(request)
         try:
             _check_auth(response)
             if response.status_code >= 400:
@@ -239,7 +235,7 @@ class StreamableHttp(_HttpTransport):
         return message
 
     async def _read_stream(
-        self, response: httpx.Response, decoder: SseDecoder, related: int | None
+        self, response: Response, decoder: SseDecoder, related: int | None
     ) -> bool:
         """Deliver a stream's messages; True once the response to `related` came."""
         decoder.reset()  # a new stream: nothing of a broken one carries over
@@ -270,7 +266,7 @@ class StreamableHttp(_HttpTransport):
                 return True
         except EventTooLarge as exc:
             raise MessageTooLarge(str(exc)) from None
-        except httpx.HTTPError as exc:
+        except HttpError as exc:
             if decoder.last_event_id is None:
                 raise ConnectionLost(f"the stream broke: {describe(exc)}") from None
             log.info("SSE stream broke; resuming", extra={"error": describe(exc)})
@@ -285,14 +281,11 @@ class StreamableHttp(_HttpTransport):
                 decoder.retry_ms / 1000 if decoder.retry_ms is not None else DEFAULT_RESUME_DELAY
             )
             await anyio.sleep(delay * (1 if attempt == 0 else 2**attempt))
-            request = self.client.build_request(
-                "GET",
-                self.url,
-                headers=self._headers(**{"Last-Event-ID": decoder.last_event_id}),
-            )
             try:
-                response = await self._open(request)
-            except httpx.HTTPError as exc:
+                response = await self._open(
+                    "GET", self.url, self._headers(**{"Last-Event-ID": decoder.last_event_id})
+                )
+            except HttpError as exc:
                 log.info("resuming an SSE stream failed", extra={"error": describe(exc)})
                 continue
             try:
@@ -315,10 +308,9 @@ class StreamableHttp(_HttpTransport):
             headers = self._headers()
             if decoder.last_event_id is not None:
                 headers["Last-Event-ID"] = decoder.last_event_id
-            request = self.client.build_request("GET", self.url, headers=headers)
             try:
-                response = await self._open(request)
-            except (httpx.HTTPError, TimeoutError) as exc:
+                response = await self._open("GET", self.url, headers)
+            except (HttpError, TimeoutError) as exc:
                 failures += 1
                 if failures >= MAX_LISTEN_FAILURES:
                     raise ConnectionLost(f"the event stream is gone: {describe(exc)}") from None
@@ -353,12 +345,12 @@ class StreamableHttp(_HttpTransport):
         """End the session on the server (DELETE); a server may refuse, that is fine."""
         if self.session_id is None:
             return
-        request = self.client.build_request("DELETE", self.url, headers=self._headers())
         try:
             with anyio.fail_after(min(self.request_timeout, 5.0)):
-                response = await self.client.send(request)
+                response = await self.client.send("DELETE", self.url, self._headers())
+                await _read_limited(response, 4096)
             await response.aclose()
-        except (httpx.HTTPError, TimeoutError) as exc:
+        except (HttpError, UpstreamError, TimeoutError) as exc:
             log.info("could not end the session", extra={"error": describe(exc)})
 
 
@@ -373,11 +365,9 @@ class LegacySse(_HttpTransport):
 
     async def run(self) -> None:
         """Hold the stream open until it ends; raises ConnectionLost then."""
-        request = self.client.build_request(
-            "GET", self.url, headers={**self._base_headers(), "Accept": "text/event-stream"}
+        response = await self._open(
+            "GET", self.url, {**self._base_headers(), "Accept": "text/event-stream"}
         )
-        with anyio.fail_after(self.request_timeout):
-            response = await self.client.send(request, stream=True)
         try:
             _check_auth(response)
             if response.status_code >= 400:
@@ -397,7 +387,7 @@ class LegacySse(_HttpTransport):
                             ) from None
         except EventTooLarge as exc:
             raise MessageTooLarge(str(exc)) from None
-        except httpx.HTTPError as exc:
+        except HttpError as exc:
             raise ConnectionLost(f"the event stream broke: {describe(exc)}") from None
         finally:
             await response.aclose()
@@ -405,17 +395,19 @@ class LegacySse(_HttpTransport):
 
     async def post(self, message: dict[str, Any]) -> None:
         assert self.endpoint is not None
-        request = self.client.build_request(
+        response = await self._open(
             "POST",
             self.endpoint,
-            content=jsonrpc.encode(message),
-            headers={**self._base_headers(), "Content-Type": "application/json"},
+            {**self._base_headers(), "Content-Type": "application/json"},
+            jsonrpc.encode(message),
         )
-        with anyio.fail_after(self.request_timeout):
-            response = await self.client.send(request)
-        _check_auth(response)
-        if response.status_code >= 400:
-            raise HttpStatusError(response.status_code, response.text[:200])
+        try:
+            _check_auth(response)
+            if response.status_code >= 400:
+                raise HttpStatusError(response.status_code, await _error_detail(response))
+            await _read_limited(response, self.max_message_size)
+        finally:
+            await response.aclose()
 
     async def terminate(self) -> None:
         return None  # the session ends with its stream
