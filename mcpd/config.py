@@ -21,6 +21,7 @@ import msgspec
 
 from .protocol import DEFAULT_MAX_FRAME_SIZE
 
+MAX_FRAME_TIMEOUT = 3600.0
 SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ENV_REF = re.compile(r"\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -58,6 +59,12 @@ class DaemonSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # The loopback port of the OAuth callback (0: any free port, picked per flow).
     callback_port: int = 19876
+    # Client connections served at once; one more is refused, with the reason.
+    # The open-file limit may lower it (see daemon.py).
+    max_connections: int = 4096
+    # Seconds a client may go silent in the middle of a frame before it is
+    # disconnected (between frames a connection may be idle for ever).
+    frame_timeout: float = 30.0
 
 
 class _File(msgspec.Struct, forbid_unknown_fields=True):
@@ -203,6 +210,13 @@ def parse(text: str, path: Path, env: Mapping[str, str] = os.environ) -> Config:
         ) from None
     if top.daemon.max_frame_size < 1024:
         raise ConfigError(f"{path}: daemon.max_frame_size must be at least 1024 bytes")
+    if top.daemon.max_connections < 1:
+        raise ConfigError(f"{path}: daemon.max_connections must be at least 1")
+    if not 0 < top.daemon.frame_timeout <= MAX_FRAME_TIMEOUT:
+        raise ConfigError(
+            f"{path}: daemon.frame_timeout must be more than 0 and at most "
+            f"{MAX_FRAME_TIMEOUT:g} seconds"
+        )
     servers = {name: parse_server(name, raw, env) for name, raw in top.servers.items()}
     return Config(path, top.daemon, servers)
 

@@ -4,8 +4,12 @@ Reading, request handling and writing are separate tasks in the connection's
 own task group, so a slow handler never stops the reader and a client that
 stops reading only ever stalls itself: responses wait in a bounded outbox,
 and a subscriber whose outbox is full is disconnected rather than allowed to
-hold the daemon's broadcast back. Any error ends this connection, never the
-daemon: `serve` logs it and returns.
+hold the daemon's broadcast back. What one connection may hold is bounded:
+while its client leaves OUTBOX_FRAMES frames unread, or has MAX_IN_FLIGHT
+requests running, the daemon stops reading from it (the client's writes then
+block), and a client silent in the middle of a frame for [daemon]
+frame_timeout seconds is disconnected. Any error ends this connection, never
+the daemon: `serve` logs it and returns.
 """
 
 from __future__ import annotations
@@ -48,7 +52,13 @@ log = logging.getLogger(__name__)
 # of progress notifications must not cost it its connection.
 OUTBOX_FRAMES = 256
 ATTACHED_OUTBOX_FRAMES = 4096
+# Requests of one connection running at once; at the limit the daemon reads
+# nothing more from that client until one finishes.
+MAX_IN_FLIGHT = 1024
 READ_CHUNK = 65536
+# What of a client's own text (a method name, a validation error quoting its
+# value) goes into an error message or the log.
+QUOTE_CHARS = 200
 _UCRED = struct.Struct("3i")
 
 
@@ -82,6 +92,9 @@ class ClientConnection:
         self._in_flight: dict[int, anyio.CancelScope] = {}
         self._scope = anyio.CancelScope()
         self._read_scope = anyio.CancelScope()
+        # Set when a frame leaves the outbox or a request ends: a paused reader waits on it.
+        self._room = anyio.Event()
+        self._paused_before = False
 
     # --- Called by the daemon ---------------------------------------------------
 
@@ -152,6 +165,7 @@ class ClientConnection:
         try:
             async with self._outbox_receive:
                 async for frame in self._outbox_receive:
+                    self._room.set()
                     await self.stream.send(frame)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             # The client went away; nothing more can be delivered to it.
@@ -161,23 +175,57 @@ class ClientConnection:
         decoder = FrameDecoder(self.daemon.max_frame_size)
         while True:
             try:
-                data = await self.stream.receive(READ_CHUNK)
+                data = await self._receive(decoder.pending > 0)
+                decoder.feed(data)
+                decoder.max_frame_size = self.daemon.max_frame_size  # follows reloads
+                while (message := next_message(decoder)) is not None:
+                    await self._handle(message, requests)
             except (anyio.EndOfStream, anyio.BrokenResourceError):
                 if decoder.pending:
                     log.info("client closed mid-frame", extra={"peer_pid": self.peer_pid})
                 return
-            decoder.feed(data)
-            decoder.max_frame_size = self.daemon.max_frame_size  # follows reloads
-            try:
-                while (message := next_message(decoder)) is not None:
-                    await self._handle(message, requests)
             except _ProtocolViolation as violation:
                 log.warning(
                     "closing a client that broke the protocol",
                     extra={"peer_pid": self.peer_pid, "reason": str(violation)},
                 )
-                await self._queue(encode_frame(violation.error))
+                with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    await self._queue(encode_frame(violation.error))
                 return
+
+    async def _receive(self, mid_frame: bool) -> bytes:
+        """The next bytes; in the middle of a frame, within [daemon] frame_timeout."""
+        if not mid_frame:
+            return await self.stream.receive(READ_CHUNK)
+        timeout = self.daemon.config.daemon.frame_timeout
+        with anyio.move_on_after(timeout):
+            return await self.stream.receive(READ_CHUNK)
+        raise _ProtocolViolation(
+            ErrorCode.MALFORMED_MESSAGE,
+            f"the client sent part of a frame, then nothing for {timeout:g} seconds "
+            "([daemon] frame_timeout); a frame must be sent whole",
+        )
+
+    async def _wait_for_room(self) -> None:
+        """Before a new request: wait while the client leaves too much unread or running."""
+        while True:
+            queued = self._outbox.statistics().current_buffer_used
+            if queued < OUTBOX_FRAMES and len(self._in_flight) < MAX_IN_FLIGHT:
+                return
+            if not self._paused_before:
+                # Once per connection: a client reading in bursts pauses often.
+                self._paused_before = True
+                reason = (
+                    f"it does not read its responses ({queued} frames wait for it)"
+                    if queued >= OUTBOX_FRAMES
+                    else f"it has {len(self._in_flight)} requests in flight, the most allowed"
+                )
+                log.warning(
+                    "pausing reads from a client until it catches up",
+                    extra={"peer_pid": self.peer_pid, "reason": reason},
+                )
+            self._room = anyio.Event()
+            await self._room.wait()
 
     async def _handle(self, message: Message, requests: anyio.abc.TaskGroup) -> None:
         if isinstance(message, Rpc):
@@ -204,6 +252,7 @@ class ClientConnection:
                 ErrorCode.INVALID_REQUEST,
                 f"request id {message.id} is already in flight; ids must be unique",
             )
+        await self._wait_for_room()
         method = METHODS.get(message.method)
         # A method that must run to its end gets a scope that no cancel reaches.
         scope = anyio.CancelScope(shield=method is not None and not method.cancellable)
@@ -222,6 +271,7 @@ class ClientConnection:
         if scope.cancelled_caught:
             response = Response(request.id, error=RpcError(ErrorCode.CANCELLED, "cancelled"))
         del self._in_flight[request.id]
+        self._room.set()
         frame = encode_frame(response)
         if len(frame) > self.daemon.max_frame_size:
             log.error("response over the frame limit", extra={"method": request.method})
@@ -256,7 +306,7 @@ class ClientConnection:
             if method is None:
                 raise RpcFailure(
                     ErrorCode.METHOD_NOT_FOUND,
-                    f"unknown method {request.method!r}; this daemon knows: "
+                    f"unknown method {quote(request.method)}; this daemon knows: "
                     + ", ".join(sorted(METHODS)),
                 )
             if not self.greeted and request.method != "hello":
@@ -266,9 +316,10 @@ class ClientConnection:
                 )
             try:
                 params = decode_params(request.params, method.params)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            except (msgspec.DecodeError, *_UNDECODABLE) as exc:
                 raise RpcFailure(
-                    ErrorCode.INVALID_PARAMS, f"invalid params for {request.method}: {exc}"
+                    ErrorCode.INVALID_PARAMS,
+                    f"invalid params for {request.method}: {_decode_failure(exc)}",
                 ) from None
             result: Any = await method.handler(ctx, params)
         except RpcFailure as failure:
@@ -286,6 +337,28 @@ class ClientConnection:
         return Response(request.id, result=result)
 
 
+# Besides msgspec.DecodeError, msgspec lets these out of a decode: invalid
+# UTF-8 in a string, and nesting deeper than the interpreter's recursion limit.
+_UNDECODABLE = (UnicodeDecodeError, RecursionError)
+
+
+def quote(text: str) -> str:
+    """A client's text, quoted and cut short, for a message or the log."""
+    if len(text) <= QUOTE_CHARS:
+        return repr(text)
+    return f"{text[:QUOTE_CHARS]!r}… ({len(text)} characters)"
+
+
+def _decode_failure(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a string is not valid UTF-8 ({exc.reason})"
+    text = str(exc)
+    # msgspec quotes an invalid value whole; the client's value may be huge.
+    return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + "…"
+
+
 def next_message(decoder: FrameDecoder) -> Message | None:
     """The next decoded message, or None until more bytes arrive."""
     try:
@@ -297,6 +370,10 @@ def next_message(decoder: FrameDecoder) -> Message | None:
     try:
         return decode_message(body)
     except msgspec.ValidationError as exc:  # a subclass of DecodeError: first
-        raise _ProtocolViolation(ErrorCode.INVALID_REQUEST, f"invalid message: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise _ProtocolViolation(ErrorCode.MALFORMED_MESSAGE, f"malformed msgpack: {exc}") from None
+        raise _ProtocolViolation(
+            ErrorCode.INVALID_REQUEST, f"invalid message: {_decode_failure(exc)}"
+        ) from None
+    except (msgspec.DecodeError, *_UNDECODABLE) as exc:
+        raise _ProtocolViolation(
+            ErrorCode.MALFORMED_MESSAGE, f"malformed msgpack: {_decode_failure(exc)}"
+        ) from None

@@ -4,15 +4,24 @@ Everything runs in the daemon's one task group: the accept loop, the signal
 handler, one task per server and one per client connection. Shutdown (a
 `shutdown` request, SIGTERM or SIGINT) stops the servers, lets connections
 flush their last responses for a moment, then cancels the group.
+
+At start the soft open-file limit is raised to the hard one (a login session
+often gives 1024). Connections beyond [daemon] max_connections, or beyond
+what that limit leaves room for, are refused with an error frame and a log
+line; an accept that fails all the same (out of descriptors) is logged, and
+the loop pauses briefly and goes on: clients wait in the listen backlog.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
+import resource
 import signal
 import socket
+import time
 
 import anyio
 from anyio.abc import SocketListener, SocketStream, TaskGroup
@@ -23,7 +32,7 @@ from .config import Config
 from .connection import ClientConnection, peer_credentials
 from .methods import RpcFailure
 from .oauth.manager import AuthManager
-from .protocol import ErrorCode, Event, ReloadResult, StateChanged
+from .protocol import ErrorCode, Event, ReloadResult, Response, RpcError, StateChanged, encode_frame
 from .server import ServerRuntime
 from .states import State
 from .store import CredentialRecord, CredentialStore
@@ -33,6 +42,37 @@ log = logging.getLogger(__name__)
 
 FLUSH_ON_SHUTDOWN_SECONDS = 2.0
 ACCEPT_ERROR_PAUSE_SECONDS = 0.1
+# The kernel caps it at net.core.somaxconn (4096 since Linux 5.4).
+LISTEN_BACKLOG = 4096
+# A failing accept, or refused connections, are logged at most this often.
+REPEAT_LOG_SECONDS = 60.0
+# Descriptors kept for everything but clients: upstream HTTP connections, the
+# OAuth callback listener, the store's files, the event loop's own.
+RESERVED_FDS_MIN = 64
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    if hard == resource.RLIM_INFINITY or soft >= hard:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:
+        log.warning(
+            "could not raise the open-file limit",
+            extra={"soft": soft, "hard": hard, "error": str(exc)},
+        )
+        return soft
+    log.info("raised the open-file limit", extra={"from": soft, "to": hard})
+    return hard
+
+
+def client_budget(open_file_limit: int) -> int:
+    """How many client connections the open-file limit leaves room for."""
+    return max(1, open_file_limit - max(RESERVED_FDS_MIN, open_file_limit // 8))
 
 
 class Daemon:
@@ -49,10 +89,20 @@ class Daemon:
         self._tg: TaskGroup | None = None
         self._editor_ids = itertools.count(1)
         self.auth: AuthManager | None = None
+        # Connections accepted and not yet ended (counted before their first read).
+        self.clients = 0
+        self._client_budget = client_budget(1024)
+        self._refused = 0
+        self._refused_logged_at = -REPEAT_LOG_SECONDS
 
     @property
     def max_frame_size(self) -> int:
         return self.config.daemon.max_frame_size
+
+    @property
+    def max_connections(self) -> int:
+        """[daemon] max_connections, or less if the open-file limit leaves less room."""
+        return min(self.config.daemon.max_connections, self._client_budget)
 
     def new_editor_id(self) -> int:
         return next(self._editor_ids)
@@ -69,6 +119,10 @@ class Daemon:
     # --- Life cycle -------------------------------------------------------------
 
     async def run(self, listener_socket: socket.socket) -> None:
+        self._client_budget = client_budget(raise_open_file_limit())
+        # A burst of clients connecting at once waits in the backlog; a full
+        # one fails their connect(2) at once with EAGAIN.
+        listener_socket.listen(LISTEN_BACKLOG)
         listener = await SocketListener.from_socket(listener_socket)
         async with anyio.create_task_group() as tg:
             self._tg = tg
@@ -79,7 +133,11 @@ class Daemon:
             tg.start_soon(self._accept_loop, listener)
             log.info(
                 "ready",
-                extra={"servers": len(self.servers), "config": str(self.config.path)},
+                extra={
+                    "servers": len(self.servers),
+                    "config": str(self.config.path),
+                    "max_connections": self.max_connections,
+                },
             )
             self.notifier.notify(ready="1", status=self._summary())
             await self._shutdown.wait()
@@ -127,21 +185,91 @@ class Daemon:
 
     async def _accept_loop(self, listener: SocketListener) -> None:
         assert self._tg is not None
+        failures = 0
+        logged_at = 0.0
         while True:
             try:
                 stream = await listener.accept()
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            except anyio.ClosedResourceError:
                 return
-            except OSError as exc:
-                # Out of file descriptors, typically: refuse for a moment, keep serving.
-                log.error("accept failed", extra={"error": exc.strerror})
+            except (anyio.BrokenResourceError, OSError) as exc:
+                # anyio reports a failed accept(2) (EMFILE, ENFILE, ENOBUFS,
+                # ECONNABORTED...) as BrokenResourceError. The listener is still
+                # good: pause, so as not to spin on a socket that stays readable,
+                # and accept again. Clients wait in the listen backlog meanwhile.
+                cause = exc.__cause__ if isinstance(exc, anyio.BrokenResourceError) else exc
+                failures += 1
+                now = time.monotonic()
+                if failures == 1 or now - logged_at >= REPEAT_LOG_SECONDS:
+                    logged_at = now
+                    log.error(
+                        "cannot accept client connections; retrying",
+                        extra={
+                            "error": _describe_error(cause),
+                            "connections": self.clients,
+                            "failed_accepts": failures,
+                        },
+                    )
                 await anyio.sleep(ACCEPT_ERROR_PAUSE_SECONDS)
                 continue
+            if failures:
+                log.info("accepting client connections again", extra={"failed_accepts": failures})
+                failures = 0
+            if self.clients >= self.max_connections:
+                await self._refuse(stream)
+                continue
+            self.clients += 1
             self._tg.start_soon(self._serve_client, stream)
 
-    async def _serve_client(self, stream: SocketStream) -> None:
+    async def _refuse(self, stream: SocketStream) -> None:
+        """Tell a client over the limit why, without waiting for it, and close."""
         raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-        pid, uid, _gid = peer_credentials(raw)
+        try:
+            _pid, uid, _gid = peer_credentials(raw)
+        except OSError:
+            uid = -1
+        if uid != os.getuid():  # another user is told nothing (see _serve_checked_client)
+            await stream.aclose()
+            return
+        limit = self.max_connections
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged_at >= REPEAT_LOG_SECONDS:
+            self._refused_logged_at = now
+            setting = (
+                "[daemon] max_connections"
+                if limit == self.config.daemon.max_connections
+                else "the open-file limit (ulimit -n)"
+            )
+            log.warning(
+                "refused a client connection: too many are open",
+                extra={"limit": limit, "set_by": setting, "refused": self._refused},
+            )
+            self._refused = 0
+        error = RpcError(
+            ErrorCode.BUSY,
+            f"mcpd has {limit} client connections open, the most it serves at once "
+            "([daemon] max_connections and the open-file limit); close some, or raise "
+            "max_connections",
+        )
+        with contextlib.suppress(OSError):
+            raw.send(encode_frame(Response(None, error=error)))  # non-blocking, fits
+        await stream.aclose()
+
+    async def _serve_client(self, stream: SocketStream) -> None:
+        try:
+            await self._serve_checked_client(stream)
+        finally:
+            self.clients -= 1
+
+    async def _serve_checked_client(self, stream: SocketStream) -> None:
+        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        try:
+            pid, uid, _gid = peer_credentials(raw)
+        except OSError as exc:
+            log.warning("dropped a client whose credentials cannot be read", extra={"error": exc})
+            await stream.aclose()
+            return
         if uid != os.getuid():
             log.warning(
                 "refused a connection from another user",
@@ -244,6 +372,12 @@ class Daemon:
             count = await anyio.to_thread.run_sync(self.store.rotate_key)
         log.info("rotated the credential key", extra={"records": count})
         return count
+
+
+def _describe_error(exc: BaseException | None) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return repr(exc)
 
 
 def _describe(result: ReloadResult) -> str:

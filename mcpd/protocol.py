@@ -45,6 +45,7 @@ class ErrorCode(IntEnum):
     UPSTREAM_ERROR = 9
     NOT_ATTACHED = 10
     AUTH_FAILED = 11
+    BUSY = 12
 
 
 # --- Envelopes -------------------------------------------------------------

@@ -59,6 +59,9 @@ class Notifier:
         message = "\n".join(f"{key.upper()}={value}" for key, value in fields.items())
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                # Never wait for the manager: a full queue (a manager slow to read)
+                # would otherwise hang the whole event loop; EAGAIN is logged below.
+                sock.setblocking(False)
                 sock.sendto(message.encode(), self._address)
         except OSError as exc:
             log.warning("cannot notify systemd", extra={"error": exc.strerror})

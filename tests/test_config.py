@@ -568,6 +568,54 @@ def test_log_level_wrong_type():
         parse("[daemon]\nlog_level = 10\n", PATH, {})
 
 
+def test_connection_limits_defaults():
+    settings = parse(good("a"), PATH, {}).daemon
+    assert settings.max_connections == 4096
+    assert settings.frame_timeout == 30.0
+
+
+@pytest.mark.parametrize("count", [1, 20, 100_000])
+def test_max_connections_accepted(count):
+    assert parse(f"[daemon]\nmax_connections = {count}\n", PATH, {}).daemon.max_connections == (
+        count
+    )
+
+
+@pytest.mark.parametrize("count", [0, -1])
+def test_max_connections_too_small(count):
+    with pytest.raises(ConfigError) as info:
+        parse(f"[daemon]\nmax_connections = {count}\n" + good("a"), PATH, {})
+    message = str(info.value)
+    assert message.startswith(str(PATH))
+    assert "daemon.max_connections must be at least 1" in message
+
+
+@pytest.mark.parametrize("value", ['"many"', "1.5", "true"])
+def test_max_connections_wrong_type(value):
+    with pytest.raises(ConfigError, match="max_connections"):
+        parse(f"[daemon]\nmax_connections = {value}\n", PATH, {})
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("0.25", 0.25), ("2", 2.0), ("3600", 3600.0)])
+def test_frame_timeout_accepted(text, seconds):
+    assert parse(f"[daemon]\nframe_timeout = {text}\n", PATH, {}).daemon.frame_timeout == seconds
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "3600.5", "inf", "nan", "-inf"])
+def test_frame_timeout_out_of_range(text):
+    with pytest.raises(ConfigError) as info:
+        parse(f"[daemon]\nframe_timeout = {text}\n" + good("a"), PATH, {})
+    message = str(info.value)
+    assert message.startswith(str(PATH))
+    assert "daemon.frame_timeout must be more than 0 and at most 3600 seconds" in message
+
+
+@pytest.mark.parametrize("value", ['"30s"', "true"])
+def test_frame_timeout_wrong_type(value):
+    with pytest.raises(ConfigError, match="frame_timeout"):
+        parse(f"[daemon]\nframe_timeout = {value}\n", PATH, {})
+
+
 # --- Secrets never appear in errors --------------------------------------------------
 
 SECRET = "s3cr3t-VALUE-that-must-not-leak"
