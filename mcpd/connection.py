@@ -95,6 +95,8 @@ class ClientConnection:
         # Set when a frame leaves the outbox or a request ends: a paused reader waits on it.
         self._room = anyio.Event()
         self._paused_before = False
+        self._socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        self._writing = False  # the write loop holds a frame it has not finished sending
 
     # --- Called by the daemon ---------------------------------------------------
 
@@ -132,8 +134,21 @@ class ClientConnection:
             )
             self._scope.cancel()
             return
-        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self._outbox.send_nowait(frame)
+        if rest := self._write_through(frame):
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._outbox.send_nowait(rest)
+
+    def _write_through(self, frame: bytes) -> bytes:
+        """Send what the socket takes at once when nothing waits before it (the
+        common case, and a task switch less per frame); return the rest, for the
+        write loop."""
+        if self._writing or self._outbox.statistics().current_buffer_used:
+            return frame
+        try:
+            sent = self._socket.send(frame)
+        except OSError:
+            return frame  # full (BlockingIOError), or broken: the write loop finds out
+        return frame[sent:]
 
     def close(self) -> None:
         """Drop the connection now (its server was removed or restarted)."""
@@ -166,7 +181,9 @@ class ClientConnection:
             async with self._outbox_receive:
                 async for frame in self._outbox_receive:
                     self._room.set()
+                    self._writing = True
                     await self.stream.send(frame)
+                    self._writing = False
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             # The client went away; nothing more can be delivered to it.
             self._scope.cancel()
@@ -254,14 +271,15 @@ class ClientConnection:
             )
         await self._wait_for_room()
         method = METHODS.get(message.method)
+        if method is not None and method.inline:
+            # Over before the next message is read: no cancel can reach it.
+            ctx = RequestContext(self.daemon, self)
+            await self._respond(ctx, message, await self._dispatch(ctx, message))
+            return
         # A method that must run to its end gets a scope that no cancel reaches.
         scope = anyio.CancelScope(shield=method is not None and not method.cancellable)
         self._in_flight[message.id] = scope
-        if message.method == "hello":
-            # Inline, so that requests pipelined behind it see the greeting.
-            await self._run_request(message, scope)
-        else:
-            requests.start_soon(self._run_request, message, scope)
+        requests.start_soon(self._run_request, message, scope)
 
     async def _run_request(self, request: Request, scope: anyio.CancelScope) -> None:
         ctx = RequestContext(self.daemon, self)
@@ -272,6 +290,9 @@ class ClientConnection:
             response = Response(request.id, error=RpcError(ErrorCode.CANCELLED, "cancelled"))
         del self._in_flight[request.id]
         self._room.set()
+        await self._respond(ctx, request, response)
+
+    async def _respond(self, ctx: RequestContext, request: Request, response: Response) -> None:
         frame = encode_frame(response)
         if len(frame) > self.daemon.max_frame_size:
             log.error("response over the frame limit", extra={"method": request.method})
@@ -293,8 +314,11 @@ class ClientConnection:
             action()
 
     async def _queue(self, frame: bytes) -> None:
-        """Queue a frame now if there is room (send() would first yield and let
-        later events overtake it), else wait for room."""
+        """Send or queue a frame now if there is room (send() would first yield
+        and let later events overtake it), else wait for room."""
+        frame = self._write_through(frame)
+        if not frame:
+            return
         try:
             self._outbox.send_nowait(frame)
         except anyio.WouldBlock:

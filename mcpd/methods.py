@@ -75,6 +75,10 @@ class Method:
     # False for methods that must run to their end once started; a cancel of
     # them is ignored and they answer with their real outcome.
     cancellable: bool = True
+    # True for methods that answer at once, never waiting on anything: they run
+    # in the connection's read loop, without a task of their own. (hello must:
+    # requests pipelined behind it need the greeting done.)
+    inline: bool = False
 
 
 async def hello(ctx: RequestContext, params: HelloParams) -> HelloResult:
@@ -280,8 +284,8 @@ async def call(ctx: RequestContext, params: CallParams) -> Any:
 
 
 METHODS: dict[str, Method] = {
-    "hello": Method(HelloParams, hello),
-    "status": Method(StatusParams, status),
+    "hello": Method(HelloParams, hello, inline=True),
+    "status": Method(StatusParams, status, inline=True),
     "reload": Method(EmptyParams, reload, cancellable=False),
     "subscribe": Method(SubscribeParams, subscribe),
     "rotate_key": Method(EmptyParams, rotate_key, cancellable=False),
