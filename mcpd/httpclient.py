@@ -138,6 +138,7 @@ class _Connection:
         self.origin = origin
         self.h11 = h11.Connection(h11.CLIENT)
         self.reused = False
+        self.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
 
     async def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
         while True:
@@ -159,8 +160,7 @@ class _Connection:
     def idle_and_open(self) -> bool:
         """Whether a pooled connection is still usable: a server that closed it
         (or sent something unasked) has made its socket readable."""
-        sock = self.stream.extra(anyio.abc.SocketAttribute.raw_socket)
-        readable, _, _ = select.select([sock], [], [], 0)
+        readable, _, _ = select.select([self.socket], [], [], 0)
         return not readable
 
     async def aclose(self) -> None:
@@ -236,6 +236,7 @@ class HttpClient:
         self.connect_timeout = connect_timeout
         self.environ = os.environ if environ is None else environ
         self._idle: dict[Origin, list[_Connection]] = {}
+        self._proxies: dict[Origin, Origin | None] = {}
 
     async def send(
         self, method: str, url: str, headers: Mapping[str, str], body: bytes = b""
@@ -294,7 +295,9 @@ class HttpClient:
         origin = Origin.of(url)
         parts = urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        proxy = proxy_for(origin, self.environ)
+        if origin not in self._proxies:
+            self._proxies[origin] = proxy_for(origin, self.environ)
+        proxy = self._proxies[origin]
         if proxy is not None and origin.scheme == "http":
             target = f"http://{origin.authority}{target}"  # absolute form, for the proxy
         fields = [("Host", origin.authority), *headers.items()]
