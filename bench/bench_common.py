@@ -16,7 +16,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from harness import McpdEnv, start_daemon  # noqa: E402
+from harness import DaemonProcess, McpdEnv, start_daemon  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -36,23 +36,55 @@ def timed(action: Callable[[], Any], runs: int) -> list[float]:
     return samples
 
 
+# A directory holding another `mcpd` package (`git archive REV mcpd | tar -x -C DIR`)
+# for the daemon and the bridges to run instead of the installed one.
+SOURCE_VARIABLE = "MCPD_BENCH_SOURCE"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# What the benchmarks' editors send to initialize.
+INITIALIZE = {
+    "protocolVersion": "2025-11-25",
+    "capabilities": {},
+    "clientInfo": {"name": "bench", "version": "1"},
+}
+
+
+def rss_kb(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process (every thread), from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 @contextmanager
-def daemon_env(config: str = "") -> Iterator[tuple[McpdEnv, Any]]:
+def private_env(config: str = "") -> Iterator[McpdEnv]:
+    """A user's private XDG tree, for a daemon of its own."""
     with tempfile.TemporaryDirectory(prefix="mcpd-bench-") as root:
         home = Path(root) / "home"
         (home / "run").mkdir(parents=True, mode=0o700)
-        env = McpdEnv(
-            home,
-            {
-                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                "HOME": str(home),
-                "XDG_CONFIG_HOME": str(home / "config"),
-                "XDG_STATE_HOME": str(home / "state"),
-                "XDG_RUNTIME_DIR": str(home / "run"),
-            },
-        )
-        if config:
-            env.write_config(config)
+        variables = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / "config"),
+            "XDG_STATE_HOME": str(home / "state"),
+            "XDG_RUNTIME_DIR": str(home / "run"),
+        }
+        if source := os.environ.get(SOURCE_VARIABLE):
+            variables["PYTHONPATH"] = source
+        env = McpdEnv(home, variables)
+        env.write_config(config)
+        yield env
+
+
+@contextmanager
+def daemon_env(config: str = "") -> Iterator[tuple[McpdEnv, DaemonProcess]]:
+    """A private XDG tree with mcpd running in it (ready)."""
+    with private_env(config) as env:
         daemon, notify = start_daemon(env)
         try:
             yield env, daemon

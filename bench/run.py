@@ -3,14 +3,17 @@
     .venv/bin/python bench/run.py [--quick] [--json FILE]
 
 1. control plane: the `status` round trip over the daemon's real socket,
-   against a raw Unix-socket echo of the same frames in this process;
+   against a raw Unix-socket echo of the same frames (another process, as the
+   daemon is; the two measured in turns);
 2. CLI start: `mcpctl status` as a whole process, against
    `python -c "import msgspec"`;
 3. data plane: `tools/call` of the TypeScript SDK example's `greet` from 1, 8
    and 32 editors at once, each its own process calling in sequence: through
    `mcpctl stdio` and the daemon, through mcp-remote (one copy per editor, as
    editors run it), and with the same driver speaking Streamable HTTP to the
-   server directly.
+   server directly;
+4. scale: 500 servers and 100 editors on one daemon (bench/scale.py);
+5. a refresh storm: 500 credentials expiring within a minute (bench/scale.py).
 
 Every figure is a median over repeated runs with the 99th percentile beside
 it. The real peers come from tests/peers/install.sh.
@@ -21,7 +24,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -38,9 +40,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_common import BIN, daemon_env, summary, timed  # noqa: E402
+from bench_common import (  # noqa: E402
+    BIN,
+    INITIALIZE,
+    cpu_seconds,
+    daemon_env,
+    rss_kb,
+    summary,
+    timed,
+)
 from harness import RawClient  # noqa: E402
 from real_peers import mcp_remote_argv, simple_streamable_http  # noqa: E402
+from scale import print_table as print_scale_and_storm  # noqa: E402
+from scale import scale_and_storm  # noqa: E402
 
 from mcpd.protocol import FrameDecoder, Request, encode_frame  # noqa: E402
 
@@ -149,11 +161,6 @@ def cli_start(runs: int) -> dict[str, Any]:
 # --- 3. data plane ----------------------------------------------------------------------
 
 CALL = {"name": "greet", "arguments": {"name": "bench"}}
-INITIALIZE = {
-    "protocolVersion": "2025-11-25",
-    "capabilities": {},
-    "clientInfo": {"name": "bench", "version": "1"},
-}
 
 
 class DirectClient:
@@ -255,18 +262,6 @@ class StdioClient:
             self.process.wait()
 
 
-def proc_rss_kb(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """User plus system CPU of a process, its waited-for children included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = sum(int(value) for value in fields[11:15])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 def node_tree(pid: int) -> list[int]:
     """A process and its descendants (mcp-remote may run its work in a child)."""
     found, frontier = [pid], [pid]
@@ -283,7 +278,7 @@ def node_tree(pid: int) -> list[int]:
 def run_batch(editors: list[Any], calls: int, extra_pids: list[int]) -> dict[str, Any]:
     """Every editor makes `calls` calls in sequence, all editors at once."""
     pids = [p for e in editors if e.pid for p in node_tree(e.pid)] + extra_pids
-    cpu_before = sum(proc_cpu_seconds(pid) for pid in pids)
+    cpu_before = sum(cpu_seconds(pid) for pid in pids)
     latencies: list[list[float]] = [[] for _ in editors]
     start = threading.Barrier(len(editors) + 1)
 
@@ -306,7 +301,7 @@ def run_batch(editors: list[Any], calls: int, extra_pids: list[int]) -> dict[str
     wall = time.perf_counter() - began
     if failures:
         raise failures[0]
-    cpu = sum(proc_cpu_seconds(pid) for pid in pids) - cpu_before
+    cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
     samples = [x for per_editor in latencies for x in per_editor]
     return {"samples": samples, "wall": wall, "cpu": cpu}
 
@@ -360,13 +355,13 @@ def data_plane(editor_counts: list[int], calls: int, rounds: int, log_dir: Path)
                         "cpu_ms_per_call": cpu * 1000 / len(samples),
                     }
                     rss = [
-                        sum(proc_rss_kb(pid) for pid in node_tree(e.pid)) / 1024
+                        sum(rss_kb(pid) for pid in node_tree(e.pid)) / 1024
                         for e in variants[name]
                         if e.pid
                     ]
                     if rss:
                         result[name]["rss_mb_per_process"] = statistics.median(rss)
-                result["mcpd"]["daemon_rss_mb"] = proc_rss_kb(daemon.process.pid) / 1024
+                result["mcpd"]["daemon_rss_mb"] = rss_kb(daemon.process.pid) / 1024
                 result["added_p50_ms"] = {
                     name: result[name]["median_ms"] - result["direct"]["median_ms"]
                     for name in ("mcpd", "mcp-remote")
@@ -445,10 +440,13 @@ def main() -> int:
         figures["data_plane"] = data_plane(
             [1, 8, 32], calls=1000 // scale, rounds=3, log_dir=Path(logs)
         )
+    figures |= scale_and_storm(args.quick)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(figures, indent=2))
     print_floors(figures)
     print_data_plane(figures["data_plane"])
+    print()
+    print_scale_and_storm(figures)
     print(f"figures: {args.json}")
     return 0
 

@@ -127,9 +127,10 @@ class Daemon:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             self.auth = AuthManager(self.config.daemon.callback_port, self.save_record, tg)
-            tg.start_soon(self._handle_signals)
+            # Handlers in place before READY: a SIGHUP must never meet the default action.
+            await tg.start(self._handle_signals)
             for entry in self.config.servers.values():
-                await self._start_server(entry)
+                self._start_server(entry)
             tg.start_soon(self._accept_loop, listener)
             log.info(
                 "ready",
@@ -156,8 +157,11 @@ class Daemon:
     def request_shutdown(self) -> None:
         self._shutdown.set()
 
-    async def _handle_signals(self) -> None:
+    async def _handle_signals(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         with anyio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
             async for signum in signals:
                 if signum != signal.SIGHUP:
                     log.info("received signal", extra={"signal": signal.Signals(signum).name})
@@ -298,9 +302,11 @@ class Daemon:
     # --- Servers ----------------------------------------------------------------
 
     async def _load_record(self, name: str, url: str) -> CredentialRecord | None:
+        if not self.store.has(name):  # most servers: no worker thread for nothing
+            return None
         return await anyio.to_thread.run_sync(self.store.load, name, url)
 
-    async def _start_server(self, entry: config_mod.ServerEntry, *, announce: bool = False) -> None:
+    def _start_server(self, entry: config_mod.ServerEntry, *, announce: bool = False) -> None:
         """Start a server; `announce` tells subscribers about it before its first change."""
         assert self._tg is not None
         # Room for the rpc envelope around the largest message a server may send.
@@ -311,7 +317,9 @@ class Daemon:
         self.servers[entry.name] = runtime
         if announce:
             self._broadcast(entry.name, Event("added", {"server": runtime.status()}))
-        await self._tg.start(runtime.run)
+        if runtime.start():
+            # Not awaited: the daemon is ready while its servers connect.
+            self._tg.start_soon(runtime.run)
 
     def _stop_server(self, name: str) -> None:
         runtime = self.servers.pop(name)
@@ -356,9 +364,9 @@ class Daemon:
         for name in result.restarted:
             self._stop_server(name)
         for name in result.restarted:
-            await self._start_server(new.servers[name])
+            self._start_server(new.servers[name])
         for name in result.added:
-            await self._start_server(new.servers[name], announce=True)
+            self._start_server(new.servers[name], announce=True)
         self.notifier.notify(ready="1", status=self._summary())
         return result
 

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskGroup
 
 from .config import ServerEntry
 from .httpclient import HttpClient
@@ -63,7 +63,8 @@ class ServerRuntime:
         self._save_record = save_record
         self._on_change = on_change
         self._max_message_size = max_message_size
-        self._scope: anyio.CancelScope | None = None
+        # Made here, so that a server stopped before it ran never starts.
+        self._scope = anyio.CancelScope()
         self._tg: TaskGroup | None = None
         self._client: HttpClient | None = None
         self.keeper: SessionKeeper | None = None
@@ -112,23 +113,29 @@ class ServerRuntime:
 
     # --- Life -----------------------------------------------------------------------
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        with anyio.CancelScope() as scope:
-            self._scope = scope
-            task_status.started()
-            config = self.entry.config
-            if config is None:
-                self.machine.handle(Event.MISCONFIGURED, error=self.entry.error)
-                await anyio.sleep_forever()
-            assert config is not None
-            if not config.enabled:
-                await anyio.sleep_forever()
-            self.machine.handle(Event.START)
+    def start(self) -> bool:
+        """The first step, taken at once (so that the daemon's READY status is
+        true): whether there is anything to run. A misconfigured or disabled
+        server has not."""
+        config = self.entry.config
+        if config is None:
+            self.machine.handle(Event.MISCONFIGURED, error=self.entry.error)
+            return False
+        if not config.enabled:
+            return False
+        self.machine.handle(Event.START)
+        return True
+
+    async def run(self) -> None:
+        """After `start`: connect and serve until stopped."""
+        config = self.entry.config
+        assert config is not None
+        with self._scope:
             try:
                 self.record = await self._load_record(self.name, config.url)
             except UnreadableRecord as exc:
                 self.machine.handle(Event.AUTH_REQUIRED, error=str(exc))
-                await anyio.sleep_forever()
+                return
             async with (
                 HttpClient(verify=config.verify, connect_timeout=config.timeout) as client,
                 anyio.create_task_group() as tg,
@@ -164,7 +171,11 @@ class ServerRuntime:
         return SessionKeeper(session, on_connected, on_lost, on_retry)
 
     def _connected(self) -> None:
-        if self.machine.state is not State.CONNECTED:
+        # A session may come up after the state moved on without it: a refresh
+        # refused meanwhile (needs_auth stays), or a retry that was pending.
+        if self.machine.state is State.FAILED:
+            self.machine.handle(Event.RETRY)
+        if self.machine.state is State.CONNECTING:
             self.machine.handle(Event.CONNECTED)
 
     # --- Credentials ------------------------------------------------------------------
@@ -297,9 +308,14 @@ class ServerRuntime:
         if isinstance(failure, AuthorizationRequired):
             self._auth_required(failure)
             return
-        if retry_at is None and state is State.CONNECTED:
-            log.info("connection lost; reconnecting", extra={"server": self.name, "error": reason})
-            self.machine.handle(Event.CONNECTION_LOST)
+        if retry_at is None and state in (State.CONNECTED, State.CONNECTING):
+            # The keeper reconnects at once: a session that dropped, or one
+            # renewed for new credentials (not a failure, whatever the state).
+            if state is State.CONNECTED:
+                log.info(
+                    "connection lost; reconnecting", extra={"server": self.name, "error": reason}
+                )
+                self.machine.handle(Event.CONNECTION_LOST)
             return
         if state is State.FAILED or state in (State.CONNECTING, State.CONNECTED):
             self.machine.handle(Event.ERROR, error=reason, retry_at=retry_at)
@@ -309,8 +325,7 @@ class ServerRuntime:
             self.machine.handle(Event.RETRY)
 
     def stop(self) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
+        self._scope.cancel()
         if self.machine.state is not State.DISABLED:
             self.machine.handle(Event.STOP)
 

@@ -130,6 +130,10 @@ class CredentialStore:
             return None
         return record
 
+    def has(self, server: str) -> bool:
+        """Whether a record file exists for this server (readable or not)."""
+        return self._path(server).exists()
+
     def save(self, record: CredentialRecord) -> None:
         data = self.keyring.fernet.encrypt(_encoder.encode(record))
         atomicfile.write_private(self._path(record.server), data)

@@ -1,4 +1,10 @@
-"""Fixtures over tests/harness.py: each test gets its own user and daemons."""
+"""Fixtures over tests/harness.py: each test gets its own user and daemons.
+
+And the session's secrets scan (tests/leakcheck.py): every test's captured
+output and failure report is kept, every user's store is decrypted when its
+test ends, and at the end of the session all of mcpd's output is searched for
+every secret seen; one found fails the run, naming where, never the secret.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import leakcheck
 import pytest
 import reliability
 from harness import (
@@ -21,7 +28,7 @@ from harness import (
 
 
 @pytest.fixture
-def mcpd_env(tmp_path: Path) -> McpdEnv:
+def mcpd_env(tmp_path: Path) -> Iterator[McpdEnv]:
     root = tmp_path / "home"
     (root / "run").mkdir(parents=True, mode=0o700)
     variables = {
@@ -32,7 +39,10 @@ def mcpd_env(tmp_path: Path) -> McpdEnv:
         "XDG_RUNTIME_DIR": str(root / "run"),
         "PYTHONDONTWRITEBYTECODE": "1",
     }
-    return McpdEnv(root, variables)
+    env = McpdEnv(root, variables)
+    yield env
+    # After run_daemon's teardown (it depends on this fixture): the daemons are stopped.
+    leakcheck.register_store(env.key_file, env.credentials_dir)
 
 
 @pytest.fixture
@@ -88,7 +98,42 @@ def editors(mcpd_env: McpdEnv) -> Iterator[Any]:
             editor.close()
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for title, content in report.sections:
+        leakcheck.capture(f"{report.nodeid}: {title}", content)
+    if report.failed:
+        leakcheck.capture(f"{report.nodeid}: failure report ({report.when})", report.longreprtext)
+
+
+_leaks: list[leakcheck.Finding] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not leakcheck.active():
+        return
+    result = leakcheck.scan()
+    if result.findings:
+        _leaks.extend(result.findings)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return
+    where = "the session's secrets scan"
+    reliability.record("secrets searched for in mcpd's output (none found)", result.secrets, where)
+    reliability.record("files of mcpd output scanned (logs, mcpctl, bridges)", result.files, where)
+    reliability.record("captured test outputs and failure reports scanned", result.outputs, where)
+    reliability.record("bytes scanned", result.bytes, where)
+    reliability.record("credential stores decrypted for their secrets", result.stores_read, where)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _leaks:
+        terminalreporter.section("SECRETS LEAKED", red=True, bold=True)
+        for finding in _leaks:
+            kinds = ", ".join(f"{n} x {kind}" for kind, n in sorted(finding.kinds.items()))
+            terminalreporter.write_line(f"{finding.where}: {kinds}", red=True)
+            terminalreporter.write_line(f"    ...{finding.context}...")
+        terminalreporter.write_line(
+            "The run fails: these outputs hold secrets a test saw (the secrets are not shown)."
+        )
     counts = reliability.recorded()
     if not counts:
         return

@@ -17,17 +17,47 @@ ready once it has printed its listening line and the port accepts connections,
 stopped afterwards; `peer.stop()` and `demo_server(..., port=peer.port)` take
 it down and bring it back at the same URL (with no clients or tokens: they
 live in memory).
+
+Every demo server started here records the secrets it issues or is given
+(`--record-secrets`, next to its log: `secrets_path(peer)`): the session's
+secrets scan (tests/leakcheck.py) searches mcpd's output for all of them, and
+`recorded(peer)` lets a test compare what a store holds with what was issued.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import leakcheck
 from real_peers import Peer, PeersNotInstalledError, _run
+
+NAME = "mcpd-demo"
+
+
+def secrets_path(peer: Peer) -> Path:
+    """The demo server's `--record-secrets` file (shared by restarts at the same port)."""
+    return _secrets_path(peer.log_path.parent, peer.port)
+
+
+def _secrets_path(log_dir: Path, port: int) -> Path:
+    return log_dir / f"{NAME}-{port}.secrets.jsonl"
+
+
+def recorded(peer: Peer) -> list[dict[str, Any]]:
+    """Every event the demo server recorded so far (see SecretsRecord in mcpd/demo/server.py)."""
+    path = secrets_path(peer)
+    if not path.exists():
+        return []
+    # A line being appended right now is left for the next read.
+    return [
+        json.loads(line) for line in path.read_text().splitlines(keepends=True) if line[-1:] == "\n"
+    ]
 
 
 @contextmanager
@@ -53,7 +83,10 @@ def demo_server(
             argv.append("--hide-expiry")
         if outage_file is not None:
             argv += ["--outage-file", str(outage_file)]
+        record = _secrets_path(log_dir, chosen)
+        leakcheck.register_record_file(record)
+        argv += ["--record-secrets", str(record)]
         return argv, {}
 
-    with _run("mcpd-demo", launch, log_dir, port=port) as peer:
+    with _run(NAME, launch, log_dir, port=port) as peer:
         yield peer

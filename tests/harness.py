@@ -13,11 +13,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import leakcheck
 import msgspec
 
 from mcpd.protocol import (
@@ -42,6 +44,27 @@ class McpdEnv:
 
     root: Path
     vars: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Everything mcpd writes under the root is searched for secrets at the
+        # end of the session (tests/leakcheck.py).
+        leakcheck.watch_root(self.root)
+
+    @property
+    def mcpctl_log(self) -> Path:
+        """Every `mcpctl` command run through the harness, with its stdout and stderr."""
+        return self.root / "mcpctl.log"
+
+    def keep_output(self, args: tuple[str, ...] | list[str], stdout: str, stderr: str) -> None:
+        """Append a command's output to `mcpctl_log`, for the session's secrets scan.
+
+        The stdout of `mcpctl token` is the access token, handed out on purpose
+        (`export_token = true`): it is left out, and its stderr kept.
+        """
+        if list(args[:1]) == ["token"]:
+            stdout = "(the stdout of `mcpctl token` is the token, by design: not kept)\n"
+        with _output_lock, self.mcpctl_log.open("a", encoding="utf-8", errors="replace") as out:
+            out.write(f"$ mcpctl {' '.join(args)}\n--- stdout\n{stdout}--- stderr\n{stderr}")
 
     @property
     def config_file(self) -> Path:
@@ -72,7 +95,7 @@ class McpdEnv:
         self.config_file.write_text(text)
 
     def mcpctl(self, *args: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        result = subprocess.run(
             [MCPCTL, *args],
             env=self.vars,
             capture_output=True,
@@ -80,6 +103,11 @@ class McpdEnv:
             timeout=timeout,
             check=False,
         )
+        self.keep_output(args, result.stdout, result.stderr)
+        return result
+
+
+_output_lock = threading.Lock()
 
 
 class DaemonProcess:
@@ -277,10 +305,18 @@ class Editor:
         self._reader.start()
         self.next_id = 0
 
+    @property
+    def stdout_log(self) -> Path:
+        """Every line the bridge wrote to its stdout, for the session's secrets scan."""
+        return self.log_path.with_name(self.log_path.stem + ".stdout.log")
+
     def _read(self) -> None:
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.received.put(json.loads(line))
+        with self.stdout_log.open("ab") as kept:
+            for line in self.process.stdout:
+                kept.write(line)
+                kept.flush()
+                self.received.put(json.loads(line))
 
     def send(self, message: dict[str, Any]) -> None:
         self.send_raw(json.dumps(message).encode())
@@ -448,14 +484,29 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def browse(url: str, follow: bool = True) -> tuple[int, str, str]:
-    """GET like a browser: (status, final URL or Location, body)."""
+    """GET like a browser: (status, final URL or Location, body).
+
+    An authorization code in the address it ends up at is registered as a
+    secret (tests/leakcheck.py), whoever issued it."""
     opener = urllib.request.build_opener() if follow else urllib.request.build_opener(NoRedirect)
     try:
         with opener.open(url, timeout=20) as response:
-            return response.status, response.url, response.read().decode(errors="replace")
+            result = response.status, response.url, response.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
         location = exc.headers.get("Location", exc.url)
-        return exc.code, location, exc.read().decode(errors="replace")
+        result = exc.code, location, exc.read().decode(errors="replace")
+    register_code(result[1])
+    return result
+
+
+def register_code(url: str) -> None:
+    """Register the authorization code of a redirect URL as a secret."""
+    for code in parse_qs(urlsplit(url).query).get("code", []):
+        leakcheck.register("authorization code", code)
+
+
+# `mcpctl auth` processes and the user tree whose mcpctl log keeps their output.
+_auth_envs: weakref.WeakKeyDictionary[subprocess.Popen[str], McpdEnv] = weakref.WeakKeyDictionary()
 
 
 def start_auth(env, name: str, *flags: str) -> tuple[subprocess.Popen[str], str]:
@@ -469,8 +520,12 @@ def start_auth(env, name: str, *flags: str) -> tuple[subprocess.Popen[str], str]
         text=True,
     )
     assert process.stdout is not None
+    if isinstance(env, McpdEnv):
+        _auth_envs[process] = env
     for line in process.stdout:
         if line.strip().startswith("http"):
+            if isinstance(env, McpdEnv):
+                env.keep_output(["auth", name, *flags], line, "")
             return process, line.strip()
     raise AssertionError(
         f"no URL from mcpctl auth: {process.stderr.read() if process.stderr else ''}"
@@ -479,6 +534,9 @@ def start_auth(env, name: str, *flags: str) -> tuple[subprocess.Popen[str], str]
 
 def finish(process: subprocess.Popen[str], stdin: str | None = None) -> tuple[int, str, str]:
     out, err = process.communicate(stdin, timeout=60)
+    env = _auth_envs.get(process)
+    if env is not None:
+        env.keep_output(["auth", "(continued)"], out, err)
     return process.returncode, out, err
 
 

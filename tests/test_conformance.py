@@ -7,11 +7,13 @@ mcpd through mcpctl. A scenario passes only with no failure and no warning.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import leakcheck
 import pytest
 from real_peers import conformance_argv, conformance_client_command
 
@@ -19,33 +21,37 @@ CLIENT = Path(__file__).parent / "conformance" / "client.py"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def run_suite(tmp_path: Path, *args: str, timeout: float) -> tuple[int, str]:
+    """Run the conformance suite with our client; its users' trees join the secrets scan."""
+    users = tmp_path / "users"
+    users.mkdir()
+    command = conformance_client_command([sys.executable, str(CLIENT)])
+    result = subprocess.run(
+        [*conformance_argv(), "client", "--command", command, *args, "-o", str(tmp_path)],
+        env={**os.environ, "MCPD_CONFORMANCE_USERS": str(users)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    for root in users.iterdir():
+        leakcheck.watch_root(root)
+        leakcheck.register_store(
+            root / "config" / "mcpd" / "mcpd.key", root / "state" / "mcpd" / "credentials"
+        )
+    return result.returncode, ANSI.sub("", result.stdout + result.stderr)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("scenario", ["initialize", "tools_call", "sse-retry"])
 def test_conformance_scenario(scenario, tmp_path):
-    command = conformance_client_command([sys.executable, str(CLIENT)])
-    result = subprocess.run(
-        [
-            *conformance_argv(),
-            "client",
-            "--command",
-            command,
-            "--scenario",
-            scenario,
-            "--output-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    output = ANSI.sub("", result.stdout + result.stderr)
+    returncode, output = run_suite(tmp_path, "--scenario", scenario, timeout=110)
     summary = re.search(r"Passed: (\d+)/(\d+), (\d+) failed, (\d+) warnings", output)
     assert summary is not None, output
     passed, total, failed, warnings = map(int, summary.groups())
     assert (failed, warnings) == (0, 0), output
     assert passed == total > 0, output
-    assert result.returncode == 0, output
+    assert returncode == 0, output
     assert "OVERALL: PASSED" in output
 
 
@@ -53,30 +59,13 @@ def test_conformance_scenario(scenario, tmp_path):
 @pytest.mark.parametrize(("suite", "scenarios"), [("auth", 14), ("backcompat", 2), ("draft", 3)])
 def test_conformance_suite(suite, scenarios, tmp_path):
     """Every scenario of the suite, run by the suite itself (in parallel)."""
-    command = conformance_client_command([sys.executable, str(CLIENT)])
-    result = subprocess.run(
-        [
-            *conformance_argv(),
-            "client",
-            "--command",
-            command,
-            "--suite",
-            suite,
-            "-o",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=380,
-        check=False,
-    )
-    output = ANSI.sub("", result.stdout + result.stderr)
+    returncode, output = run_suite(tmp_path, "--suite", suite, timeout=380)
     total = re.search(r"Total: (\d+) passed, (\d+) failed, (\d+) warnings", output)
     assert total is not None, output
     passed, failed, warnings = map(int, total.groups())
     assert (failed, warnings) == (0, 0), output
     assert passed > 0, output
-    assert result.returncode == 0, output
+    assert returncode == 0, output
     outcomes = re.findall(r"^([✓✗]) (\S+):", output, re.MULTILINE)
     assert len(outcomes) == scenarios, output
     assert all(mark == "✓" for mark, _ in outcomes), output

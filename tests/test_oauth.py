@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from harness import browse, callback_port, finish, server_config, start_auth, status_of, wait_state
 from real_peers import SIMPLE_STREAMABLE_HTTP, free_port, sdk_example
+from reliability import record
 
 
 @pytest.fixture(params=[("--oauth",), ("--oauth", "--oauth-strict")], ids=["oauth", "strict"])
@@ -170,6 +171,7 @@ def test_the_callback_listener_refuses_what_is_not_the_callback(mcpd_env, run_da
     assert status == 200, page
     assert finish(process)[0] == 0
     assert status_of(daemon, "ts")["state"] == "connected"
+    record("junk connections at the callback, then a sign-in", len(threads), __name__)
 
 
 def test_a_refusal_is_shown_escaped_and_the_flow_ends(mcpd_env, run_daemon, oauth_peer):

@@ -5,22 +5,15 @@ use. The provider's own log lines are the counts."""
 
 from __future__ import annotations
 
-import os
-import random
-import signal
-import subprocess
 import threading
 import time
 
-import pytest
 from demo_peer import demo_server
 from harness import (
-    MCPCTL,
     browse,
     finish,
     server_config,
     start_auth,
-    start_daemon,
     status_of,
     wait_state,
 )
@@ -86,14 +79,7 @@ def test_concurrent_calls_across_expiry_all_succeed_with_one_refresh_each_time(
         def cli() -> None:
             end = time.monotonic() + 2 * LIFETIME
             while time.monotonic() < end:
-                out = subprocess.run(
-                    [MCPCTL, "call", "demo", "echo", '{"text": "y"}'],
-                    env=mcpd_env.vars,
-                    capture_output=True,
-                    text=True,
-                    timeout=30,
-                    check=False,
-                )
+                out = mcpd_env.mcpctl("call", "demo", "echo", '{"text": "y"}', timeout=30)
                 with lock:
                     results.append(out.returncode == 0)
 
@@ -190,7 +176,9 @@ def test_a_burst_of_calls_at_expiry_makes_exactly_one_refresh(
         bridges = [editors("demo") for _ in range(5)]
         for bridge in bridges:
             bridge.initialize()
-        time.sleep(3.5)  # let the token expire, unrefreshed
+        # Let the token expire, unrefreshed: the provider rounds its expiry up to
+        # the next whole second, so a 3-second token lives up to 4.
+        time.sleep(4.5)
         assert refreshes(peer) == 0
         ids = {
             bridge: [
@@ -235,46 +223,5 @@ def test_the_authorization_server_down_for_a_while(mcpd_env, run_daemon, tmp_pat
         assert "token endpoint down" in peer.log
 
 
-@pytest.mark.timeout(300)
-def test_sigkill_around_refreshes_never_loses_the_store(mcpd_env, tmp_path):
-    """50 kills at random moments of a daemon refreshing every ~1.5 s: every
-    restart finds a readable store and either a working credential or, where
-    the provider revoked the grant (a rotation the daemon never saw), a clear
-    needs_auth."""
-    rng = random.Random(5)
-    with demo_server(tmp_path, token_lifetime=2) as peer:
-        mcpd_env.write_config("[daemon]\ncallback_port = 0\n" + server_config("demo", peer.url))
-        revoked = 0
-        for _ in range(50):
-            daemon, notify = start_daemon(mcpd_env)
-            try:
-                state = wait_settled(daemon)
-                if state["state"] == "needs_auth":
-                    if mcpd_env.credentials_dir.joinpath("demo.cred").exists():
-                        revoked += "refused" in (state["error"] or "")
-                    sign_in(mcpd_env, daemon, "demo")
-                else:
-                    assert state["state"] == "connected", (state, daemon.log)
-                time.sleep(rng.uniform(0, 3))
-                os.kill(daemon.pid, signal.SIGKILL)
-                daemon.process.wait()
-            finally:
-                notify.close()
-            assert not list(mcpd_env.credentials_dir.glob("*.unreadable-*"))
-        assert refreshes(peer) >= 10  # the kills did land around refreshes
-        daemon, notify = start_daemon(mcpd_env)
-        try:
-            assert wait_settled(daemon)["state"] in ("connected", "needs_auth")
-        finally:
-            daemon.stop()
-            notify.close()
-
-
-def wait_settled(daemon) -> dict:
-    deadline = time.monotonic() + 20
-    while True:
-        state = status_of(daemon, "demo")
-        if state["state"] in ("connected", "needs_auth", "failed"):
-            return state
-        assert time.monotonic() < deadline, state
-        time.sleep(0.05)
+# SIGKILLs around refreshes and store writes: tests/test_crash_safety.py (200 of them,
+# each store checked against the tokens the authorization server issued).

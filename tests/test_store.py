@@ -15,6 +15,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import reliability
 from cryptography.fernet import Fernet, InvalidToken
 
 from mcpd import atomicfile
@@ -851,6 +852,7 @@ def test_killed_writer_never_leaves_a_torn_record(env):
     assert set(seen) == {0, 1}, f"seed {seed}: only saw {seen}"
     # And some of them inside a write, with its temporary on disk.
     assert interrupted_writes >= 1, f"seed {seed}: no kill landed inside a write"
+    reliability.record("store writer processes SIGKILLed, record old or new", len(seen), __name__)
 
 
 def test_killed_rotation_leaves_every_record_readable(env):
@@ -889,4 +891,5 @@ def test_killed_rotation_leaves_every_record_readable(env):
     final = env.store()
     assert final.rotate_key() == len(records)
     assert len(key_lines(env.key_file)) == 1
-    assert all(env.store().load(name, URL) == record for name, record in records.items())
+    assert all(env.store().load(name, URL) == kept for name, kept in records.items())
+    reliability.record("key rotations SIGKILLed, every record readable", attempt + 1, __name__)

@@ -40,6 +40,10 @@ tokens) revokes the whole grant.
 Each registration, authorization, token issue, refresh and revocation, and
 each refresh token presented again after it was rotated away or revoked, is
 logged to stderr as a `demo-as: ...` line, never with a token or code in it.
+With `--record-secrets PATH` (for tests), every secret it hands out or is
+given (client secrets, codes, PKCE verifiers, access and refresh tokens, with
+the grant and the place in the grant's chain of each token) is also appended
+to PATH as one JSON object a line, so that a test can check where they went.
 Once the port is bound it prints `mcpd-peer: listening on 127.0.0.1:PORT` to
 stderr (with `--port 0`, the port it got).
 """
@@ -47,6 +51,8 @@ stderr (with `--port 0`, the port it got).
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import secrets
 import socket
 import sys
@@ -56,6 +62,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import count
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
 
 import uvicorn
 from mcp.server.auth.middleware.auth_context import get_access_token
@@ -89,10 +97,32 @@ def log(message: str) -> None:
 
 class DemoRefreshToken(RefreshToken):
     grant: int  # every token of one authorization shares its grant
+    seq: int = 1  # its place in the grant's chain: 1 from the code, n + 1 from refresh n
 
 
 class DemoAccessToken(AccessToken):
     grant: int
+    seq: int = 1
+
+
+@dataclass
+class SecretsRecord:
+    """`--record-secrets`: one JSON object a line, appended at once, for tests.
+
+    Events: `registered` (client_id, client_secret), `code` (code, client_id),
+    `verifier` (code_verifier), `issued` (grant, seq, access_token,
+    refresh_token, client_id, via), `refresh_presented` (grant and seq of the
+    refresh token, or null for one never issued), `revoked` (grant). Written
+    before the response that carries the secret is sent.
+    """
+
+    path: Path | None = None
+
+    def write(self, event: str, **fields: Any) -> None:
+        if self.path is None:
+            return
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps({"event": event, **fields}) + "\n")
 
 
 @dataclass
@@ -109,6 +139,7 @@ class DemoProvider(
     # Leave expires_in out of token responses (the tokens still expire), as
     # some providers do: clients then learn of expiry from a 401.
     hide_expiry: bool = False
+    record: SecretsRecord = field(default_factory=SecretsRecord)
     clients: dict[str, OAuthClientInformationFull] = field(default_factory=dict)
     codes: dict[str, AuthorizationCode] = field(default_factory=dict)
     access_tokens: dict[str, DemoAccessToken] = field(default_factory=dict)
@@ -119,7 +150,10 @@ class DemoProvider(
     # Refresh tokens rotated away, by grant: presenting one again revokes the
     # whole grant, as real providers do when a refresh token leaks.
     rotated: dict[str, int] = field(default_factory=dict)
+    # Every refresh token ever issued: (grant, seq), so a presented one is known.
+    issued_refresh: dict[str, tuple[int, int]] = field(default_factory=dict)
     _grants: count[int] = field(default_factory=lambda: count(1))
+    _chain: dict[int, int] = field(default_factory=dict)  # grant: its last seq
 
     # --- Clients (dynamic registration) ------------------------------------------------
 
@@ -128,6 +162,11 @@ class DemoProvider(
 
     async def register_client(self, client_info: OAuthClientInformationFull) -> None:
         self.clients[client_info.client_id] = client_info
+        self.record.write(
+            "registered",
+            client_id=client_info.client_id,
+            client_secret=client_info.client_secret,
+        )
         log(
             f"registered client {client_info.client_id} ({client_info.client_name or 'unnamed'}, "
             f"auth method {client_info.token_endpoint_auth_method}, scope {client_info.scope!r})"
@@ -159,6 +198,7 @@ class DemoProvider(
             resource=params.resource,
             subject=DEMO_USER,
         )
+        self.record.write("code", code=code, client_id=client.client_id)
         log(
             f"approved client {client.client_id} for scope {' '.join(scopes)!r} "
             f"(resource {params.resource!r}) without asking anyone: this is a demo"
@@ -178,7 +218,11 @@ class DemoProvider(
             raise TokenError("invalid_grant", "authorization code already used")
         grant = next(self._grants)
         token = self._issue(
-            grant, client.client_id, authorization_code.scopes, authorization_code.resource
+            grant,
+            client.client_id,
+            authorization_code.scopes,
+            authorization_code.resource,
+            via="authorization_code",
         )
         log(f"grant {grant}: {self._describe(token)} for an authorization code")
         return token
@@ -186,21 +230,25 @@ class DemoProvider(
     # --- Tokens ------------------------------------------------------------------------------
 
     def _issue(
-        self, grant: int, client_id: str, scopes: Sequence[str], resource: str | None
+        self, grant: int, client_id: str, scopes: Sequence[str], resource: str | None, *, via: str
     ) -> OAuthToken:
         # A client that sent no resource indicator still gets a token for this
         # server, the only resource there is, so the bearer middleware's RFC 8707
         # check (`validate_token_resource`) accepts it.
         bound = resource or self.resource
+        seq = self._chain[grant] = self._chain.get(grant, 0) + 1
         access = secrets.token_urlsafe(32)
         self.access_tokens[access] = DemoAccessToken(
             token=access,
             client_id=client_id,
             scopes=list(scopes),
-            expires_at=int(time.time()) + self.token_lifetime,
+            # Rounded up: the token never expires before the `expires_in` the
+            # client was told (the SDK keeps whole seconds).
+            expires_at=math.ceil(time.time() + self.token_lifetime),
             resource=bound,
             subject=DEMO_USER,
             grant=grant,
+            seq=seq,
         )
         refresh = None
         if OFFLINE_ACCESS in scopes:
@@ -212,7 +260,18 @@ class DemoProvider(
                 resource=bound,
                 subject=DEMO_USER,
                 grant=grant,
+                seq=seq,
             )
+            self.issued_refresh[refresh] = (grant, seq)
+        self.record.write(
+            "issued",
+            grant=grant,
+            seq=seq,
+            access_token=access,
+            refresh_token=refresh,
+            client_id=client_id,
+            via=via,
+        )
         return OAuthToken(
             access_token=access,
             expires_in=None if self.hide_expiry else self.token_lifetime,
@@ -232,6 +291,12 @@ class DemoProvider(
         self, client: OAuthClientInformationFull, refresh_token: str
     ) -> DemoRefreshToken | None:
         token = self.refresh_tokens.get(refresh_token)
+        grant_seq = self.issued_refresh.get(refresh_token)
+        self.record.write(
+            "refresh_presented",
+            grant=grant_seq[0] if grant_seq else None,
+            seq=grant_seq[1] if grant_seq else None,
+        )
         if token is None:
             if refresh_token in self.retired:
                 log(
@@ -255,7 +320,13 @@ class DemoProvider(
             raise TokenError("invalid_grant", "refresh token already used")
         self.retired[refresh_token.token] = f"rotated away (grant {refresh_token.grant})"
         self.rotated[refresh_token.token] = refresh_token.grant
-        token = self._issue(refresh_token.grant, client.client_id, scopes, refresh_token.resource)
+        token = self._issue(
+            refresh_token.grant,
+            client.client_id,
+            scopes,
+            refresh_token.resource,
+            via="refresh_token",
+        )
         log(f"grant {refresh_token.grant}: refreshed; {self._describe(token)}")
         return token
 
@@ -281,6 +352,7 @@ class DemoProvider(
         for key in refresh:
             del self.refresh_tokens[key]
             self.retired[key] = f"revoked (grant {grant})"
+        self.record.write("revoked", grant=grant)
         log(
             f"grant {grant}: revoked ({why}): "
             f"{len(access)} access and {len(refresh)} refresh token(s) dropped"
@@ -309,11 +381,45 @@ def with_token_outage(app: ASGIApp, flag: Path) -> ASGIApp:
     return guarded
 
 
-def build_server(port: int, token_lifetime: int, hide_expiry: bool = False) -> MCPServer:
+def recording_verifiers(app: ASGIApp, record: SecretsRecord) -> ASGIApp:
+    """Record the PKCE verifier of each token request (only the request carries it)."""
+
+    async def recorded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/token" or scope["method"] != "POST":
+            await app(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        for verifier in parse_qs(body.decode("utf-8", errors="replace")).get("code_verifier", []):
+            record.write("verifier", code_verifier=verifier)
+        replay = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def replayed() -> Any:
+            return replay.pop() if replay else await receive()
+
+        await app(scope, replayed, send)
+
+    return recorded
+
+
+def build_server(
+    port: int,
+    token_lifetime: int,
+    hide_expiry: bool = False,
+    record: SecretsRecord | None = None,
+) -> MCPServer:
     origin = f"http://{HOST}:{port}"
     resource = origin + MCP_PATH
     provider = DemoProvider(
-        resource=resource, token_lifetime=token_lifetime, hide_expiry=hide_expiry
+        resource=resource,
+        token_lifetime=token_lifetime,
+        hide_expiry=hide_expiry,
+        record=record or SecretsRecord(),
     )
     server: MCPServer = MCPServer(
         "mcpd-demo",
@@ -404,6 +510,13 @@ def main(argv: list[str] | None = None) -> None:
         metavar="PATH",
         help="while PATH exists, the token endpoint answers 503 temporarily_unavailable",
     )
+    parser.add_argument(
+        "--record-secrets",
+        type=Path,
+        metavar="PATH",
+        help="append every client secret, code, PKCE verifier and token it issues or is given "
+        "to PATH, one JSON object a line (for tests that check where secrets go)",
+    )
     options = parser.parse_args(argv)
 
     # Bound here rather than by uvicorn so that the ready line says that this
@@ -415,9 +528,12 @@ def main(argv: list[str] | None = None) -> None:
     sock.listen(128)
     port: int = sock.getsockname()[1]
 
+    record = SecretsRecord(options.record_secrets)
     app: ASGIApp = build_server(
-        port, options.token_lifetime, options.hide_expiry
+        port, options.token_lifetime, options.hide_expiry, record
     ).streamable_http_app(host=HOST)
+    if options.record_secrets is not None:
+        app = recording_verifiers(app, record)
     if options.outage_file is not None:
         app = with_token_outage(app, options.outage_file)
     config = uvicorn.Config(

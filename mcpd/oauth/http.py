@@ -90,7 +90,8 @@ async def drive(step: Step[T], client: HttpClient, server: Origin, timeout: floa
 async def _perform(
     request: HttpRequest, client: HttpClient, headers: dict[str, str], timeout: float
 ) -> HttpResponse:
-    headers = {**headers, **request.headers}
+    # OAuth requests come minutes apart: no connection is kept for them.
+    headers = {**headers, **request.headers, "Connection": "close"}
     body = b""
     if request.form is not None:
         body = urlencode(request.form).encode()

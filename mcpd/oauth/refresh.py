@@ -10,6 +10,13 @@ slow network cannot make the refresh late. A token of a few seconds follows
 the fraction alone: it is never refreshed in a loop. A token without an
 expiry is refreshed only when the server refuses it.
 
+A refresh already overdue when it is planned (the daemon was not running at
+its time: a restart) is made soon, at a random point within the next
+CATCH_UP_SECONDS and within the first half of the token's remaining life, at
+once if the token has expired: a daemon that starts with many such tokens
+behind one authorization server would otherwise send them all in the same
+second.
+
 Times here are wall-clock Unix seconds, never a monotonic clock: a laptop that
 slept past a refresh time must find the refresh due when it wakes, and only
 the wall clock moved while it slept. The caller sleeps in short steps and asks
@@ -39,6 +46,8 @@ BACKOFF_CAP_SECONDS: Final = 300.0
 # However far off the next event, look at the wall clock this often: it may
 # have jumped (a suspend) while the process slept.
 MAX_SLEEP_SECONDS: Final = 30.0
+# Refreshes found overdue at start are spread over this long at most.
+CATCH_UP_SECONDS: Final = 30.0
 
 TRANSIENT_ERRORS: Final = frozenset({"temporarily_unavailable", "slow_down"})
 FATAL_ERRORS: Final = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
@@ -56,6 +65,15 @@ def refresh_at(tokens: TokenSet, rng: Callable[[], float] = random.random) -> fl
     return due
 
 
+def catch_up_at(now: float, tokens: TokenSet, rng: Callable[[], float] = random.random) -> float:
+    """When to make a refresh that fell due while nothing could make it: within
+    CATCH_UP_SECONDS and the first half of the token's remaining life; now if it
+    has expired."""
+    remaining = (tokens.expires_at - now) if tokens.expires_at is not None else 0.0
+    window = min(CATCH_UP_SECONDS, max(0.0, remaining) / 2)
+    return now + window * rng()
+
+
 def retry_delay(attempt: int, rng: Callable[[], float] = random.random) -> float:
     """Backoff before refresh attempt `attempt + 1` (attempt counts failures, from 1)."""
     exponent = min(max(0, attempt - 1), 16)
@@ -63,10 +81,11 @@ def retry_delay(attempt: int, rng: Callable[[], float] = random.random) -> float
     return float(ceiling * (0.5 + rng() / 2))
 
 
-def next_wake(now: float, due: float | None) -> float:
-    """How long to sleep before looking again."""
+def next_wake(now: float, due: float | None) -> float | None:
+    """How long to sleep before looking again; None: until the plan changes
+    (nothing is scheduled, so the wall clock does not matter)."""
     if due is None:
-        return MAX_SLEEP_SECONDS
+        return None
     return max(0.0, min(due - now, MAX_SLEEP_SECONDS))
 
 
@@ -88,9 +107,12 @@ class RefreshSchedule:
     failures: int = 0
     last_error: str | None = None
 
-    def plan(self, tokens: TokenSet | None) -> None:
-        """New tokens: schedule their refresh, forget past failures."""
+    def plan(self, tokens: TokenSet | None, now: float | None = None) -> None:
+        """New tokens: schedule their refresh, forget past failures. With `now`, a
+        refresh already overdue is spread (`catch_up_at`) rather than made at once."""
         self.due = refresh_at(tokens, self.rng) if tokens is not None else None
+        if tokens is not None and self.due is not None and now is not None and self.due < now:
+            self.due = catch_up_at(now, tokens, self.rng)
         self.failures = 0
         self.last_error = None
 

@@ -5,6 +5,10 @@ refused, `mcpctl token`) asks with the token it saw; refreshes are serialised,
 and a caller whose token was already replaced while it waited gets that new
 token without another request, so one rotation never races another. Persist
 first: new tokens are in the encrypted store before anything uses them.
+
+The loop sleeps until the next refresh is due (looking at the wall clock at
+least every MAX_SLEEP_SECONDS meanwhile) or, with nothing scheduled, until
+the plan changes; every change of the schedule wakes it.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ class Refresher:
         self.schedule = RefreshSchedule()
         self._replanned = anyio.Event()
         record = runtime.record
-        self.schedule.plan(record.tokens if record else None)
+        # Stored tokens whose refresh fell due while the daemon was not running
+        # are refreshed soon, spread, not all at once.
+        self.schedule.plan(record.tokens if record else None, time.time())
 
     async def run(self) -> None:
         """Refresh whenever it is due, by the wall clock, until cancelled."""
@@ -54,10 +60,14 @@ class Refresher:
             with anyio.move_on_after(next_wake(time.time(), self.schedule.due)):
                 await self._replanned.wait()
 
+    def _changed(self) -> None:
+        """The schedule changed: the loop looks again (it may sleep with no deadline)."""
+        self._replanned.set()
+
     def planned(self, record: CredentialRecord | None) -> None:
         """New credentials from elsewhere (a sign-in, a sign-out)."""
         self.schedule.plan(record.tokens if record else None)
-        self._replanned.set()
+        self._changed()
 
     async def refresh(self, seen: str | None) -> bool:
         """Replace the access token `seen`; True once a newer one is in place."""
@@ -95,12 +105,14 @@ class Refresher:
             await self._save(updated)  # persist first
             self.runtime.record = updated
             self.schedule.plan(fresh)
+            self._changed()
             self.runtime.refresh_succeeded()
             log.info("refreshed the access token", extra={"server": self.runtime.name})
             return True
 
     def _failed(self, error: str) -> bool:
         retry_at = self.schedule.failed(time.time(), error)
+        self._changed()
         log.warning(
             "token refresh failed; will retry",
             extra={"server": self.runtime.name, "error": error, "retry_at": round(retry_at)},
@@ -118,8 +130,10 @@ class Refresher:
             and stored.tokens.refresh_token != record.tokens.refresh_token
         ):
             self.runtime.record = stored
-            self.schedule.plan(stored.tokens)
+            self.schedule.plan(stored.tokens, time.time())
+            self._changed()
             return True
         self.schedule.plan(None)
+        self._changed()
         self.runtime.refresh_refused(f"the authorization server refused the refresh: {error}")
         return False

@@ -19,6 +19,7 @@ pre-registered client from MCP_CONFORMANCE_CONTEXT goes into the config.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -33,6 +34,8 @@ BIN = Path(sys.executable).parent
 BROWSER = Path(__file__).with_name("browser.py")
 SERVER = "conformance"
 DEADLINE_SECONDS = 30.0
+# A directory to make each user's tree in, kept, instead of a temporary one.
+USERS_VARIABLE = "MCPD_CONFORMANCE_USERS"
 MAX_SIGN_INS = 3
 # The Client ID Metadata Document URL the suite expects a CIMD client to use.
 CLIENT_METADATA_URL = "https://conformance-test.local/client-metadata.json"
@@ -96,11 +99,15 @@ class Daemon:
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(notify_path))
         notify.settimeout(DEADLINE_SECONDS)
-        self.process = subprocess.Popen(
-            [str(BIN / "mcpd"), "--log-level", "debug"],
-            env={**self.env, "NOTIFY_SOCKET": str(notify_path)},
-            stdin=subprocess.DEVNULL,
-        )
+        self.root = root
+        with (root / "mcpd.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(BIN / "mcpd"), "--log-level", "debug"],
+                env={**self.env, "NOTIFY_SOCKET": str(notify_path)},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
         with notify:
             while b"READY=1" not in notify.recv(4096).split(b"\n"):
                 pass
@@ -114,7 +121,10 @@ class Daemon:
             timeout=DEADLINE_SECONDS,
             check=False,
         )
-        print(f"$ mcpctl {' '.join(args)}\n{result.stdout}{result.stderr}", end="", flush=True)
+        transcript = f"$ mcpctl {' '.join(args)}\n{result.stdout}{result.stderr}"
+        print(transcript, end="", flush=True)
+        with (self.root / "mcpctl.log").open("a") as log:
+            log.write(transcript)
         return result
 
     def wait_settled(self) -> dict[str, Any]:
@@ -151,7 +161,13 @@ class Daemon:
 
 def main(url: str) -> int:
     print(f"scenario {os.environ.get('MCP_CONFORMANCE_SCENARIO', '?')} against {url}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="mcpd-conformance-") as root:
+    # The tests keep each user's tree, for the session's secrets scan.
+    users = os.environ.get(USERS_VARIABLE)
+    with (
+        contextlib.nullcontext(tempfile.mkdtemp(prefix="user-", dir=users))
+        if users
+        else tempfile.TemporaryDirectory(prefix="mcpd-conformance-")
+    ) as root:
         daemon = Daemon(Path(root), url)
         try:
             if daemon.wait_settled()["state"] == "needs_auth" and not daemon.sign_in():
