@@ -371,9 +371,14 @@ class Daemon:
         return result
 
     async def save_record(self, record: CredentialRecord) -> None:
-        """Write a server's credentials, atomically, before anything uses them."""
+        """Write a server's credentials, atomically, before anything uses them. A
+        record left holding nothing (`logout --forget-client`) is deleted instead."""
+        empty = record.tokens is None and record.client is None and record.authorization is None
         async with self._store_lock:
-            await anyio.to_thread.run_sync(self.store.save, record)
+            if empty:
+                await anyio.to_thread.run_sync(self.store.delete, record.server)
+            else:
+                await anyio.to_thread.run_sync(self.store.save, record)
 
     async def rotate_key(self) -> int:
         async with self._store_lock:

@@ -22,6 +22,8 @@ from harness import browse, callback_port, finish, server_config, start_auth, st
 from real_peers import SIMPLE_STREAMABLE_HTTP, free_port, sdk_example
 from reliability import record
 
+from mcpd.store import SUFFIX
+
 
 @pytest.fixture(params=[("--oauth",), ("--oauth", "--oauth-strict")], ids=["oauth", "strict"])
 def oauth_peer(request, tmp_path):
@@ -121,9 +123,12 @@ def test_logout_forgets_the_tokens(mcpd_env, run_daemon, oauth_peer):
     browse(url)
     assert finish(process)[0] == 0
     assert daemon.log.count("registered a client") == 1
-    # ...until it is forgotten.
+    # ...until it is forgotten, with the whole record.
+    stored = mcpd_env.credentials_dir / f"ts{SUFFIX}"
+    assert stored.exists()
     assert daemon.mcpctl("logout", "ts", "--forget-client").returncode == 0
     wait_state(daemon, "ts", "needs_auth")
+    assert not stored.exists()
     process, url = start_auth(mcpd_env, "ts")
     browse(url)
     assert finish(process)[0] == 0
