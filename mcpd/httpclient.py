@@ -96,7 +96,13 @@ def _shared_tls_context(verify: bool) -> ssl.SSLContext:
     return context
 
 
-def proxy_for(origin: Origin, environ: Mapping[str, str]) -> Origin | None:
+class Proxy(NamedTuple):
+    origin: Origin
+    # Proxy-Authorization, when the proxy's URL carries a user and password.
+    headers: list[tuple[str, str]]
+
+
+def proxy_for(origin: Origin, environ: Mapping[str, str]) -> Proxy | None:
     """The HTTP proxy the environment names for this origin, if any, by the rules
     curl follows: `https_proxy`, `http_proxy`, `all_proxy`, minus `no_proxy`."""
     no_proxy = environ.get("no_proxy", environ.get("NO_PROXY", ""))
@@ -112,24 +118,17 @@ def proxy_for(origin: Origin, environ: Mapping[str, str]) -> Origin | None:
     )
     if not url:
         return None
-    proxy = Origin.of(url if "://" in url else f"http://{url}")
+    url = url if "://" in url else f"http://{url}"
+    proxy = Origin.of(url)
     if proxy.scheme != "http":
         raise HttpError(
             f"{name.upper()} must be an http:// proxy; {proxy.scheme}:// is not supported"
         )
-    return proxy
-
-
-def _proxy_authorization(environ: Mapping[str, str], scheme: str) -> list[tuple[str, str]]:
-    name = f"{scheme}_proxy"
-    url = environ.get(name, environ.get(name.upper())) or environ.get(
-        "all_proxy", environ.get("ALL_PROXY", "")
-    )
-    parts = urlsplit(url if "://" in url else f"http://{url}")
+    parts = urlsplit(url)
     if parts.username is None:
-        return []
-    credentials = f"{parts.username}:{parts.password or ''}".encode()
-    return [("Proxy-Authorization", "Basic " + base64.b64encode(credentials).decode())]
+        return Proxy(proxy, [])
+    credentials = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode())
+    return Proxy(proxy, [("Proxy-Authorization", f"Basic {credentials.decode()}")])
 
 
 class _Connection:
@@ -236,7 +235,7 @@ class HttpClient:
         self.connect_timeout = connect_timeout
         self.environ = os.environ if environ is None else environ
         self._idle: dict[Origin, list[_Connection]] = {}
-        self._proxies: dict[Origin, Origin | None] = {}
+        self._proxies: dict[Origin, Proxy | None] = {}
 
     async def send(
         self, method: str, url: str, headers: Mapping[str, str], body: bytes = b""
@@ -304,7 +303,7 @@ class HttpClient:
         if body or method in ("POST", "PUT", "PATCH"):
             fields.append(("Content-Length", str(len(body))))
         if proxy is not None and origin.scheme == "http":
-            fields += _proxy_authorization(self.environ, "http")
+            fields += proxy.headers
         request = h11.Request(method=method, target=target, headers=fields)
         while True:
             connection = await self._connection(origin, proxy)
@@ -337,7 +336,7 @@ class HttpClient:
             await connection.aclose()
             raise
 
-    async def _connection(self, origin: Origin, proxy: Origin | None) -> _Connection:
+    async def _connection(self, origin: Origin, proxy: Proxy | None) -> _Connection:
         idle = self._idle.get(origin, [])
         while idle:
             connection = idle.pop()
@@ -358,14 +357,14 @@ class HttpClient:
                 return
         await connection.aclose()
 
-    async def _connect(self, origin: Origin, proxy: Origin | None) -> anyio.abc.ByteStream:
-        where = proxy or origin
+    async def _connect(self, origin: Origin, proxy: Proxy | None) -> anyio.abc.ByteStream:
+        where = proxy.origin if proxy is not None else origin
         try:
             with anyio.fail_after(self.connect_timeout):
                 stream: anyio.abc.ByteStream = await anyio.connect_tcp(where.host, where.port)
                 try:
                     if proxy is not None and origin.scheme == "https":
-                        await self._tunnel(stream, origin)
+                        await self._tunnel(stream, origin, proxy)
                     if origin.scheme == "https":
                         stream = await TLSStream.wrap(
                             stream,
@@ -389,11 +388,11 @@ class HttpClient:
             ) from None
         return stream
 
-    async def _tunnel(self, stream: anyio.abc.ByteStream, origin: Origin) -> None:
+    async def _tunnel(self, stream: anyio.abc.ByteStream, origin: Origin, proxy: Proxy) -> None:
         """CONNECT through an HTTP proxy; the TLS to the origin then runs inside."""
         tunnel = h11.Connection(h11.CLIENT)
         authority = f"{origin.host}:{origin.port}"
-        fields = [("Host", authority), *_proxy_authorization(self.environ, "https")]
+        fields = [("Host", authority), *proxy.headers]
         request = h11.Request(method="CONNECT", target=authority, headers=fields)
         await stream.send(tunnel.send(request) or b"")
         while True:

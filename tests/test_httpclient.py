@@ -25,6 +25,7 @@ from mcpd.httpclient import (
     HttpClient,
     HttpError,
     Origin,
+    Proxy,
     proxy_for,
 )
 
@@ -222,10 +223,18 @@ def test_https_goes_through_a_proxy_tunnel_and_http_in_absolute_form(tmp_path):
 
 def test_no_proxy_and_unsupported_proxies():
     origin = Origin.of("https://mcp.example.com/mcp")
-    assert proxy_for(origin, {"HTTPS_PROXY": "proxy:3128"}) == Origin("http", "proxy", 3128)
+    assert proxy_for(origin, {"HTTPS_PROXY": "proxy:3128"}) == Proxy(
+        Origin("http", "proxy", 3128), []
+    )
+    with_user = proxy_for(origin, {"HTTPS_PROXY": "http://u:p@proxy:3128"})
+    assert with_user == Proxy(
+        Origin("http", "proxy", 3128), [("Proxy-Authorization", "Basic dTpw")]
+    )
     assert proxy_for(origin, {"HTTPS_PROXY": "proxy:3128", "NO_PROXY": ".example.com"}) is None
     assert proxy_for(origin, {"https_proxy": "proxy:3128", "no_proxy": "*"}) is None
     assert proxy_for(origin, {"HTTP_PROXY": "proxy:3128"}) is None  # only for http://
-    assert proxy_for(origin, {"ALL_PROXY": "http://proxy:8080"}) == Origin("http", "proxy", 8080)
+    assert proxy_for(origin, {"ALL_PROXY": "http://proxy:8080"}) == Proxy(
+        Origin("http", "proxy", 8080), []
+    )
     with pytest.raises(HttpError, match="must be an http:// proxy"):
         proxy_for(origin, {"HTTPS_PROXY": "https://proxy:3128"})

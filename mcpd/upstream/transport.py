@@ -24,7 +24,7 @@ from urllib.parse import urljoin
 
 import anyio
 
-from ..httpclient import ConnectError, HttpClient, HttpError, Response
+from ..httpclient import BodyTooLarge, ConnectError, HttpClient, HttpError, Response
 from . import jsonrpc
 from .sse import EventTooLarge, SseDecoder
 
@@ -100,13 +100,10 @@ def describe(exc: BaseException) -> str:
 
 
 async def _read_limited(response: Response, limit: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise MessageTooLarge(f"the server sent a message over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        return await response.read(limit)
+    except BodyTooLarge:
+        raise MessageTooLarge(f"the server sent a message over {limit} bytes") from None
 
 
 async def _error_detail(response: Response) -> str:
