@@ -65,18 +65,8 @@ def cpu_seconds(pid: int) -> float:
 def private_env(config: str = "") -> Iterator[McpdEnv]:
     """A user's private XDG tree, for a daemon of its own."""
     with tempfile.TemporaryDirectory(prefix="mcpd-bench-") as root:
-        home = Path(root) / "home"
-        (home / "run").mkdir(parents=True, mode=0o700)
-        variables = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / "config"),
-            "XDG_STATE_HOME": str(home / "state"),
-            "XDG_RUNTIME_DIR": str(home / "run"),
-        }
-        if source := os.environ.get(SOURCE_VARIABLE):
-            variables["PYTHONPATH"] = source
-        env = McpdEnv(home, variables)
+        source = os.environ.get(SOURCE_VARIABLE)
+        env = McpdEnv.private(Path(root) / "home", **({"PYTHONPATH": source} if source else {}))
         env.write_config(config)
         yield env
 

@@ -8,7 +8,6 @@ every secret seen; one found fails the run, naming where, never the secret.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,17 +28,7 @@ from harness import (
 
 @pytest.fixture
 def mcpd_env(tmp_path: Path) -> Iterator[McpdEnv]:
-    root = tmp_path / "home"
-    (root / "run").mkdir(parents=True, mode=0o700)
-    variables = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(root),
-        "XDG_CONFIG_HOME": str(root / "config"),
-        "XDG_STATE_HOME": str(root / "state"),
-        "XDG_RUNTIME_DIR": str(root / "run"),
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    env = McpdEnv(root, variables)
+    env = McpdEnv.private(tmp_path / "home", PYTHONDONTWRITEBYTECODE="1")
     yield env
     # After run_daemon's teardown (it depends on this fixture): the daemons are stopped.
     leakcheck.register_store(env.key_file, env.credentials_dir)

@@ -4,6 +4,7 @@ readiness over a real NOTIFY_SOCKET, `mcpctl` as a subprocess, raw frames."""
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
 import socket
@@ -49,6 +50,21 @@ class McpdEnv:
         # Everything mcpd writes under the root is searched for secrets at the
         # end of the session (tests/leakcheck.py).
         leakcheck.watch_root(self.root)
+
+    @classmethod
+    def private(cls, root: Path, **extra: str) -> McpdEnv:
+        """A user of its own: an XDG tree under `root` (made here, the runtime
+        directory 0700) and a bare environment pointing at it, plus `extra`."""
+        (root / "run").mkdir(parents=True, mode=0o700)
+        variables = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(root),
+            "XDG_CONFIG_HOME": str(root / "config"),
+            "XDG_STATE_HOME": str(root / "state"),
+            "XDG_RUNTIME_DIR": str(root / "run"),
+            **extra,
+        }
+        return cls(root, variables)
 
     @property
     def mcpctl_log(self) -> Path:
