@@ -21,9 +21,14 @@ from harness import DaemonProcess, McpdEnv, start_daemon  # noqa: E402
 BIN = Path(sys.executable).parent
 
 
+def percentile(ordered: list[float], q: float) -> float:
+    """The sample at fraction `q` of sorted samples (nearest rank, from below)."""
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
 def summary(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    p99 = percentile(ordered, 0.99)
     return {"median_ms": statistics.median(ordered) * 1000, "p99_ms": p99 * 1000, "n": len(ordered)}
 
 

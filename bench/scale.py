@@ -58,6 +58,7 @@ from bench_common import (  # noqa: E402
     INITIALIZE,
     SOURCE_VARIABLE,
     cpu_seconds,
+    percentile,
     private_env,
     rss_kb,
     summary,
@@ -448,11 +449,8 @@ def seed(env: McpdEnv, servers: dict[str, tuple[str, float]], issuer: str, lifet
 
 def _percentiles(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
-
-    return {"p10": at(0.1), "p50": at(0.5), "p90": at(0.9), "max": round(ordered[-1], 3)}
+    at = {f"p{round(q * 100)}": round(percentile(ordered, q), 3) for q in (0.1, 0.5, 0.9)}
+    return {**at, "max": round(ordered[-1], 3)}
 
 
 def refresh_storm(
