@@ -67,13 +67,13 @@ from harness import MCPCTL, MCPD, DaemonProcess, McpdEnv, Notifications, RawClie
 from real_peers import Peer, simple_streamable_http  # noqa: E402
 
 from mcpd.keys import open_keyring  # noqa: E402
-from mcpd.store import (  # noqa: E402
+from mcpd.oauth.model import (  # noqa: E402
     AuthorizationServer,
     ClientRegistration,
     CredentialRecord,
-    CredentialStore,
     TokenSet,
 )
+from mcpd.store import CredentialStore  # noqa: E402
 
 SESSIONS_PER_PEER = 100  # the SDK example refuses more than 1000 sessions a process
 # The SDK example sends an SSE keep-alive comment on each session's GET stream
@@ -422,7 +422,7 @@ def token_stats(base: str) -> dict[str, Any]:
 def seed(env: McpdEnv, servers: dict[str, tuple[str, float]], issuer: str, lifetime: float) -> None:
     """Credential records as a sign-in leaves them, through the store's own API."""
     keyring = open_keyring(env.key_file, {}, existing_records=0)
-    store = CredentialStore(env.credentials_dir, keyring)
+    store = CredentialStore(env.credentials_dir, keyring, CredentialRecord)
     store.prepare()
     for name, (url, expires_at) in servers.items():
         store.save(

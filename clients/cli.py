@@ -202,7 +202,9 @@ def cmd_auth(client: DaemonClient, args: argparse.Namespace) -> int:
         client.request("auth", AuthParams(args.name, args.restart)), AuthStarted
     )
     print(f"To sign in to {args.name}, open this URL in a browser:\n\n  {started.url}\n")
-    if not args.no_browser and not args.paste:
+    if started.joined:
+        print("(joined the sign-in already under way: its browser tab is open)")
+    elif not args.no_browser and not args.paste:
         import webbrowser
 
         if not webbrowser.open(started.url):

@@ -15,6 +15,7 @@ from . import config as config_mod
 from .daemon import Daemon
 from .instance import AlreadyRunning, InstanceLock, bind_listener
 from .keys import KeyFileError, open_keyring
+from .oauth.model import CredentialRecord
 from .paths import Paths, UnsafePath
 from .store import CredentialStore
 from .systemd import ActivationError, Notifier, inherited_listener
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         keyring = open_keyring(
             paths.key_file, os.environ, existing_records=CredentialStore.count_records(store_dir)
         )
-        store = CredentialStore(store_dir, keyring)
+        store = CredentialStore(store_dir, keyring, CredentialRecord)
         store.prepare()
         listener = inherited_listener()
         owned_socket = None

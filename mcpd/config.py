@@ -5,6 +5,12 @@ others down: the file as a whole (syntax, top-level keys) must be valid or the
 load fails with file, line and reason; then each ``[servers.NAME]`` table is
 expanded (``{env:VAR}``) and validated on its own, and a bad one becomes a
 `ServerEntry` carrying the error instead of a config.
+
+Validation is complete here, so that nothing loaded can fail later at the
+first request: URLs (`urls.checked_url`: scheme, host, IDNA, port range,
+path encoding), header names (RFC 9110 tokens, none that mcpd sets itself)
+and values (visible ASCII, spaces and tabs). Errors name the key, never a
+header's value.
 """
 
 from __future__ import annotations
@@ -15,14 +21,28 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import msgspec
 
 from .protocol import DEFAULT_MAX_FRAME_SIZE
+from .urls import checked_url, public_url
 
 MAX_FRAME_TIMEOUT = 3600.0
 SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# RFC 9110: a field name is a token; a value is visible ASCII, spaces and tabs.
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+# Headers mcpd sets itself (or HTTP does): a configured one would break the exchange.
+RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "mcp-session-id",
+        "mcp-protocol-version",
+    }
+)
 _ENV_REF = re.compile(r"\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -36,6 +56,9 @@ class OAuthSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     scope: str | None = None
     redirect_uri: str | None = None
     client_metadata_url: str | None = None
+    # TLS verification of the authorization server when it is on another origin
+    # than the MCP server: true, false, or the path of a CA bundle.
+    verify: bool | str = True
 
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -110,36 +133,50 @@ def _expand(value: Any, key: str, env: Mapping[str, str]) -> Any:
     return value
 
 
-def public_url(url: str) -> str:
-    """The URL without what may carry a secret (user info, query, fragment).
-
-    Status, errors and logs show this form: an API key in a query string or
-    `user:password@` must not travel to every client that asks for status.
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    host = parts.netloc.rpartition("@")[2]
-    query = "?…" if parts.query else ""
-    return f"{parts.scheme}://{host}{parts.path}{query}" if parts.scheme else parts.path
-
-
-def _check_url(url: str) -> str | None:
-    try:
-        parts = urlsplit(url)
-        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:
-        valid = False
-    if not valid:
-        return f"url {public_url(url)!r} is not an http:// or https:// URL with a host"
+def _check_headers(headers: dict[str, str]) -> str | None:
+    for name, value in headers.items():
+        if not HEADER_NAME.fullmatch(name):
+            return (
+                f"headers: {name!r} is not a valid header name (letters, digits and "
+                "!#$%&'*+-.^_`|~, no spaces)"
+            )
+        if name.lower() in RESERVED_HEADERS:
+            return f"headers: {name!r} is set by mcpd itself; remove it from the config"
+        if not HEADER_VALUE.fullmatch(value):
+            return (
+                f"headers.{name}: the value has a line break, another control character or "
+                "non-ASCII text (a CRLF file behind an {env:...}?); HTTP allows visible ASCII, "
+                "spaces and tabs"
+            )
     return None
+
+
+def _check(config: ServerConfig) -> ServerConfig:
+    """The config with its URLs normalised; InvalidUrl or ValueError naming the key."""
+    problem = _check_headers(config.headers)
+    if problem:
+        raise ValueError(problem)
+    url = checked_url(config.url)
+    oauth = config.oauth
+    if isinstance(oauth, OAuthSettings):
+        oauth = msgspec.structs.replace(
+            oauth,
+            redirect_uri=oauth.redirect_uri
+            and checked_url(oauth.redirect_uri, "oauth.redirect_uri"),
+            client_metadata_url=oauth.client_metadata_url
+            and checked_url(oauth.client_metadata_url, "oauth.client_metadata_url"),
+        )
+        if isinstance(oauth.verify, str) and not os.path.exists(oauth.verify):
+            raise ValueError(f"oauth.verify: no CA bundle at {oauth.verify}")
+    if isinstance(config.verify, str) and not os.path.exists(config.verify):
+        raise ValueError(f"verify: no CA bundle at {config.verify}")
+    return msgspec.structs.replace(config, url=url, oauth=oauth)
 
 
 def parse_server(name: str, raw: Any, env: Mapping[str, str]) -> ServerEntry:
     prefix = f"server {name!r}"
     raw_url = raw.get("url", "") if isinstance(raw, dict) else ""
-    display_url = raw_url if isinstance(raw_url, str) else ""
+    display_url = public_url(raw_url) if isinstance(raw_url, str) and raw_url else ""
     if not SERVER_NAME.fullmatch(name):
         return ServerEntry(
             name,
@@ -158,9 +195,10 @@ def parse_server(name: str, raw: Any, env: Mapping[str, str]) -> ServerEntry:
         # and quotes a value only for enum and Literal fields, which hold no secrets.
         detail = str(exc).replace("`$", f"`servers.{name}")
         return ServerEntry(name, None, f"{prefix}: {detail}", display_url)
-    problem = _check_url(config.url)
-    if problem:
-        return ServerEntry(name, None, f"{prefix}: {problem}", display_url)
+    try:
+        config = _check(config)
+    except ValueError as exc:  # InvalidUrl among them
+        return ServerEntry(name, None, f"{prefix}: {exc}", display_url)
     return ServerEntry(name, config, None, public_url(config.url))
 
 

@@ -25,7 +25,7 @@ import msgspec
 from anyio.abc import SocketStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from .methods import METHODS, RequestContext, RpcFailure
+from .methods import METHODS, RequestContext
 from .protocol import (
     Cancel,
     ErrorCode,
@@ -41,10 +41,10 @@ from .protocol import (
     decode_params,
     encode_frame,
 )
+from .service import Attachment, ServiceError
 
 if TYPE_CHECKING:
     from .daemon import Daemon
-    from .server import ServerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,7 @@ class ClientConnection:
         self.greeted = False
         self.subscription: frozenset[str] | None = None
         self.subscribed = False
-        self.attached: ServerRuntime | None = None
-        self.editor_id = 0
+        self.attachment: Attachment | None = None
         send, self._outbox_receive = anyio.create_memory_object_stream[bytes](
             ATTACHED_OUTBOX_FRAMES
         )
@@ -107,22 +106,21 @@ class ClientConnection:
     def wants(self, server: str) -> bool:
         return self.subscribed and (self.subscription is None or server in self.subscription)
 
-    def attach(self, runtime: ServerRuntime, replay: bytes | None) -> None:
-        if self.attached is not None:
-            raise RpcFailure(
+    def attach(self, server: str, replay: bytes | None) -> Attachment:
+        if self.attachment is not None:
+            raise ServiceError(
                 ErrorCode.INVALID_REQUEST,
-                f"this connection is attached to {self.attached.name!r} already; "
+                f"this connection is attached to {self.attachment.server!r} already; "
                 "open another connection for another server",
             )
-        self.editor_id = self.daemon.new_editor_id()
-        self.attached = runtime
-        runtime.attach(self.editor_id, self._push_rpc, replay)
+        self.attachment = self.daemon.service.attach(server, self._push_rpc, replay)
+        return self.attachment
 
     def _push_rpc(self, data: bytes) -> None:
         self._push(encode_frame(Rpc(data)), "its editor's messages", ATTACHED_OUTBOX_FRAMES)
 
     def push_event(self, event: Event) -> None:
-        limit = ATTACHED_OUTBOX_FRAMES if self.attached is not None else OUTBOX_FRAMES
+        limit = ATTACHED_OUTBOX_FRAMES if self.attachment is not None else OUTBOX_FRAMES
         self._push(encode_frame(event), "its events", limit)
 
     def _push(self, frame: bytes, what: str, limit: int) -> None:
@@ -173,8 +171,8 @@ class ClientConnection:
             log.exception("client connection failed", extra={"peer_pid": self.peer_pid})
         finally:
             self._outbox.close()
-            if self.attached is not None:
-                self.attached.detach(self.editor_id)
+            if self.attachment is not None:
+                self.attachment.detach()
 
     async def _write_loop(self) -> None:
         try:
@@ -246,12 +244,12 @@ class ClientConnection:
 
     async def _handle(self, message: Message, requests: anyio.abc.TaskGroup) -> None:
         if isinstance(message, Rpc):
-            if self.attached is None:
+            if self.attachment is None:
                 raise _ProtocolViolation(
                     ErrorCode.NOT_ATTACHED, "rpc messages need an attach request first"
                 )
             # Inline: the editor's messages reach the server in the order sent.
-            await self.attached.from_editor(self.editor_id, message.data)
+            await self.attachment.send(message.data)
             return
         if isinstance(message, Cancel):
             scope = self._in_flight.get(message.id)
@@ -273,7 +271,7 @@ class ClientConnection:
         method = METHODS.get(message.method)
         if method is not None and method.inline:
             # Over before the next message is read: no cancel can reach it.
-            ctx = RequestContext(self.daemon, self)
+            ctx = RequestContext(self.daemon.service, self)
             await self._respond(ctx, message, await self._dispatch(ctx, message))
             return
         # A method that must run to its end gets a scope that no cancel reaches.
@@ -282,7 +280,7 @@ class ClientConnection:
         requests.start_soon(self._run_request, message, scope)
 
     async def _run_request(self, request: Request, scope: anyio.CancelScope) -> None:
-        ctx = RequestContext(self.daemon, self)
+        ctx = RequestContext(self.daemon.service, self)
         response: Response
         with scope:
             response = await self._dispatch(ctx, request)
@@ -328,25 +326,25 @@ class ClientConnection:
         method = METHODS.get(request.method)
         try:
             if method is None:
-                raise RpcFailure(
+                raise ServiceError(
                     ErrorCode.METHOD_NOT_FOUND,
                     f"unknown method {quote(request.method)}; this daemon knows: "
                     + ", ".join(sorted(METHODS)),
                 )
             if not self.greeted and request.method != "hello":
-                raise RpcFailure(
+                raise ServiceError(
                     ErrorCode.HELLO_REQUIRED,
                     "send a hello request with the protocol version first",
                 )
             try:
                 params = decode_params(request.params, method.params)
             except (msgspec.DecodeError, *_UNDECODABLE) as exc:
-                raise RpcFailure(
+                raise ServiceError(
                     ErrorCode.INVALID_PARAMS,
                     f"invalid params for {request.method}: {_decode_failure(exc)}",
                 ) from None
             result: Any = await method.handler(ctx, params)
-        except RpcFailure as failure:
+        except ServiceError as failure:
             return Response(request.id, error=RpcError(failure.code, failure.message, failure.data))
         except Exception:
             log.exception("request failed", extra={"method": request.method})

@@ -30,12 +30,13 @@ from . import config as config_mod
 from . import logs
 from .config import Config
 from .connection import ClientConnection, peer_credentials
-from .methods import RpcFailure
 from .oauth.manager import AuthManager
+from .oauth.model import CredentialRecord
+from .operations import Operations
 from .protocol import ErrorCode, Event, ReloadResult, Response, RpcError, StateChanged, encode_frame
 from .server import ServerRuntime
 from .states import State
-from .store import CredentialRecord, CredentialStore
+from .store import CredentialStore
 from .systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,9 @@ def client_budget(open_file_limit: int) -> int:
 
 
 class Daemon:
-    def __init__(self, config: Config, store: CredentialStore, notifier: Notifier) -> None:
+    def __init__(
+        self, config: Config, store: CredentialStore[CredentialRecord], notifier: Notifier
+    ) -> None:
         self.config = config
         self.store = store
         self.notifier = notifier
@@ -88,7 +91,8 @@ class Daemon:
         self._connections_closed = anyio.Event()
         self._tg: TaskGroup | None = None
         self._editor_ids = itertools.count(1)
-        self.auth: AuthManager | None = None
+        self.auth = AuthManager(config.daemon.callback_port)
+        self.service = Operations(self)
         # Connections accepted and not yet ended (counted before their first read).
         self.clients = 0
         self._client_budget = client_budget(1024)
@@ -107,15 +111,6 @@ class Daemon:
     def new_editor_id(self) -> int:
         return next(self._editor_ids)
 
-    def server(self, name: str) -> ServerRuntime:
-        try:
-            return self.servers[name]
-        except KeyError:
-            known = ", ".join(sorted(self.servers)) or "none are configured"
-            raise RpcFailure(
-                ErrorCode.UNKNOWN_SERVER, f"no server named {name!r} (configured: {known})"
-            ) from None
-
     # --- Life cycle -------------------------------------------------------------
 
     async def run(self, listener_socket: socket.socket) -> None:
@@ -126,7 +121,7 @@ class Daemon:
         listener = await SocketListener.from_socket(listener_socket)
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            self.auth = AuthManager(self.config.daemon.callback_port, self.save_record, tg)
+            await tg.start(self.auth.run)
             # Handlers in place before READY: a SIGHUP must never meet the default action.
             await tg.start(self._handle_signals)
             for entry in self.config.servers.values():
@@ -169,10 +164,12 @@ class Daemon:
                     continue
                 try:
                     result = await self.reload()
-                except config_mod.ConfigError as exc:
+                except Exception as exc:  # a reload's boundary: the daemon goes on
+                    config_error = isinstance(exc, config_mod.ConfigError)
                     log.error(
                         "reload failed; keeping the previous configuration",
-                        extra={"error": str(exc)},
+                        extra={"error": str(exc) if config_error else type(exc).__name__},
+                        exc_info=None if config_error else exc,
                     )
                     self.notifier.notify(ready="1", status=self._summary())
                     continue
@@ -261,8 +258,13 @@ class Daemon:
         await stream.aclose()
 
     async def _serve_client(self, stream: SocketStream) -> None:
+        """One client connection: its supervision boundary."""
         try:
             await self._serve_checked_client(stream)
+        except Exception:  # whatever happens to one connection ends it alone
+            log.exception("client connection failed")
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
         finally:
             self.clients -= 1
 
@@ -312,7 +314,7 @@ class Daemon:
         # Room for the rpc envelope around the largest message a server may send.
         max_message_size = self.max_frame_size - 64
         runtime = ServerRuntime(
-            entry, self._publish, self._load_record, max_message_size, self.save_record
+            entry, self._publish, self._load_record, self.save_record, max_message_size
         )
         self.servers[entry.name] = runtime
         if announce:
@@ -326,7 +328,7 @@ class Daemon:
         runtime.stop()
         # Attached editors' bridges reconnect and attach to what replaces it.
         for connection in list(self.connections):
-            if connection.attached is runtime:
+            if connection.attachment is not None and connection.attachment.server == name:
                 connection.close()
 
     async def reload(self) -> ReloadResult:
@@ -355,8 +357,7 @@ class Daemon:
             ),
         )
         self.config = new
-        if self.auth is not None:
-            self.auth.callback_port = new.daemon.callback_port
+        self.auth.callback_port = new.daemon.callback_port
         logs.set_level(new.daemon.log_level)
         for name in result.removed:
             self._stop_server(name)
@@ -373,9 +374,8 @@ class Daemon:
     async def save_record(self, record: CredentialRecord) -> None:
         """Write a server's credentials, atomically, before anything uses them. A
         record left holding nothing (`logout --forget-client`) is deleted instead."""
-        empty = record.tokens is None and record.client is None and record.authorization is None
         async with self._store_lock:
-            if empty:
+            if record.empty:
                 await anyio.to_thread.run_sync(self.store.delete, record.server)
             else:
                 await anyio.to_thread.run_sync(self.store.save, record)

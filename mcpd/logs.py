@@ -5,15 +5,24 @@
 journald stores stderr as is and adds its own timestamps, so the time is
 left out when stderr is the journal ($JOURNAL_STREAM). Context goes in
 `extra={...}`; callers never put a token, secret, code or verifier there.
+
+And should one get there all the same (in the text of an unexpected
+exception, in a traceback), every line is redacted before it is written:
+every secret the daemon holds (each object registered with `redact_from`
+names its own: servers their configured header values, client secrets and
+tokens; the sign-in its state and verifier) is replaced by `<redacted>`, and
+so is anything shaped like a credential (`Bearer ...`, `code=...`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
-from typing import Any
+import weakref
+from typing import Any, Protocol
 
 # Attributes every LogRecord has; anything else came in through `extra`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -21,6 +30,43 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "asctime",
     "taskName",
 }
+
+
+REDACTED = "<redacted>"
+# Shorter values (a header such as `X-Debug: 1`) would blank out ordinary words.
+MIN_SECRET_CHARS = 8
+_CREDENTIAL_SHAPES = re.compile(
+    r"(?i)(?<![A-Za-z])(bearer|basic)\s+[A-Za-z0-9._~+/-]{8,}=*"
+    r"|(?<=[?&])(access_token|refresh_token|id_token|code|code_verifier|client_secret|state)"
+    r"=[^&\s\"']+"
+)
+
+
+class SecretSource(Protocol):
+    def secrets(self) -> list[str]: ...
+
+
+_sources: weakref.WeakSet[SecretSource] = weakref.WeakSet()
+
+
+def redact_from(source: SecretSource) -> None:
+    """Redact `source.secrets()` from every log line while `source` lives."""
+    _sources.add(source)
+
+
+def redacted(text: str) -> str:
+    """`text` with every known secret and anything shaped like a credential replaced."""
+    for source in list(_sources):
+        for secret in source.secrets():
+            if len(secret) >= MIN_SECRET_CHARS and secret in text:
+                text = text.replace(secret, REDACTED)
+    return _CREDENTIAL_SHAPES.sub(_mask_value, text)
+
+
+def _mask_value(match: re.Match[str]) -> str:
+    if match.group(1):
+        return f"{match.group(1)} {REDACTED}"
+    return f"{match.group(2)}={REDACTED}"
 
 
 def _quote(value: Any) -> str:
@@ -49,7 +95,7 @@ class LogfmtFormatter(logging.Formatter):
         fields += [(k, v) for k, v in vars(record).items() if k not in _STANDARD]
         if record.exc_info and record.exc_info[1] is not None:
             fields.append(("exc", self.formatException(record.exc_info)))
-        return " ".join(f"{key}={_quote(value)}" for key, value in fields)
+        return redacted(" ".join(f"{key}={_quote(value)}" for key, value in fields))
 
 
 def configure(level: str) -> None:

@@ -1,22 +1,20 @@
 """The dispatch table of the control protocol: method name -> params type, handler.
 
-A handler takes the request's context and its decoded params and returns the
-result (any msgspec-encodable value) or raises `RpcFailure`. Adding a method
-is adding one entry to `METHODS`.
+A handler takes the request's context and its decoded params, asks the
+daemon's `Service` (service.py) for what the method means, and returns the
+result (any msgspec-encodable value) or raises `ServiceError`. Handlers know
+the protocol and the service, nothing of the daemon's insides. Adding a
+method is adding one entry to `METHODS`.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .config import ConfigError
-from .keys import KeyFileError
-from .oauth.http import OAuthError
 from .protocol import (
     PROTOCOL_VERSION,
     AttachParams,
@@ -41,25 +39,15 @@ from .protocol import (
     TokenResult,
     ToolsResult,
 )
-from .server import ServerRuntime, Unavailable
-from .upstream.session import RequestFailed
+from .service import Service, ServiceError
 
 if TYPE_CHECKING:
     from .connection import ClientConnection
-    from .daemon import Daemon
-
-
-class RpcFailure(Exception):
-    def __init__(self, code: ErrorCode, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
 
 
 @dataclass
 class RequestContext:
-    daemon: Daemon
+    service: Service
     connection: ClientConnection
     # Run after the response has been queued (e.g. shutdown, which must answer first).
     after_response: list[Callable[[], None]] = field(default_factory=list)
@@ -85,7 +73,7 @@ async def hello(ctx: RequestContext, params: HelloParams) -> HelloResult:
     if params.protocol != PROTOCOL_VERSION:
         client = params.client or "the client"
         older = "mcpd" if params.protocol > PROTOCOL_VERSION else client
-        raise RpcFailure(
+        raise ServiceError(
             ErrorCode.PROTOCOL_MISMATCH,
             f"{client} speaks protocol {params.protocol} and mcpd {__version__} speaks "
             f"protocol {PROTOCOL_VERSION}; upgrade {older} so both speak the same version",
@@ -95,192 +83,69 @@ async def hello(ctx: RequestContext, params: HelloParams) -> HelloResult:
         protocol=PROTOCOL_VERSION,
         daemon=f"mcpd {__version__}",
         pid=os.getpid(),
-        max_frame_size=ctx.daemon.max_frame_size,
+        max_frame_size=ctx.service.max_frame_size,
     )
 
 
 async def status(ctx: RequestContext, params: StatusParams) -> StatusResult:
-    daemon = ctx.daemon
-    if params.server is None:
-        return StatusResult([runtime.status() for runtime in daemon.servers.values()])
-    return StatusResult([daemon.server(params.server).status()])
+    return StatusResult(ctx.service.status(None if params.server is None else [params.server]))
 
 
 async def reload(ctx: RequestContext, params: EmptyParams) -> ReloadResult:
-    try:
-        return await ctx.daemon.reload()
-    except ConfigError as exc:
-        raise RpcFailure(
-            ErrorCode.CONFIG_ERROR, f"{exc}; the previous configuration stays in use"
-        ) from None
+    return await ctx.service.reload()
 
 
 async def subscribe(ctx: RequestContext, params: SubscribeParams) -> StatusResult:
     """Start state events; the result is the current status they follow from."""
-    daemon = ctx.daemon
-    names = list(daemon.servers) if params.servers is None else params.servers
-    current = [daemon.server(name).status() for name in names]
+    current = ctx.service.status(params.servers)
     ctx.connection.subscribe(params.servers)
     return StatusResult(current)
 
 
 async def rotate_key(ctx: RequestContext, params: EmptyParams) -> RotateKeyResult:
-    try:
-        return RotateKeyResult(records=await ctx.daemon.rotate_key())
-    except KeyFileError as exc:
-        raise RpcFailure(ErrorCode.STORE_ERROR, str(exc)) from None
+    return RotateKeyResult(records=await ctx.service.rotate_key())
 
 
 async def shutdown(ctx: RequestContext, params: EmptyParams) -> None:
-    ctx.after_response.append(ctx.daemon.request_shutdown)
+    ctx.after_response.append(ctx.service.shutdown)
 
 
 async def attach(ctx: RequestContext, params: AttachParams) -> AttachResult:
     """From now on this connection carries the editor's MCP session (rpc messages)."""
-    runtime = ctx.daemon.server(params.server)
-    ctx.connection.attach(runtime, params.replay)
-    return AttachResult(runtime.status())
-
-
-async def _upstream(runtime_request: Any) -> Any:
-    try:
-        return await runtime_request
-    except Unavailable as exc:
-        raise RpcFailure(ErrorCode.SERVER_UNAVAILABLE, str(exc)) from None
-    except RequestFailed as exc:
-        raise RpcFailure(ErrorCode.UPSTREAM_ERROR, f"the server answered: {exc}") from None
-
-
-def _oauth_runtime(ctx: RequestContext, name: str) -> ServerRuntime:
-    """The server, if signing in to it makes sense; else an error that says why."""
-    runtime = ctx.daemon.server(name)
-    config = runtime.entry.config
-    if config is None:
-        raise RpcFailure(
-            ErrorCode.CONFIG_ERROR, f"server {name!r} is misconfigured: {runtime.entry.error}"
-        )
-    if not config.enabled:
-        raise RpcFailure(ErrorCode.SERVER_UNAVAILABLE, f"server {name!r} is disabled")
-    if config.oauth is False:
-        raise RpcFailure(ErrorCode.AUTH_FAILED, f"oauth = false for server {name!r}")
-    if runtime.static_authorization():
-        raise RpcFailure(
-            ErrorCode.AUTH_FAILED,
-            f"server {name!r} has a configured Authorization header; remove it (or set oauth) "
-            "to sign in with OAuth",
-        )
-    return runtime
+    attachment = ctx.connection.attach(params.server, params.replay)
+    return AttachResult(attachment.status())
 
 
 async def auth(ctx: RequestContext, params: AuthParams) -> AuthStarted:
     """Start the sign-in to a server, or join the one under way."""
-    runtime = _oauth_runtime(ctx, params.server)
-    assert ctx.daemon.auth is not None
-    flow = await ctx.daemon.auth.start(runtime, restart=params.restart)
-    if flow.url is None:
-        raise RpcFailure(ErrorCode.AUTH_FAILED, flow.error or "the sign-in could not start")
-    return AuthStarted(flow.url)
-
-
-async def _connected_after_auth(runtime: ServerRuntime) -> ServerStatus:
-    if not await runtime.wait_usable():
-        raise RpcFailure(
-            ErrorCode.SERVER_UNAVAILABLE,
-            f"signed in, but {runtime.name!r} did not connect: "
-            + (runtime.machine.error or str(runtime.machine.state)),
-        )
-    return runtime.status()
+    return await ctx.service.sign_in(params.server, params.restart)
 
 
 async def auth_wait(ctx: RequestContext, params: ServerParams) -> ServerStatus:
     """Wait for the sign-in to finish and the server to connect."""
-    runtime = ctx.daemon.server(params.server)
-    assert ctx.daemon.auth is not None
-    flow = ctx.daemon.auth.flows.get(params.server)
-    if flow is None:
-        raise RpcFailure(ErrorCode.AUTH_FAILED, f"no sign-in to {params.server!r} was started")
-    await flow.done.wait()
-    if flow.error is not None:
-        raise RpcFailure(ErrorCode.AUTH_FAILED, flow.error)
-    return await _connected_after_auth(runtime)
+    return await ctx.service.signed_in(params.server)
 
 
 async def auth_paste(ctx: RequestContext, params: AuthPasteParams) -> ServerStatus:
     """Finish a sign-in with the redirected URL (or code) a user pasted."""
-    runtime = ctx.daemon.server(params.server)
-    assert ctx.daemon.auth is not None
-    succeeded, message = await ctx.daemon.auth.paste(runtime, params.response)
-    if not succeeded:
-        raise RpcFailure(ErrorCode.AUTH_FAILED, message)
-    return await _connected_after_auth(runtime)
+    return await ctx.service.paste(params.server, params.response)
 
 
 async def logout(ctx: RequestContext, params: LogoutParams) -> LogoutResult:
-    runtime = ctx.daemon.server(params.server)
-    assert ctx.daemon.auth is not None
-    try:
-        revoked = await ctx.daemon.auth.logout(runtime, params.forget_client)
-    except OAuthError as exc:
-        raise RpcFailure(ErrorCode.AUTH_FAILED, str(exc)) from None
-    return LogoutResult(revoked)
+    return LogoutResult(await ctx.service.sign_out(params.server, params.forget_client))
 
 
 async def token(ctx: RequestContext, params: ServerParams) -> TokenResult:
     """A currently valid access token, refreshed first if due: a credential helper."""
-    runtime = ctx.daemon.server(params.server)
-    config = runtime.entry.config
-    if config is None or not config.export_token:
-        raise RpcFailure(
-            ErrorCode.AUTH_FAILED,
-            f"server {params.server!r} does not hand its token out; set export_token = true "
-            f"in [servers.{params.server}] to allow it",
-        )
-    token = runtime.bearer()
-    if token is None:
-        raise RpcFailure(
-            ErrorCode.SERVER_UNAVAILABLE,
-            f"not signed in to {params.server!r}; run `mcpctl auth {params.server}`",
-        )
-    refresher = runtime.refresher
-    tokens = runtime.record.tokens if runtime.record else None
-    now = time.time()
-    expired = tokens is not None and tokens.expires_at is not None and tokens.expires_at <= now
-    if refresher is not None and (refresher.schedule.is_due(now) or expired):
-        await refresher.refresh(token)
-        token = runtime.bearer()
-        tokens = runtime.record.tokens if runtime.record else None
-        if token is None or (
-            tokens is not None
-            and tokens.expires_at is not None
-            and tokens.expires_at <= time.time()
-        ):
-            raise RpcFailure(
-                ErrorCode.AUTH_FAILED,
-                f"the token of {params.server!r} expired and could not be refreshed: "
-                + (runtime.status().error or "see `mcpctl status`"),
-            )
-    return TokenResult(token, tokens.expires_at if tokens else None)
+    return await ctx.service.token(params.server)
 
 
 async def tools(ctx: RequestContext, params: ServerParams) -> ToolsResult:
-    runtime = ctx.daemon.server(params.server)
-    listed: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while True:
-        page = await _upstream(
-            runtime.request("tools/list", {"cursor": cursor} if cursor else None)
-        )
-        listed += [tool for tool in page.get("tools", []) if isinstance(tool, dict)]
-        cursor = page.get("nextCursor")
-        if not isinstance(cursor, str) or not cursor:
-            return ToolsResult(listed)
+    return ToolsResult(await ctx.service.tools(params.server))
 
 
 async def call(ctx: RequestContext, params: CallParams) -> Any:
-    runtime = ctx.daemon.server(params.server)
-    arguments = {"name": params.tool, "arguments": params.arguments}
-    # No time limit of the daemon's: a tool may run long; the client cancels.
-    return await _upstream(runtime.request("tools/call", arguments, timeout=0))
+    return await ctx.service.call(params.server, params.tool, params.arguments)
 
 
 METHODS: dict[str, Method] = {

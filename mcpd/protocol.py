@@ -182,6 +182,9 @@ class AuthStarted(msgspec.Struct):
     """The authorization URL to open (the same for everyone who joins the flow)."""
 
     url: str
+    # True when this request joined a sign-in already under way: its browser
+    # tab is open somewhere, so a client does not open another.
+    joined: bool = False
 
 
 class AuthPasteParams(msgspec.Struct):

@@ -1,46 +1,59 @@
-"""One configured server at run time: its state, its session, its editors.
+"""One configured server at run time: its state, its sessions, its editors.
 
-The daemon starts a `ServerRuntime` per config entry in its own task group and
-stops it by cancelling the runtime's scope. Inside, the runtime keeps the
-upstream session alive: it connects, serves until the connection fails,
-reports `failed` with the next retry time, waits (exponential backoff with
-jitter), and tries again. Editors attach to the runtime, not to a connection,
-so they stay attached while the server comes and goes.
+The daemon starts a `ServerRuntime` per config entry and stops it by
+cancelling the runtime's scope. The runtime owns everything of its server:
+its HTTP client, its credentials (`credentials.py`), the session kept for
+every editor (and, with `session = "per-client"`, one per editor, which
+ends when that editor detaches), and their tasks, in one task group.
 
-With `session = "per-client"` every editor gets a session of its own, opened
-with that editor's own initialize parameters and kept the same way; the
-runtime's own session still serves `mcpctl tools`/`call` and the status.
+Supervision: `run` is the server's boundary. An exception escaping any task
+of the server (anything but cancellation: a bug, or a peer that found a case
+nothing else handles) ends those tasks only. The server goes to `failed`
+with a one-line error and a retry time (backoff with jitter, as for
+connection failures), one traceback is logged with every known secret
+redacted, and the tasks start again at the retry time. The credentials
+object and the attached editors outlive the restart; requests in flight are
+answered with an error. The daemon and every other server carry on.
+
+Editors attach to the runtime, not to a connection, so they stay attached
+while the server comes and goes.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import time
+import traceback
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
+from . import logs
 from .config import ServerEntry
-from .httpclient import HttpClient
+from .credentials import Credentials, LoadRecord, SaveRecord
+from .http import HttpClient
 from .oauth.discovery import Challenge, parse_challenge
+from .oauth.driver import Reach
 from .oauth.flow import union_scope
-from .oauth.http import OAuthError, Origin
-from .oauth.refresher import Refresher
+from .oauth.messages import OAuthError
 from .protocol import ServerStatus
 from .states import Event, ServerStateMachine, State
-from .store import CredentialRecord, UnreadableRecord
 from .upstream import jsonrpc
-from .upstream.keeper import SessionKeeper
+from .upstream.keeper import SessionKeeper, backoff_delay
 from .upstream.mux import EditorId
-from .upstream.session import EditorSink, UpstreamSession, first_of
+from .upstream.session import EditorSink, UpstreamSession
 from .upstream.transport import AuthorizationRequired, UpstreamError, describe
+from .waiting import first_of
 
 log = logging.getLogger(__name__)
 
 StateListener = Callable[["ServerRuntime", State], None]
-RecordLoader = Callable[[str, str], Awaitable[CredentialRecord | None]]
-RecordSaver = Callable[[CredentialRecord], Awaitable[None]]
+# A server whose tasks ran this long before failing starts its backoff afresh.
+STABLE_SECONDS = 60.0
+# The longest error text of a fault that status shows.
+FAULT_DETAIL_CHARS = 200
 
 
 class Unavailable(Exception):
@@ -52,32 +65,57 @@ class ServerRuntime:
         self,
         entry: ServerEntry,
         on_change: StateListener,
-        load_record: RecordLoader,
+        load_record: LoadRecord,
+        save_record: SaveRecord,
         max_message_size: int,
-        save_record: RecordSaver,
     ):
         self.entry = entry
-        self.record: CredentialRecord | None = None
-        self.refresher: Refresher | None = None
-        self._load_record = load_record
-        self._save_record = save_record
         self._on_change = on_change
         self._max_message_size = max_message_size
+        config = entry.config
+        oauth_applies = (
+            config is not None and config.oauth is not False and not self.static_authorization()
+        )
+        self.credentials = Credentials(
+            entry.name,
+            config.url if config is not None else "",
+            applies=oauth_applies,
+            save=save_record,
+            load=load_record,
+            reach=self.reach,
+            listener=self,
+        )
         # Made here, so that a server stopped before it ran never starts.
         self._scope = anyio.CancelScope()
         self._tg: TaskGroup | None = None
         self._client: HttpClient | None = None
+        self._restart = anyio.Event()
+        self._credentials_changed = anyio.Event()
         self.keeper: SessionKeeper | None = None
-        self._per_client: dict[EditorId, SessionKeeper] = {}
+        self._per_client: dict[EditorId, tuple[SessionKeeper, anyio.CancelScope]] = {}
         self._sinks: dict[EditorId, EditorSink] = {}
+        # Each editor's initialize params, for the sessions that serve it after a restart.
+        self._initialize_params: dict[EditorId, Any] = {}
         # The last authorization challenge, and a scope a 403 asked for (step-up).
         self.challenge: Challenge | None = None
         self.required_scope: str | None = None
         self.machine = ServerStateMachine(self._changed)
+        logs.redact_from(self)
 
     @property
     def name(self) -> str:
         return self.entry.name
+
+    def secrets(self) -> list[str]:
+        """What must never reach a log line: configured header values, the client
+        secret, the tokens (see logs.redact_from)."""
+        config = self.entry.config
+        if config is None:
+            return []
+        values = [*config.headers.values(), *self.credentials.secrets()]
+        if not isinstance(config.oauth, bool) and config.oauth is not None:
+            values.append(config.oauth.client_secret or "")
+        return values
 
     def _changed(self, machine: ServerStateMachine, previous: State) -> None:
         log.info(
@@ -92,13 +130,17 @@ class ServerRuntime:
         self._on_change(self, previous)
 
     def status(self) -> ServerStatus:
-        machine, tokens = self.machine, self.record.tokens if self.record else None
-        schedule = self.refresher.schedule if self.refresher else None
+        machine, credentials = self.machine, self.credentials
+        record, schedule = credentials.record, credentials.schedule
+        tokens = record.tokens if record else None
         error, retry_at = machine.error, machine.next_retry_at
-        if error is None and schedule is not None and schedule.last_error is not None:
+        if error is None and schedule.last_error is not None:
             # Connected, but the refresh is failing: say so, and when it tries again.
             error = f"token refresh failing ({schedule.failures}x): {schedule.last_error}"
             retry_at = schedule.due
+        if error is None and credentials.save_error is not None:
+            error = f"{credentials.save_error}; the tokens are kept in memory meanwhile"
+            retry_at = credentials.save_due
         return ServerStatus(
             name=self.name,
             url=self.entry.display_url,
@@ -107,8 +149,8 @@ class ServerRuntime:
             error=error,
             next_retry_at=retry_at,
             access_expires_at=tokens.expires_at if tokens else None,
-            last_refresh_at=self.record.last_refresh_at if self.record else None,
-            next_refresh_at=schedule.due if schedule else None,
+            last_refresh_at=record.last_refresh_at if record else None,
+            next_refresh_at=schedule.due,
         )
 
     # --- Life -----------------------------------------------------------------------
@@ -127,28 +169,90 @@ class ServerRuntime:
         return True
 
     async def run(self) -> None:
-        """After `start`: connect and serve until stopped."""
+        """After `start`: connect and serve until stopped. The server's supervision
+        boundary: a fault restarts its tasks after a backoff."""
         config = self.entry.config
         assert config is not None
+        oauth = config.oauth if not isinstance(config.oauth, bool) else None
         with self._scope:
+            async with HttpClient(
+                own_url=config.url,
+                verify=config.verify,
+                other_verify=oauth.verify if oauth is not None else True,
+                connect_timeout=config.timeout,
+            ) as client:
+                self._client = client
+                faults = 0
+                while True:
+                    started = time.monotonic()
+                    try:
+                        await self._serve()
+                    except Exception as exc:  # the boundary: nothing of one server goes further
+                        stable = time.monotonic() - started >= STABLE_SECONDS
+                        faults = 1 if stable else faults + 1
+                        await self._fault(exc, backoff_delay(faults))
+
+    async def _serve(self) -> None:
+        """The server's tasks: its credentials and its sessions, until one fails."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
             try:
-                self.record = await self._load_record(self.name, config.url)
-            except UnreadableRecord as exc:
-                self.machine.handle(Event.AUTH_REQUIRED, error=str(exc))
-                return
-            async with (
-                HttpClient(verify=config.verify, connect_timeout=config.timeout) as client,
-                anyio.create_task_group() as tg,
-            ):
-                self._client, self._tg = client, tg
-                self.refresher = Refresher(self, self._save_record, self._load_record)
-                tg.start_soon(self.refresher.run)
+                if not self.credentials.loaded:
+                    await self.credentials.load()
+                await tg.start(self.credentials.run)
+                await self._until_signed_in_again()
                 self.keeper = self._keeper(None, self._connected, self._lost, self._retrying)
-                try:
-                    await self.keeper.run()
-                finally:
-                    for keeper in [self.keeper, *self._per_client.values()]:
+                for editor, sink in self._sinks.items():
+                    self._serve_editor(editor, sink)
+                await self.keeper.run()
+            finally:
+                self._tg = None
+                keepers = [self.keeper, *(keeper for keeper, _ in self._per_client.values())]
+                self._per_client.clear()
+                for keeper in keepers:
+                    if keeper is not None:
                         await keeper.close()
+
+    async def _until_signed_in_again(self) -> None:
+        """A stored record that could not be read was moved aside: the server
+        needs a sign-in, and does not connect until it has tokens again."""
+        credentials = self.credentials
+        if credentials.quarantined is None or not credentials.applies:
+            return
+        self.machine.handle(
+            Event.AUTH_REQUIRED,
+            error=f"{credentials.quarantined}; sign in again: mcpctl auth {self.name}",
+        )
+        while credentials.tokens is None:
+            self._credentials_changed = anyio.Event()
+            await self._credentials_changed.wait()
+
+    async def _fault(self, exc: Exception, delay: float) -> None:
+        """Report a fault of the server's own tasks, and wait for their restart."""
+        leaf = exc
+        while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+            first = leaf.exceptions[0]
+            if not isinstance(first, Exception):
+                break
+            leaf = first
+        detail = logs.redacted(str(leaf))[:FAULT_DETAIL_CHARS]
+        error = (
+            f"internal error in mcpd ({type(leaf).__name__}{': ' + detail if detail else ''}); "
+            "the server restarts by itself, and the daemon log has the traceback"
+        )
+        log.error(
+            "a server failed unexpectedly; restarting it",
+            extra={
+                "server": self.name,
+                "retry_in": round(delay, 1),
+                "traceback": "".join(traceback.format_exception(exc)),
+            },
+        )
+        self.machine.handle(Event.FAULT, error=error, retry_at=time.time() + delay)
+        self._restart = anyio.Event()
+        with anyio.move_on_after(delay):
+            await self._restart.wait()
+        self.machine.handle(Event.RETRY)
 
     def _keeper(
         self,
@@ -165,18 +269,27 @@ class ServerRuntime:
             self._client,
             self._max_message_size,
             initialize_params=initialize_params,
-            bearer=self.bearer,
-            on_unauthorized=self._unauthorized,
+            auth=self.credentials,
         )
         return SessionKeeper(session, on_connected, on_lost, on_retry)
 
+    def retry_now(self) -> None:
+        """Someone waits for the server: cut every backoff short."""
+        self._restart.set()
+        for keeper in self._keepers():
+            if not keeper.connected.is_set():
+                keeper.retry_now()
+
+    def _keepers(self) -> list[SessionKeeper]:
+        shared = [self.keeper] if self.keeper is not None else []
+        return shared + [keeper for keeper, _ in self._per_client.values()]
+
     def _connected(self) -> None:
-        # A session may come up after the state moved on without it: a refresh
-        # refused meanwhile (needs_auth stays), or a retry that was pending.
-        if self.machine.state is State.FAILED:
-            self.machine.handle(Event.RETRY)
-        if self.machine.state is State.CONNECTING:
-            self.machine.handle(Event.CONNECTED)
+        self.machine.handle(Event.CONNECTED)
+
+    def stop(self) -> None:
+        self._scope.cancel()
+        self.machine.handle(Event.STOP)
 
     # --- Credentials ------------------------------------------------------------------
 
@@ -184,20 +297,12 @@ class ServerRuntime:
         config = self.entry.config
         return config is not None and any(k.lower() == "authorization" for k in config.headers)
 
-    def bearer(self) -> str | None:
-        """The OAuth access token to send, if OAuth applies and one is stored."""
-        config = self.entry.config
-        if config is None or config.oauth is False or self.static_authorization():
-            return None
-        tokens = self.record.tokens if self.record else None
-        return tokens.access_token if tokens else None
-
-    def http(self) -> tuple[HttpClient, Origin, float]:
-        """What the OAuth steps need to reach this server's authorization server."""
+    def reach(self) -> Reach:
+        """How the OAuth steps reach this server's authorization server."""
         config = self.entry.config
         if self._client is None or config is None:
             raise OAuthError(f"server {self.name!r} is not running")
-        return self._client, Origin(config.url, dict(config.headers)), config.timeout
+        return Reach(self._client, config.url, config.headers, config.timeout)
 
     async def wait_usable(self) -> bool:
         """After new credentials: whether the server connects, within its timeout."""
@@ -211,62 +316,54 @@ class ServerRuntime:
                     break  # failed, or needs authorization again
         return keeper.connected.is_set()
 
-    async def _unauthorized(self, token: str) -> bool:
-        """The server refused `token`: one refresh (shared), True if a new token is in place."""
-        return self.refresher is not None and await self.refresher.refresh(token)
+    # What the credentials tell (CredentialsListener).
 
-    def refresh_succeeded(self) -> None:
+    def refreshed(self) -> None:
         """A new access token: sessions use it from their next request; a session
         that stopped for want of one tries again now."""
-        for keeper in [self.keeper, *self._per_client.values()]:
-            if keeper is not None and not keeper.connected.is_set():
-                keeper.retry_now()
+        self.retry_now()
 
-    def refresh_failing(self) -> None:
+    def refresh_failing(self, error: str, retry_at: float) -> None:
         """A passing failure: the tokens are kept; status shows the error and the retry."""
-        schedule = self.refresher.schedule if self.refresher else None
-        if self.machine.state is State.FAILED and schedule is not None:
-            error = f"the access token expired; refreshing it failed: {schedule.last_error}"
-            self.machine.handle(Event.ERROR, error=error, retry_at=schedule.due)
-        else:
+        since = self.machine.since
+        self.machine.handle(
+            Event.REFRESH_FAILED,
+            error=f"the access token expired; refreshing it failed: {error}",
+            retry_at=retry_at,
+        )
+        if self.machine.since == since:  # no change of state: the status changed all the same
             self._on_change(self, self.machine.state)
 
     def refresh_refused(self, reason: str) -> None:
-        if self.machine.state in (State.CONNECTING, State.CONNECTED, State.FAILED):
-            self.machine.handle(Event.AUTH_REQUIRED, error=reason)
+        self.machine.handle(Event.AUTH_REQUIRED, error=reason)
+
+    def credentials_changed(self) -> None:
+        self._credentials_changed.set()
+        self._on_change(self, self.machine.state)
+
+    # What the sign-in tells.
 
     def begin_authorization(self) -> None:
-        if self.machine.state is not State.AUTHORIZING:
-            self.machine.handle(Event.AUTHORIZE)
+        self.machine.handle(Event.AUTHORIZE)
 
-    def authorized(self, record: CredentialRecord) -> None:
-        self.record = record
+    def authorized(self) -> None:
         self.required_scope = None
-        if self.refresher is not None:
-            self.refresher.planned(record)
-        if self.machine.state is State.AUTHORIZING:
-            self.machine.handle(Event.AUTHORIZED)
+        self.machine.handle(Event.AUTHORIZED)
         self._renew_sessions("new credentials")
 
     def authorization_failed(self, reason: str) -> None:
-        if self.machine.state is State.AUTHORIZING:
-            self.machine.handle(Event.AUTHORIZATION_FAILED, error=reason)
+        self.machine.handle(Event.AUTHORIZATION_FAILED, error=reason)
 
     def client_registration_required(self, reason: str) -> None:
-        if self.machine.state is State.AUTHORIZING:
-            self.machine.handle(Event.CLIENT_REGISTRATION_REQUIRED, error=reason)
+        self.machine.handle(Event.CLIENT_REGISTRATION_REQUIRED, error=reason)
 
-    def logged_out(self, record: CredentialRecord | None) -> None:
-        self.record = record
-        if self.refresher is not None:
-            self.refresher.planned(record)
+    def logged_out(self) -> None:
         self._renew_sessions("signed out")
 
     def _renew_sessions(self, reason: str) -> None:
         """Open new sessions with the current credentials (or none)."""
-        for keeper in [self.keeper, *self._per_client.values()]:
-            if keeper is None:
-                continue
+        self._restart.set()
+        for keeper in self._keepers():
             if keeper.connected.is_set():
                 keeper.session.reconnect(reason)
             else:
@@ -276,58 +373,47 @@ class ServerRuntime:
         config = self.entry.config
         self.challenge = parse_challenge(failure.challenge)
         if self.challenge is not None and self.challenge.error == "insufficient_scope":
-            granted = self.record.tokens.scope if self.record and self.record.tokens else None
-            self.required_scope = union_scope(granted, self.challenge.scope)
-        state = self.machine.state
+            tokens = self.credentials.tokens
+            self.required_scope = union_scope(
+                tokens.scope if tokens else None, self.challenge.scope
+            )
+        schedule = self.credentials.schedule
         if config is not None and config.oauth is None and self.static_authorization():
             error = (
                 "the server refused the configured credentials (HTTP 401): "
                 "check the Authorization header in the config"
             )
+            self.machine.handle(Event.ERROR, error=error)
         elif config is not None and config.oauth is False:
-            error = f"{failure}, but oauth = false for this server"
-        elif self.refresher is not None and self.refresher.schedule.last_error is not None:
+            self.machine.handle(Event.ERROR, error=f"{failure}, but oauth = false for this server")
+        elif schedule.last_error is not None:
             # The token expired while its refresh keeps failing for a passing
             # reason: not the user's to fix; the next good refresh reconnects.
-            schedule = self.refresher.schedule
             error = f"the access token expired; refreshing it failed: {schedule.last_error}"
-            if state in (State.CONNECTING, State.CONNECTED, State.FAILED):
-                self.machine.handle(Event.ERROR, error=error, retry_at=schedule.due)
-            return
+            self.machine.handle(Event.ERROR, error=error, retry_at=schedule.due)
         else:
-            if state not in (State.NEEDS_AUTH, State.AUTHORIZING, State.NEEDS_CLIENT_REGISTRATION):
-                refused = " and refused the stored token" if self.bearer() else ""
-                self.machine.handle(Event.AUTH_REQUIRED, error=f"{failure}{refused}")
-            return
-        if state in (State.CONNECTING, State.CONNECTED, State.FAILED):
-            self.machine.handle(Event.ERROR, error=error)
+            refused = " and refused the stored token" if self.credentials.tokens else ""
+            quarantined = self.credentials.quarantined
+            note = f"; {quarantined}" if quarantined else ""
+            self.machine.handle(Event.AUTH_REQUIRED, error=f"{failure}{refused}{note}")
 
     def _lost(self, failure: BaseException, retry_at: float | None) -> None:
-        reason = describe(failure)
-        state = self.machine.state
         if isinstance(failure, AuthorizationRequired):
             self._auth_required(failure)
-            return
-        if retry_at is None and state in (State.CONNECTED, State.CONNECTING):
+        elif retry_at is None:
             # The keeper reconnects at once: a session that dropped, or one
             # renewed for new credentials (not a failure, whatever the state).
-            if state is State.CONNECTED:
+            if self.machine.state is State.CONNECTED:
                 log.info(
-                    "connection lost; reconnecting", extra={"server": self.name, "error": reason}
+                    "connection lost; reconnecting",
+                    extra={"server": self.name, "error": describe(failure)},
                 )
-                self.machine.handle(Event.CONNECTION_LOST)
-            return
-        if state is State.FAILED or state in (State.CONNECTING, State.CONNECTED):
-            self.machine.handle(Event.ERROR, error=reason, retry_at=retry_at)
+            self.machine.handle(Event.CONNECTION_LOST)
+        else:
+            self.machine.handle(Event.ERROR, error=describe(failure), retry_at=retry_at)
 
     def _retrying(self) -> None:
-        if self.machine.state is State.FAILED:
-            self.machine.handle(Event.RETRY)
-
-    def stop(self) -> None:
-        self._scope.cancel()
-        if self.machine.state is not State.DISABLED:
-            self.machine.handle(Event.STOP)
+        self.machine.handle(Event.RETRY)
 
     # --- Editors and the daemon's own requests ------------------------------------------
 
@@ -359,7 +445,7 @@ class ServerRuntime:
             raise self._unavailable()
         state = self.machine.state
         if state is State.FAILED and self.machine.next_retry_at is not None:
-            keeper.retry_now()
+            self.retry_now()
             patient = True
         if not keeper.connected.is_set() and (patient or state is State.CONNECTING):
             # Until the attempt under way succeeds or fails, no longer.
@@ -383,36 +469,46 @@ class ServerRuntime:
         except UpstreamError as exc:
             raise Unavailable(f"server {self.name!r}: {exc}") from None
 
+    def _per_client_mode(self) -> bool:
+        config = self.entry.config
+        return config is not None and config.session == "per-client"
+
     def attach(self, editor: EditorId, sink: EditorSink, replay: bytes | None = None) -> None:
         """Attach an editor; `replay` is its initialize from an earlier attachment,
         taken as already answered."""
         self._sinks[editor] = sink
-        config = self.entry.config
-        per_client = config is not None and config.session == "per-client"
-        if not per_client and self.keeper is not None:
-            self.keeper.session.attach(editor, sink)
         try:
             message = jsonrpc.decode(replay) if replay else None
         except jsonrpc.InvalidMessage:
             message = None
-        if message is None or message.get("method") != "initialize":
-            return
-        if per_client:
-            keeper = self._start_per_client(editor, message.get("params"))
-        elif self.keeper is not None:
-            keeper = self.keeper
-        else:
-            return
-        keeper.session.mux.initialize_editor(editor, message.get("params"))
+        if message is not None and message.get("method") == "initialize":
+            self._initialize_params[editor] = message.get("params")
+        if self._tg is not None:
+            self._serve_editor(editor, sink)
+
+    def _serve_editor(self, editor: EditorId, sink: EditorSink) -> None:
+        """Give an attached editor its session: the shared one, or (per-client, once
+        its initialize is known) one of its own."""
+        params = self._initialize_params.get(editor)
+        known = editor in self._initialize_params
+        if not self._per_client_mode():
+            if self.keeper is not None:
+                self.keeper.session.attach(editor, sink)
+                if known:
+                    self.keeper.session.mux.initialize_editor(editor, params)
+        elif known and editor not in self._per_client:
+            keeper = self._start_per_client(editor, params)
+            keeper.session.mux.initialize_editor(editor, params)
 
     def detach(self, editor: EditorId) -> None:
         self._sinks.pop(editor, None)
+        self._initialize_params.pop(editor, None)
         if self.keeper is not None:
             self.keeper.session.detach(editor)
-        keeper = self._per_client.pop(editor, None)
-        if keeper is not None and self._tg is not None:
+        keeper, scope = self._per_client.pop(editor, (None, None))
+        if keeper is not None and scope is not None:
             keeper.session.detach(editor)
-            self._tg.start_soon(keeper.close)
+            scope.cancel()  # its task ends the session (DELETE) on the way out
 
     async def from_editor(self, editor: EditorId, raw: bytes) -> None:
         """A JSON-RPC message from an editor: route it, or answer it with an error."""
@@ -424,10 +520,12 @@ class ServerRuntime:
         except jsonrpc.InvalidMessage as exc:
             sink(jsonrpc.encode(jsonrpc.error(None, jsonrpc.PARSE_ERROR, f"parse error: {exc}")))
             return
+        if message.get("method") == "initialize":
+            self._initialize_params[editor] = message.get("params")
         try:
             keeper = await self._keeper_for(editor, message)
         except Unavailable as exc:
-            if jsonrpc.is_request(message):
+            if jsonrpc.is_request(message) and jsonrpc.is_id(message["id"]):
                 sink(
                     jsonrpc.encode(
                         jsonrpc.error(message["id"], jsonrpc.SERVER_UNAVAILABLE, str(exc))
@@ -437,30 +535,41 @@ class ServerRuntime:
         keeper.session.from_editor(editor, message)
 
     async def _keeper_for(self, editor: EditorId, message: dict[str, Any]) -> SessionKeeper:
-        config = self.entry.config
-        if config is None or config.session == "shared":
+        if not self._per_client_mode():
             return await self._wait_connected(self.keeper)
-        keeper = self._per_client.get(editor)
-        if keeper is None:
+        entry = self._per_client.get(editor)
+        if entry is None:
             if message.get("method") != "initialize":
                 raise Unavailable(
                     f"server {self.name!r} runs one session per editor: send initialize first"
                 )
             await self._wait_connected(self.keeper)  # the server is reachable at all
             keeper = self._start_per_client(editor, message.get("params"))
+        else:
+            keeper = entry[0]
         return await self._wait_connected(keeper, patient=True)
 
     def _start_per_client(self, editor: EditorId, params: Any) -> SessionKeeper:
-        """An editor's own session, initialized with the editor's own parameters."""
+        """An editor's own session, initialized with the editor's own parameters;
+        it lives until the editor detaches."""
         if self._tg is None:
             raise self._unavailable()
         keeper = self._keeper(
             params if isinstance(params, dict) else None, lambda: None, self._editor_lost
         )
         keeper.session.attach(editor, self._sinks[editor])
-        self._per_client[editor] = keeper
-        self._tg.start_soon(keeper.run)
+        scope = anyio.CancelScope()
+        self._per_client[editor] = (keeper, scope)
+        self._tg.start_soon(self._run_per_client, keeper, scope)
         return keeper
+
+    @staticmethod
+    async def _run_per_client(keeper: SessionKeeper, scope: anyio.CancelScope) -> None:
+        with scope:
+            try:
+                await keeper.run()
+            finally:
+                await keeper.close()
 
     def _editor_lost(self, failure: BaseException, retry_at: float | None) -> None:
         log.info(

@@ -1,6 +1,7 @@
 """The encrypted credential store: one Fernet-encrypted record per server.
 
-A record is a msgpack-encoded `CredentialRecord`, encrypted whole. Its
+A record is a msgpack-encoded struct of the type the store is handed
+(`mcpd.oauth.model.CredentialRecord` in the daemon), encrypted whole. Its
 plaintext names the server and the URL it was issued for, so a record copied
 to another server's file, or kept across a change of URL, is never used.
 Writes go through `atomicfile`: a crash leaves the old record or the new one.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 import msgspec
 from cryptography.fernet import InvalidToken
@@ -26,50 +28,19 @@ from .keys import Keyring, add_new_key, retire_old_keys
 log = logging.getLogger(__name__)
 
 SUFFIX = ".cred"
-_MASK = "<redacted>"
 
 
-class TokenSet(msgspec.Struct, kw_only=True):
-    access_token: str
-    token_type: str = "Bearer"  # noqa: S105 - the scheme's name, not a secret
-    refresh_token: str | None = None
-    # Absolute Unix times, so a restart knows whether the token is still good.
-    expires_at: float | None = None
-    obtained_at: float
-    scope: str | None = None
+class StoredRecord(Protocol):
+    """What the store needs of a record: whose it is, and for which URL."""
 
-    def __repr__(self) -> str:
-        return f"TokenSet(token_type={self.token_type!r}, expires_at={self.expires_at!r}, {_MASK})"
+    @property
+    def server(self) -> str: ...
+
+    @property
+    def url(self) -> str: ...
 
 
-class ClientRegistration(msgspec.Struct, kw_only=True):
-    client_id: str
-    client_secret: str | None = None
-    client_secret_expires_at: float | None = None
-    redirect_uri: str | None = None
-    token_endpoint_auth_method: str | None = None
-    issuer: str | None = None
-
-    def __repr__(self) -> str:
-        return f"ClientRegistration(client_id={self.client_id!r}, issuer={self.issuer!r}, {_MASK})"
-
-
-class AuthorizationServer(msgspec.Struct, kw_only=True):
-    """What a refresh or a revocation needs, so that neither rediscovers."""
-
-    issuer: str
-    token_endpoint: str
-    revocation_endpoint: str | None = None
-    resource: str
-
-
-class CredentialRecord(msgspec.Struct, kw_only=True):
-    server: str
-    url: str
-    tokens: TokenSet | None = None
-    client: ClientRegistration | None = None
-    authorization: AuthorizationServer | None = None
-    last_refresh_at: float | None = None
+R = TypeVar("R", bound=StoredRecord)
 
 
 class UnreadableRecord(Exception):
@@ -84,13 +55,13 @@ class UnreadableRecord(Exception):
 
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(CredentialRecord)
 
 
-class CredentialStore:
-    def __init__(self, directory: Path, keyring: Keyring) -> None:
+class CredentialStore(Generic[R]):
+    def __init__(self, directory: Path, keyring: Keyring, record_type: type[R]) -> None:
         self.directory = directory
         self.keyring = keyring
+        self._decoder = msgspec.msgpack.Decoder(record_type)
 
     @staticmethod
     def count_records(directory: Path) -> int:
@@ -108,7 +79,7 @@ class CredentialStore:
     def names(self) -> list[str]:
         return sorted(path.name.removesuffix(SUFFIX) for path in self.directory.glob(f"*{SUFFIX}"))
 
-    def load(self, server: str, url: str) -> CredentialRecord | None:
+    def load(self, server: str, url: str) -> R | None:
         """The record for this server and URL; None if there is none that applies."""
         path = self._path(server)
         try:
@@ -116,7 +87,7 @@ class CredentialStore:
         except FileNotFoundError:
             return None
         try:
-            record = _decoder.decode(self.keyring.fernet.decrypt(token))
+            record = self._decoder.decode(self.keyring.fernet.decrypt(token))
         except (InvalidToken, msgspec.DecodeError):
             raise UnreadableRecord(server, self._move_aside(path)) from None
         if record.server != server:
@@ -134,7 +105,7 @@ class CredentialStore:
         """Whether a record file exists for this server (readable or not)."""
         return self._path(server).exists()
 
-    def save(self, record: CredentialRecord) -> None:
+    def save(self, record: R) -> None:
         data = self.keyring.fernet.encrypt(_encoder.encode(record))
         atomicfile.write_private(self._path(record.server), data)
 

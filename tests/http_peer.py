@@ -53,6 +53,7 @@ def http_peer(route: Route, tls: tuple[Path, Path] | None = None) -> Iterator[Pe
                     self.client_address[1],
                 )
             )
+            self.request_body = body  # for the route
             route(self)
 
         do_GET = do_POST = do_DELETE = _any
@@ -74,13 +75,17 @@ def http_peer(route: Route, tls: tuple[Path, Path] | None = None) -> Iterator[Pe
         server.server_close()
 
 
-def reply(status: int = 200, body: bytes = b"ok", **headers: str) -> Route:
-    def route(handler: http.server.BaseHTTPRequestHandler) -> None:
-        handler.send_response(status)
-        for name, value in headers.items():
-            handler.send_header(name.replace("_", "-"), value)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+def send(
+    handler: http.server.BaseHTTPRequestHandler, status: int, body: bytes = b"", **headers: str
+) -> None:
+    """Answer with `status`, `headers` (underscores for dashes) and `body`."""
+    handler.send_response(status)
+    for name, value in headers.items():
+        handler.send_header(name.replace("_", "-"), value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
 
-    return route
+
+def reply(status: int = 200, body: bytes = b"ok", **headers: str) -> Route:
+    return lambda handler: send(handler, status, body, **headers)

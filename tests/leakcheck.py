@@ -44,7 +44,8 @@ from urllib.parse import quote
 import msgspec
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from mcpd.store import SUFFIX, CredentialRecord
+from mcpd.oauth.model import CredentialRecord
+from mcpd.store import SUFFIX
 
 # Shorter values are not meaningful to search for (and would match words).
 MIN_LENGTH = 8

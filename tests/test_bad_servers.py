@@ -215,7 +215,7 @@ BAD_TIMEOUT = 2  # the bad server's `timeout`: the bound of a silent one's wait
         (garbage, False, False, "invalid message"),
         (truncated_json, False, False, "invalid message: not valid JSON"),
         (malformed_event, False, False, "invalid message: not valid JSON"),
-        (half_a_stream, True, False, "broke"),
+        (half_a_stream, True, False, "closed the stream before answering"),
         (huge, False, False, "over"),
         (server_error, False, False, "HTTP 500: the server fell over"),
         (headers_then_silence, False, True, f"within {BAD_TIMEOUT}s"),

@@ -48,9 +48,9 @@ from mcpd.oauth.flow import (
     token_request,
     union_scope,
 )
-from mcpd.oauth.http import HttpRequest, HttpResponse, OAuthError, Step
 from mcpd.oauth.manager import _revoke
-from mcpd.store import AuthorizationServer, ClientRegistration, CredentialRecord, TokenSet
+from mcpd.oauth.messages import HttpRequest, HttpResponse, OAuthError, Step
+from mcpd.oauth.model import AuthorizationServer, ClientRegistration, CredentialRecord, TokenSet
 
 # --- The cast -----------------------------------------------------------------------------
 

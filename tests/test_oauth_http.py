@@ -1,31 +1,34 @@
-"""The driver of the sans-IO OAuth steps: which headers go where, and limits,
-against a real HTTP server that records what it received."""
+"""The driver of the sans-IO OAuth steps: which headers go where, which
+redirects are followed, and limits, against a real HTTP server that records
+what it received. And the sans-IO half imports no I/O at all."""
 
 from __future__ import annotations
 
+import http.server
 import socket
+import subprocess
+import sys
 
 import anyio
 import pytest
 from http_peer import http_peer, reply
 
-from mcpd.httpclient import HttpClient
-from mcpd.oauth.http import (
-    MAX_BODY,
-    HttpRequest,
-    HttpResponse,
-    OAuthError,
-    Origin,
-    Step,
-    check_endpoint,
-    drive,
-)
+from mcpd.http import HttpClient
+from mcpd.oauth.driver import MAX_BODY, Reach, drive
+from mcpd.oauth.messages import HttpRequest, HttpResponse, OAuthError, Step, check_endpoint
+
+
+class Origin:
+    """The MCP server a step runs for: its URL and configured headers."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        self.url, self.headers = url, headers
 
 
 def run(step: Step[object], server: Origin) -> object:
     async def main() -> object:
         async with HttpClient() as client:
-            return await drive(step, client, server, 5)
+            return await drive(step, Reach(client, server.url, server.headers, 5))
 
     return anyio.run(main)
 
@@ -97,3 +100,59 @@ def test_endpoints_must_be_https_unless_on_this_machine(url, allowed):
 def test_response_json_tolerates_html():
     page = HttpResponse(500, {"content-type": "text/html"}, b"<html>oops</html>")
     assert page.json() is None
+
+
+def test_a_back_channel_post_follows_no_redirect():
+    """A token endpoint answering 307 to another origin would have the client
+    re-send the code (or refresh token, or client secret) there."""
+    with http_peer(reply(body=b"{}")) as elsewhere:
+        with http_peer(reply(307, b"", Location=elsewhere.url + "/token")) as peer:
+
+            def step() -> Step[None]:
+                form = {"grant_type": "refresh_token", "refresh_token": "r-SECRET"}
+                yield HttpRequest("POST", peer.url + "/token", form=form)
+
+            with pytest.raises(OAuthError, match="must not follow"):
+                run(step(), Origin(peer.url + "/mcp", {"X-Api-Key": "k"}))
+        assert len(peer.seen) == 1
+    assert elsewhere.seen == []
+
+
+def test_a_metadata_get_follows_redirects_to_https_or_this_machine_only():
+    def route(handler: http.server.BaseHTTPRequestHandler) -> None:
+        port = handler.server.server_address[1]
+        targets = {
+            "/moved": f"http://localhost:{port}/here",  # loopback: allowed
+            "/plain": "http://auth.example.com/here",  # plain http elsewhere: refused
+        }
+        if handler.path in targets:
+            reply(302, b"", Location=targets[handler.path])(handler)
+        else:
+            reply(body=b'{"ok": true}')(handler)
+
+    with http_peer(route) as peer:
+
+        def follow(path: str) -> Step[object]:
+            response = yield HttpRequest("GET", peer.url + path)
+            return response.json()
+
+        server = Origin(peer.url + "/mcp", {"X-Api-Key": "k"})
+        assert run(follow("/moved"), server) == {"ok": True}
+        # The configured header went to the server's origin, not after the redirect.
+        assert peer.seen[0].headers["x-api-key"] == "k"
+        assert "x-api-key" not in peer.seen[1].headers
+        with pytest.raises(OAuthError, match="over plain http"):
+            run(follow("/plain"), server)
+
+
+def test_the_sans_io_steps_import_no_io():
+    code = (
+        "import sys\n"
+        "import mcpd.oauth.discovery, mcpd.oauth.flow, mcpd.oauth.refresh\n"
+        "io = {'anyio', 'aiohttp', 'socket', 'ssl', 'mcpd.http', 'mcpd.oauth.driver'}\n"
+        "print(sorted(io & set(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert result.stdout.strip() == "[]", result.stdout

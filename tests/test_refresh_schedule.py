@@ -1,17 +1,20 @@
 """Refresh timing, sans-IO: an injected random source and explicit clocks;
-then the refresher's loop around it, with the HTTP exchange replaced."""
+then the credentials' loop around it, with the HTTP exchange replaced."""
 
 from __future__ import annotations
 
 import collections
+import errno
 import time
 from typing import Any
 
 import anyio
 import pytest
 
-from mcpd.oauth import refresher as refresher_module
-from mcpd.oauth.http import OAuthError
+from mcpd import credentials as credentials_module
+from mcpd.credentials import Credentials
+from mcpd.oauth.messages import OAuthError
+from mcpd.oauth.model import AuthorizationServer, ClientRegistration, CredentialRecord, TokenSet
 from mcpd.oauth.refresh import (
     BACKOFF_CAP_SECONDS,
     CATCH_UP_SECONDS,
@@ -24,8 +27,6 @@ from mcpd.oauth.refresh import (
     refresh_at,
     retry_delay,
 )
-from mcpd.oauth.refresher import Refresher
-from mcpd.store import AuthorizationServer, ClientRegistration, CredentialRecord, TokenSet
 
 
 def tokens(lifetime: float | None, *, refresh: str | None = "r", at: float = 1000.0) -> TokenSet:
@@ -165,50 +166,73 @@ def test_which_failures_are_passing(status, error, transient):
     assert is_transient(status, error) is transient
 
 
-# --- The refresher's loop -------------------------------------------------------------
+# --- The credentials' loop -----------------------------------------------------------
+#
+# `Credentials` with its HTTP exchange replaced (`drive`: the sans-IO refresh step
+# is closed unrun and a TokenSet or an OAuthError comes back), and its store
+# replaced by lists: what is tested here is the loop and the single flight, not
+# the network (the daemon-level tests in test_refresh.py and test_lifetimes.py
+# run them against real authorization servers).
 
 
-class StubRuntime:
-    """What a Refresher uses of its server's runtime."""
+def stub_record(tokens: TokenSet) -> CredentialRecord:
+    return CredentialRecord(
+        server="stub",
+        url="http://127.0.0.1:9/mcp",
+        tokens=tokens,
+        client=ClientRegistration(client_id="c"),
+        authorization=AuthorizationServer(
+            issuer="http://127.0.0.1:9",
+            token_endpoint="http://127.0.0.1:9/token",
+            resource="http://127.0.0.1:9/mcp",
+        ),
+    )
 
-    def __init__(self, tokens: TokenSet) -> None:
-        self.name = "stub"
-        self.record: CredentialRecord | None = CredentialRecord(
-            server="stub",
-            url="http://127.0.0.1:9/mcp",
-            tokens=tokens,
-            client=ClientRegistration(client_id="c"),
-            authorization=AuthorizationServer(
-                issuer="http://127.0.0.1:9",
-                token_endpoint="http://127.0.0.1:9/token",
-                resource="http://127.0.0.1:9/mcp",
-            ),
-        )
+
+class StubServer:
+    """What a server is told by its credentials, and its store."""
+
+    def __init__(self, record: CredentialRecord | None, save_failures: int = 0) -> None:
+        self.stored = record
+        self.saves: list[CredentialRecord] = []
+        self.save_failures = save_failures
         self.events: list[str] = []
 
-    def http(self) -> tuple[Any, ...]:
-        return (None, None, 5.0)
+    async def load(self, server: str, url: str) -> CredentialRecord | None:
+        return self.stored
 
-    def refresh_succeeded(self) -> None:
-        self.events.append("succeeded")
+    async def save(self, record: CredentialRecord) -> None:
+        if self.save_failures:
+            self.save_failures -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.saves.append(record)
+        self.stored = record
 
-    def refresh_failing(self) -> None:
+    def refreshed(self) -> None:
+        self.events.append("refreshed")
+
+    def refresh_failing(self, error: str, retry_at: float) -> None:
         self.events.append("failing")
 
     def refresh_refused(self, reason: str) -> None:
         self.events.append("refused")
 
+    def credentials_changed(self) -> None:
+        pass
 
-def fake_token_endpoint(monkeypatch, lifetime: float, failures: int = 0) -> list[float]:
+
+def fake_token_endpoint(monkeypatch, lifetime: float, failures: int = 0, delay: float = 0.0):
     """Replace the HTTP exchange: fail `failures` times, then issue tokens of
-    `lifetime` seconds; returns the times of the successful refreshes."""
+    `lifetime` seconds (after `delay`); returns the times of the issues and
+    the number of attempts."""
     issued: list[float] = []
-    failed = [0]
+    attempts = [0]
 
-    async def drive(step: Any, *args: Any) -> TokenSet:
+    async def drive(step: Any, reach: Any) -> TokenSet:
         step.close()
-        if failed[0] < failures:
-            failed[0] += 1
+        attempts[0] += 1
+        await anyio.sleep(delay)
+        if attempts[0] <= failures:
             raise OAuthError("cannot reach the token endpoint")
         now = time.time()
         issued.append(now)
@@ -219,56 +243,191 @@ def fake_token_endpoint(monkeypatch, lifetime: float, failures: int = 0) -> list
             expires_at=now + lifetime,
         )
 
-    monkeypatch.setattr(refresher_module, "drive", drive)
-    return issued
+    monkeypatch.setattr(credentials_module, "drive", drive)
+    return issued, attempts
 
 
-async def _nothing(*args: Any) -> None:
-    return None
+def stub_credentials(server: StubServer) -> Credentials:
+    """The credentials of one server whose store and listener are `server`."""
+    return Credentials(
+        "stub",
+        "http://127.0.0.1:9/mcp",
+        applies=True,
+        save=server.save,
+        load=server.load,
+        reach=lambda: None,  # type: ignore[arg-type,return-value]
+        listener=server,
+    )
 
 
-def run_refresher(runtime: StubRuntime, until: Any) -> None:
-    """The refresher's loop, until `until(refresher)` returns."""
+def run_credentials(server: StubServer, until: Any) -> Credentials:
+    """The credentials' loop, until `until(credentials)` returns."""
+    credentials = stub_credentials(server)
 
     async def main() -> None:
-        refresher = Refresher(runtime, _nothing, _nothing)  # type: ignore[arg-type]
+        await credentials.load()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(refresher.run)
-            await anyio.sleep(0.05)  # the loop sleeps: nothing is scheduled
-            await until(refresher)
+            await tg.start(credentials.run)
+            await anyio.sleep(0.05)  # the loop sleeps: nothing is due yet
+            await until(credentials)
             tg.cancel_scope.cancel()
 
     anyio.run(main)
+    return credentials
 
 
 def test_a_refresh_outside_the_loop_wakes_it_for_the_next_one(monkeypatch):
     """A token without an expiry schedules nothing, so the loop sleeps without a
     deadline; a refresh made for a refused request (not by the loop) brings
     tokens that expire, and the loop must wake to refresh those in time."""
-    issued = fake_token_endpoint(monkeypatch, lifetime=0.5)
-    runtime = StubRuntime(TokenSet(access_token="a0", refresh_token="r0", obtained_at=0.0))
+    issued, _ = fake_token_endpoint(monkeypatch, lifetime=0.5)
+    server = StubServer(stub_record(TokenSet(access_token="a0", refresh_token="r0", obtained_at=0)))
 
-    async def until(refresher: Refresher) -> None:
-        assert refresher.schedule.due is None
-        assert await refresher.refresh("a0")  # the server refused a0
+    async def until(credentials: Credentials) -> None:
+        assert credentials.schedule.due is None
+        assert await credentials.refresh("a0")  # the server refused a0
         with anyio.fail_after(5):
             while len(issued) < 3:  # two more by the loop, at 70-80% of 0.5 s
                 await anyio.sleep(0.01)
 
-    run_refresher(runtime, until)
-    assert runtime.events == ["succeeded"] * 3
+    run_credentials(server, until)
+    assert server.events == ["refreshed"] * 3
+    assert [record.tokens.access_token for record in server.saves] == ["a1", "a2", "a3"]
 
 
 def test_a_failed_refresh_outside_the_loop_is_retried_by_it(monkeypatch):
-    issued = fake_token_endpoint(monkeypatch, lifetime=3600.0, failures=1)
-    runtime = StubRuntime(TokenSet(access_token="a0", refresh_token="r0", obtained_at=0.0))
+    issued, _ = fake_token_endpoint(monkeypatch, lifetime=3600.0, failures=1)
+    server = StubServer(stub_record(TokenSet(access_token="a0", refresh_token="r0", obtained_at=0)))
 
-    async def until(refresher: Refresher) -> None:
-        assert not await refresher.refresh("a0")  # passing failure: retry in 0.5-1 s
-        assert refresher.schedule.due is not None
+    async def until(credentials: Credentials) -> None:
+        assert not await credentials.refresh("a0")  # passing failure: retry in 0.5-1 s
+        assert credentials.schedule.due is not None
         with anyio.fail_after(5):
             while not issued:
                 await anyio.sleep(0.01)
 
-    run_refresher(runtime, until)
-    assert runtime.events == ["failing", "succeeded"]
+    run_credentials(server, until)
+    assert server.events == ["failing", "refreshed"]
+
+
+def test_credentials_that_cannot_be_refreshed_never_make_a_loop(monkeypatch):
+    """Tokens due for a refresh whose client registration was forgotten (what
+    `mcpctl auth NAME --restart` does while signed in): no attempt at all, and
+    no busy loop (it once spun at 10,000 attempts a second)."""
+    _, attempts = fake_token_endpoint(monkeypatch, lifetime=3600.0)
+    now = time.time()
+    record = stub_record(
+        TokenSet(access_token="a0", refresh_token="r0", obtained_at=now - 10, expires_at=now + 1)
+    )
+    server = StubServer(record)
+    wakes = [0]
+
+    async def until(credentials: Credentials) -> None:
+        forgotten = stub_record(record.tokens)  # type: ignore[arg-type]
+        forgotten.client = None
+        await credentials.replace(forgotten)
+        original = credentials.schedule.is_due
+
+        def counting(now: float) -> bool:
+            wakes[0] += 1
+            return original(now)
+
+        credentials.schedule.is_due = counting  # type: ignore[method-assign]
+        await anyio.sleep(2)
+
+    credentials = run_credentials(server, until)
+    assert attempts[0] == 0
+    assert credentials.schedule.due is None
+    assert wakes[0] <= 3, wakes[0]  # the loop slept through the two seconds
+
+
+def test_a_tokens_life_of_zero_seconds_is_not_refreshed_in_a_loop(monkeypatch):
+    _, attempts = fake_token_endpoint(monkeypatch, lifetime=0.0)
+    now = time.time()
+    server = StubServer(
+        stub_record(
+            TokenSet(access_token="a0", refresh_token="r0", obtained_at=now, expires_at=now)
+        )
+    )
+
+    async def until(credentials: Credentials) -> None:
+        await anyio.sleep(3)
+
+    run_credentials(server, until)
+    assert 1 <= attempts[0] <= 4, attempts[0]  # one a second at most
+
+
+def test_a_caller_that_gives_up_does_not_abandon_the_refresh(monkeypatch):
+    """The session that asked is torn down mid-refresh: the refresh goes on, its
+    rotated tokens are stored and used."""
+    issued, attempts = fake_token_endpoint(monkeypatch, lifetime=3600.0, delay=0.3)
+    server = StubServer(stub_record(TokenSet(access_token="a0", refresh_token="r0", obtained_at=0)))
+
+    async def until(credentials: Credentials) -> None:
+        with anyio.move_on_after(0.05):
+            await credentials.refresh("a0")
+        assert not issued  # the caller left before the answer
+        with anyio.fail_after(5):
+            assert await credentials.refresh("a0")  # joins, or finds it replaced
+
+    credentials = run_credentials(server, until)
+    assert attempts[0] == 1
+    assert credentials.bearer() == "a1"
+    assert server.stored is not None
+    assert server.stored.tokens is not None
+    assert server.stored.tokens.refresh_token == "r1"
+
+
+def test_a_failed_save_keeps_the_rotated_tokens_and_is_retried(monkeypatch):
+    """The disk is full when the rotated tokens come back: they are used from
+    memory at once (the old refresh token is spent) and written when it can be."""
+    fake_token_endpoint(monkeypatch, lifetime=3600.0)
+    server = StubServer(
+        stub_record(TokenSet(access_token="a0", refresh_token="r0", obtained_at=0)),
+        save_failures=1,
+    )
+
+    async def until(credentials: Credentials) -> None:
+        assert await credentials.refresh("a0")
+        assert credentials.bearer() == "a1"
+        assert credentials.save_error is not None
+        assert "No space left on device" in credentials.save_error
+        assert server.stored is not None
+        assert server.stored.tokens is not None
+        assert server.stored.tokens.refresh_token == "r0"  # not written yet
+        with anyio.fail_after(5):
+            while credentials.save_error is not None:
+                await anyio.sleep(0.05)
+
+    run_credentials(server, until)
+    assert server.stored is not None
+    assert server.stored.tokens is not None
+    assert server.stored.tokens.refresh_token == "r1"
+
+
+def test_an_expired_token_is_refreshed_before_a_session_connects(monkeypatch):
+    issued, _ = fake_token_endpoint(monkeypatch, lifetime=3600.0)
+    now = time.time()
+    server = StubServer(
+        stub_record(
+            TokenSet(access_token="a0", refresh_token="r0", obtained_at=now - 60, expires_at=now)
+        )
+    )
+
+    async def until(credentials: Credentials) -> None:
+        # The loop (the refresh is overdue at once) and the session share one refresh.
+        assert await credentials.ready() is None
+        assert credentials.bearer() == "a1"
+
+    run_credentials(server, until)
+    assert len(issued) == 1
+
+
+def test_an_expired_token_is_never_sent():
+    now = time.time()
+    expired = TokenSet(access_token="a0", refresh_token="r0", obtained_at=now - 60, expires_at=now)
+    server = StubServer(stub_record(expired))
+    credentials = stub_credentials(server)
+    anyio.run(credentials.load)
+    assert credentials.tokens is expired
+    assert credentials.bearer() is None

@@ -10,14 +10,15 @@ import time
 from harness import RawClient, start_daemon
 
 from mcpd.keys import open_keyring
-from mcpd.store import CredentialRecord, CredentialStore, TokenSet
+from mcpd.oauth.model import CredentialRecord, TokenSet
+from mcpd.store import CredentialStore
 
 SERVERS = [f"s{i}" for i in range(12)]
 
 
 def _populate(env) -> dict[str, str]:
     keyring = open_keyring(env.key_file, {}, existing_records=0)
-    store = CredentialStore(env.credentials_dir, keyring)
+    store = CredentialStore(env.credentials_dir, keyring, CredentialRecord)
     store.prepare()
     tokens = {}
     for name in SERVERS:
@@ -38,7 +39,7 @@ def _populate(env) -> dict[str, str]:
 def _check_store(env, tokens: dict[str, str]) -> int:
     """Every record decrypts with the key file as it is now; returns the number of keys."""
     keyring = open_keyring(env.key_file, {}, existing_records=len(SERVERS))
-    store = CredentialStore(env.credentials_dir, keyring)
+    store = CredentialStore(env.credentials_dir, keyring, CredentialRecord)
     for name in SERVERS:
         record = store.load(name, f"https://{name}.example/mcp")
         assert record is not None

@@ -11,11 +11,12 @@ import stat
 import time
 
 import msgspec
-from harness import McpdEnv, launch
+from harness import McpdEnv, launch, wait_state
 
 from mcpd.keys import open_keyring
+from mcpd.oauth.model import ClientRegistration, CredentialRecord, TokenSet
 from mcpd.protocol import PROTOCOL_VERSION, HelloParams, Request, encode_frame
-from mcpd.store import ClientRegistration, CredentialRecord, CredentialStore, TokenSet
+from mcpd.store import CredentialStore
 
 NOBODY = 65534
 
@@ -186,7 +187,7 @@ def test_group_readable_key_is_refused(mcpd_env, run_daemon):
 
 def _store(env: McpdEnv) -> CredentialStore:
     keyring = open_keyring(env.key_file, {}, existing_records=0)
-    store = CredentialStore(env.credentials_dir, keyring)
+    store = CredentialStore(env.credentials_dir, keyring, CredentialRecord)
     store.prepare()
     return store
 
@@ -223,11 +224,12 @@ def test_tampered_record_moves_aside_and_only_that_server_needs_auth(mcpd_env, r
     record_a.write_bytes(bytes(data))
 
     daemon = run_daemon()
+    wait_state(daemon, "a", "needs_auth")
     servers = {
         s["name"]: s for s in json.loads(daemon.mcpctl("status", "--json").stdout)["servers"]
     }
-    assert servers["a"]["state"] == "needs_auth"
     assert "could not be decrypted" in servers["a"]["error"]
+    assert "mcpctl auth a" in servers["a"]["error"]
     assert servers["b"]["state"] == "connecting"
     assert servers["b"]["access_expires_at"] == expires
     assert not record_a.exists()

@@ -27,13 +27,8 @@ from mcpd.keys import (
     retire_old_keys,
     systemd_key,
 )
-from mcpd.store import (
-    ClientRegistration,
-    CredentialRecord,
-    CredentialStore,
-    TokenSet,
-    UnreadableRecord,
-)
+from mcpd.oauth.model import ClientRegistration, CredentialRecord, TokenSet
+from mcpd.store import CredentialStore, UnreadableRecord
 
 URL = "https://mcp.example.com/mcp"
 ACCESS = "at-ACCESS-0123456789abcdef"
@@ -89,7 +84,7 @@ class Env:
         )
 
     def store(self, keyring: Keyring | None = None) -> CredentialStore:
-        store = CredentialStore(self.credentials, keyring or self.keyring())
+        store = CredentialStore(self.credentials, keyring or self.keyring(), CredentialRecord)
         store.prepare()
         return store
 
@@ -643,7 +638,7 @@ def test_old_key_alone_no_longer_reads_the_store(env, tmp_path):
     store.save(make_record())
     old = Keyring(list(store.keyring.keys), tmp_path / "old.key", managed_by_systemd=False)
     store.rotate_key()
-    stale = CredentialStore(env.credentials, old)
+    stale = CredentialStore(env.credentials, old, CredentialRecord)
     with pytest.raises(UnreadableRecord):
         stale.load("linear", URL)
 
@@ -748,10 +743,12 @@ WRITER = textwrap.dedent(
     import sys
     from pathlib import Path
     from mcpd.keys import open_keyring
-    from mcpd.store import CredentialRecord, CredentialStore, TokenSet
+    from mcpd.store import CredentialStore
+    from mcpd.oauth.model import CredentialRecord, TokenSet
 
     key_file, directory = Path(sys.argv[1]), Path(sys.argv[2])
-    store = CredentialStore(directory, open_keyring(key_file, {}, existing_records=1))
+    keyring = open_keyring(key_file, {}, existing_records=1)
+    store = CredentialStore(directory, keyring, CredentialRecord)
     big = "s" * 50_000
     records = [
         CredentialRecord(
@@ -775,10 +772,12 @@ ROTATOR = textwrap.dedent(
     import sys
     from pathlib import Path
     from mcpd.keys import open_keyring
+    from mcpd.oauth.model import CredentialRecord
     from mcpd.store import CredentialStore
 
     key_file, directory = Path(sys.argv[1]), Path(sys.argv[2])
-    store = CredentialStore(directory, open_keyring(key_file, {}, existing_records=1))
+    keyring = open_keyring(key_file, {}, existing_records=1)
+    store = CredentialStore(directory, keyring, CredentialRecord)
     store.prepare()
     sys.stdout.write("ready\\n")
     sys.stdout.flush()

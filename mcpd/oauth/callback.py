@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import anyio
 import h11
-from anyio.abc import SocketListener, SocketStream, TaskStatus
+from anyio.abc import SocketListener, SocketStream
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +95,19 @@ class CallbackListener:
         self.answered = answered  # after each answer: the owner may stop listening now
         self._open: list[_Connection] = []  # oldest first
         self.counts = ListenerCounts()
+        self._accepting = anyio.CancelScope()
+        self._socket: socket.socket | None = None
 
-    async def serve(self, *, task_status: TaskStatus[int]) -> None:
-        """Listen until cancelled; started with the port actually bound.
+    def stop(self) -> None:
+        """Stop listening, and drop the connections still sending their request; the
+        answers under way are sent (each within its timeout)."""
+        self._accepting.cancel()
+        for connection in self._open:
+            if connection.waiting:
+                connection.scope.cancel()
 
-        OSError (the port is taken) reaches the caller of `start` directly.
-        """
+    def bind(self) -> int:
+        """Bind the loopback port now (OSError if it is taken); the port bound."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -109,21 +116,28 @@ class CallbackListener:
         except OSError:
             sock.close()
             raise
-        listener = await SocketListener.from_socket(sock)
+        self._socket = sock
+        port: int = sock.getsockname()[1]
+        return port
+
+    async def serve(self) -> None:
+        """After `bind`: answer callbacks until stopped or cancelled."""
+        assert self._socket is not None
+        listener = await SocketListener.from_socket(self._socket)
         try:
-            async with listener, anyio.create_task_group() as tg:
-                port = listener.extra(anyio.abc.SocketAttribute.local_port)
-                task_status.started(port)
-                while True:
-                    stream = await listener.accept()
-                    if len(self._open) >= MAX_CONNECTIONS and not self._make_room():
-                        self.counts.refused_busy += 1
-                        log.debug("callback listener busy; refusing a connection")
-                        await stream.aclose()
-                        continue
-                    connection = _Connection()
-                    self._open.append(connection)
-                    tg.start_soon(self._serve_one, stream, connection)
+            async with anyio.create_task_group() as tg, listener:
+                with self._accepting:
+                    while True:
+                        stream = await listener.accept()
+                        if len(self._open) >= MAX_CONNECTIONS and not self._make_room():
+                            self.counts.refused_busy += 1
+                            log.debug("callback listener busy; refusing a connection")
+                            await stream.aclose()
+                            continue
+                        connection = _Connection()
+                        self._open.append(connection)
+                        tg.start_soon(self._serve_one, stream, connection)
+                # Stopped: the port is free again; the answers under way are sent.
         finally:
             counts = self.counts
             if counts != ListenerCounts():

@@ -26,7 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
-from .http import HttpRequest, HttpResponse, OAuthError, Step, check_endpoint, origin
+from ..urls import origin_of
+from .messages import HttpRequest, HttpResponse, OAuthError, Step, check_endpoint
 
 ACCEPT_JSON = {"Accept": "application/json"}
 PRM_SUFFIX = "/.well-known/oauth-protected-resource"
@@ -147,7 +148,7 @@ def server_metadata_urls(issuer: str) -> list[str]:
 
 def resource_matches(resource: str, server_url: str) -> bool:
     """RFC 9728: the metadata must be about this server (or a prefix of its URL)."""
-    if origin(resource) != origin(server_url):
+    if origin_of(resource) != origin_of(server_url):
         return False
     wanted = urlsplit(server_url).path.rstrip("/") + "/"
     offered = urlsplit(resource).path.rstrip("/") + "/"
@@ -202,7 +203,7 @@ def discover(server_url: str, challenge: Challenge | None) -> Step[Discovery]:
         # must at least live there.
         expected = resource_metadata is not None
         if (expected and server.issuer.rstrip("/") != issuer.rstrip("/")) or (
-            not expected and origin(server.issuer) != origin(server_url)
+            not expected and origin_of(server.issuer) != origin_of(server_url)
         ):
             raise OAuthError(
                 f"the authorization server metadata at {url} is for issuer {server.issuer!r}, "

@@ -25,9 +25,10 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from ..config import OAuthSettings
-from ..store import ClientRegistration, TokenSet
+from ..urls import visible_ascii
 from .discovery import Challenge, Discovery
-from .http import HttpRequest, HttpResponse, OAuthError, Step
+from .messages import HttpRequest, HttpResponse, OAuthError, Step
+from .model import ClientRegistration, TokenSet
 
 CLIENT_NAME = "mcpd"
 STATE_LIFETIME_SECONDS = 600.0
@@ -321,6 +322,14 @@ def token_request(
         if isinstance(error, str):
             raise ServerRefused(f"the token endpoint refused: {_error_text(response)}", error)
         raise ServerRefused("the token endpoint's answer has no access_token", None)
+    if not visible_ascii(data["access_token"]):
+        # It could never go into an Authorization header: a refusal, not a retry.
+        raise ServerRefused(
+            "the token endpoint issued an access token that is not visible ASCII, which "
+            "no Authorization header can carry; the authorization server is misconfigured",
+            None,
+            response.status,
+        )
     token_type = data.get("token_type")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise ServerRefused(f"the token endpoint issued a {token_type!r} token, not Bearer", None)

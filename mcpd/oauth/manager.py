@@ -1,17 +1,29 @@
 """Authorization flows as the daemon runs them: one per server, shared by everyone.
 
-`start` begins the flow for a server, or joins the one already under way, so
-several `mcpctl auth NAME` (or an editor plugin and a terminal) share one
-browser tab and all see its outcome. The loopback listener runs only while
-some flow waits for its callback. A flow that is not completed within ten
-minutes fails. Tokens are written to the encrypted store before the server
-uses them.
+Theory of operation
+-------------------
+The manager runs in its own task group (`run`), and each flow is one task of
+it, from discovery to stored tokens. `start` begins the flow for a server, or
+joins the one under way; either way it returns once the flow's authorization
+URL exists (or the flow has ended), so several `mcpctl auth NAME` (or an
+editor plugin and a terminal) share one browser tab and all see its outcome.
+
+What completes a flow, the browser's redirect to the loopback listener or a
+pasted address, is handed to the flow's own task, which checks it, exchanges
+the code, stores the tokens and answers. Every flow ends: completed, failed,
+expired (ten minutes), cancelled, replaced (`--restart`), or with
+`needs_client_registration`. Each flow task is a supervision boundary: an
+unexpected exception in it ends that flow, with an error that says so, and
+nothing else.
+
+The loopback listener runs only while some flow waits for its callback.
+Tokens are written to the encrypted store before the server uses them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -19,9 +31,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from ..store import AuthorizationServer, ClientRegistration, CredentialRecord
+from .. import logs
+from ..waiting import first_of
 from .callback import CallbackListener, redirect_uri
 from .discovery import discover
+from .driver import drive
 from .flow import (
     STATE_LIFETIME_SECONDS,
     ClientRegistrationRequired,
@@ -35,103 +49,199 @@ from .flow import (
     register,
     union_scope,
 )
-from .http import HttpRequest, OAuthError, Step, drive
+from .messages import HttpRequest, OAuthError, Step
+from .model import AuthorizationServer, ClientRegistration, CredentialRecord
 
 if TYPE_CHECKING:
     from ..server import ServerRuntime
 
 log = logging.getLogger(__name__)
 
-SaveRecord = Callable[[CredentialRecord], Awaitable[None]]
 # Errors that mean the authorization server does not know our registered client.
 FORGET_CLIENT_ON = frozenset({"invalid_client", "unauthorized_client"})
+# Callbacks (and pastes) a flow holds before it has looked at the first.
+MAX_QUEUED_CALLBACKS = 16
 
 
 @dataclass
+class _Answer:
+    """What a callback (or a paste) is told once the flow has dealt with it."""
+
+    succeeded: bool = False
+    message: str = ""
+    ready: anyio.Event = field(default_factory=anyio.Event)
+
+
+@dataclass(eq=False)
 class Flow:
     runtime: ServerRuntime
     pending: PendingAuthorization | None = None
     error: str | None = None
+    # Set once the authorization URL exists, or the flow has ended without one.
+    ready: anyio.Event = field(default_factory=anyio.Event)
     done: anyio.Event = field(default_factory=anyio.Event)
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+    def __post_init__(self) -> None:
+        # Callbacks and pastes, each with the answer the flow's task gives it.
+        self.inbox, self.received = anyio.create_memory_object_stream[tuple[str, _Answer]](
+            MAX_QUEUED_CALLBACKS
+        )
 
     @property
     def url(self) -> str | None:
         return self.pending.url if self.pending else None
 
+    @property
+    def waiting(self) -> bool:
+        """Whether the flow waits for its callback."""
+        return self.pending is not None and not self.done.is_set()
+
     def finish(self, error: str | None) -> None:
-        self.error = error
-        self.done.set()
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+        self.ready.set()
+
+    async def submit(self, query: str) -> tuple[bool, str]:
+        """Hand a callback's query to the flow; its answer once it has dealt with it."""
+        answer = _Answer()
+        try:
+            self.inbox.send_nowait((query, answer))
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False, "This sign-in is busy or already finished; run `mcpctl auth NAME` again."
+        await first_of(answer.ready, self.done)
+        if not answer.ready.is_set():
+            return False, self.error or "The sign-in ended before this could be used."
+        return answer.succeeded, answer.message
 
 
 class AuthManager:
-    def __init__(self, callback_port: int, save: SaveRecord, tg: TaskGroup) -> None:
+    def __init__(self, callback_port: int) -> None:
         self.callback_port = callback_port
-        self._save = save
-        self._tg = tg
         self.flows: dict[str, Flow] = {}
-        self._listener_scope: anyio.CancelScope | None = None
+        self._tg: TaskGroup | None = None
+        self._listener: CallbackListener | None = None
         self._port: int | None = None
+        logs.redact_from(self)
+
+    def secrets(self) -> list[str]:
+        """The state and verifier of every flow under way (see logs.redact_from)."""
+        pending = [flow.pending for flow in self.flows.values() if flow.pending is not None]
+        return [value for p in pending for value in (p.state, p.verifier)]
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The manager's own task group, for its flows and its listener, until cancelled."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            await anyio.sleep_forever()
 
     # --- The loopback listener ------------------------------------------------------
 
-    async def _listen(self, *, task_status: TaskStatus[int]) -> None:
-        with anyio.CancelScope() as scope:
-            self._listener_scope = scope
-            try:
-                listener = CallbackListener(
-                    self.callback_port, self._callback, self._stop_listener_if_idle
-                )
-                await listener.serve(task_status=task_status)
-            finally:
-                self._listener_scope = None
-                self._port = None
+    async def _listen(self, listener: CallbackListener) -> None:
+        """The listener's task, and its boundary: a fault stops the listener alone
+        (the flows stay; the next one that needs it starts it again)."""
+        try:
+            await listener.serve()
+        except Exception:
+            log.error("the sign-in callback listener failed", exc_info=True)
+        finally:
+            if self._listener is listener:
+                self._listener, self._port = None, None
 
-    async def _ensure_listener(self) -> int:
+    def _ensure_listener(self) -> int:
+        assert self._tg is not None
         if self._port is None:
+            listener = CallbackListener(
+                self.callback_port, self._callback, self._stop_listener_if_idle
+            )
             try:
-                self._port = await self._tg.start(self._listen)
+                self._port = listener.bind()
             except OSError as exc:
                 raise OAuthError(
                     f"cannot listen for the sign-in callback on 127.0.0.1:{self.callback_port} "
                     f"({exc.strerror}); another program uses that port: set callback_port in "
                     "the [daemon] table of the config to a free port (0 picks any)"
                 ) from None
-        assert self._port is not None
+            self._listener = listener
+            self._tg.start_soon(self._listen, listener)
         return self._port
 
     def _stop_listener_if_idle(self) -> None:
-        waiting = any(f.pending is not None and not f.done.is_set() for f in self.flows.values())
-        if not waiting and self._listener_scope is not None:
-            self._listener_scope.cancel()
+        if self._listener is not None and not any(flow.waiting for flow in self.flows.values()):
+            self._listener.stop()
+            self._listener, self._port = None, None
 
     # --- Flows ----------------------------------------------------------------------------
 
-    async def start(self, runtime: ServerRuntime, *, restart: bool = False) -> Flow:
+    async def start(self, runtime: ServerRuntime, *, restart: bool = False) -> tuple[Flow, bool]:
         """Begin the flow for this server, or join the one under way (or, with
-        `restart`, abandon that one and begin afresh with a new registration)."""
+        `restart`, abandon that one and begin afresh with a new registration);
+        return it, once its URL exists or it has ended, and whether it was joined."""
+        if self._tg is None:
+            raise OAuthError("mcpd is not ready for sign-ins yet; try again")
         flow = self.flows.get(runtime.name)
         if flow is not None and not flow.done.is_set():
             if not restart:
-                return flow
+                await flow.ready.wait()
+                return flow, True
             flow.finish("replaced by a new sign-in (mcpctl auth --restart)")
-        if restart and runtime.record is not None and runtime.record.client is not None:
-            await self._keep_client(runtime, None)
+            flow.scope.cancel()
         flow = Flow(runtime)
         self.flows[runtime.name] = flow
-        runtime.begin_authorization()
+        self._tg.start_soon(self._run_flow, flow, restart)
+        await flow.ready.wait()
+        return flow, False
+
+    async def _run_flow(self, flow: Flow, restart: bool) -> None:
+        """One flow, start to end: the flow's supervision boundary."""
+        runtime = flow.runtime
         try:
-            flow.pending = await self._prepare(runtime)
+            with flow.scope:
+                await self._sign_in(flow, restart)
         except ClientRegistrationRequired as exc:
             runtime.client_registration_required(str(exc))
             flow.finish(str(exc))
-            return flow
         except OAuthError as exc:
             runtime.authorization_failed(str(exc))
             flow.finish(str(exc))
-            return flow
-        self._tg.start_soon(self._expire, flow)
+        except Exception as exc:  # the boundary: a fault ends this flow only
+            log.error(
+                "a sign-in failed unexpectedly",
+                extra={
+                    "server": runtime.name,
+                    "traceback": "".join(traceback.format_exception(exc)),
+                },
+            )
+            message = (
+                f"the sign-in failed in mcpd ({type(exc).__name__}); the daemon log has the "
+                f"details; run `mcpctl auth {runtime.name}` to try again"
+            )
+            runtime.authorization_failed(message)
+            flow.finish(message)
+        finally:
+            flow.finish("the sign-in was cancelled")
+            flow.inbox.close()
+            self._stop_listener_if_idle()
+
+    async def _sign_in(self, flow: Flow, restart: bool) -> None:
+        runtime = flow.runtime
+        if restart and runtime.credentials.record is not None:
+            await self._keep_client(runtime, None)
+        runtime.begin_authorization()
+        flow.pending = await self._prepare(runtime)
+        flow.ready.set()
         log.info("authorization started", extra={"server": runtime.name})
-        return flow
+        with anyio.move_on_after(STATE_LIFETIME_SECONDS):
+            async for query, answer in flow.received:
+                answer.succeeded, answer.message = await self._complete(flow, query)
+                answer.ready.set()
+                if flow.done.is_set():
+                    return
+        message = "the sign-in was not completed within 10 minutes; start it again"
+        runtime.authorization_failed(message)
+        flow.finish(message)
 
     async def _prepare(self, runtime: ServerRuntime) -> PendingAuthorization:
         config = runtime.entry.config
@@ -139,47 +249,47 @@ class AuthManager:
         settings = config.oauth if not isinstance(config.oauth, bool) else None
         if settings is not None and settings.redirect_uri:
             redirect = settings.redirect_uri
-            await self._ensure_listener()
+            self._ensure_listener()
         else:
-            redirect = redirect_uri(await self._ensure_listener())
-        http = runtime.http()
-        discovery = await drive(discover(config.url, runtime.challenge), *http)
+            redirect = redirect_uri(self._ensure_listener())
+        reach = runtime.reach()
+        discovery = await drive(discover(config.url, runtime.challenge), reach)
         scope = union_scope(
             choose_scope(settings, runtime.challenge, discovery), runtime.required_scope
         )
-        stored = runtime.record.client if runtime.record else None
+        record = runtime.credentials.record
+        stored = record.client if record else None
         identity = choose_client(settings, discovery, stored, redirect)
         client = identity.client
         if client is None:
-            client = await drive(register(discovery, redirect, scope), *http)
+            client = await drive(register(discovery, redirect, scope), reach)
             log.info("registered a client", extra={"server": runtime.name})
             # Kept at once: the next sign-in reuses it, even if this one fails.
             await self._keep_client(runtime, client)
         return begin(discovery, client, scope, redirect)
 
-    async def _keep_client(self, runtime: ServerRuntime, client: ClientRegistration | None) -> None:
+    @staticmethod
+    async def _keep_client(runtime: ServerRuntime, client: ClientRegistration | None) -> None:
         config = runtime.entry.config
         assert config is not None
-        record = runtime.record or CredentialRecord(server=runtime.name, url=config.url)
+        current = runtime.credentials.record
+        record = CredentialRecord(server=runtime.name, url=config.url)
+        if current is not None:
+            record = CredentialRecord(
+                server=current.server,
+                url=current.url,
+                tokens=current.tokens,
+                authorization=current.authorization,
+                last_refresh_at=current.last_refresh_at,
+            )
         record.client = client
-        await self._save(record)
-        runtime.record = record
-
-    async def _expire(self, flow: Flow) -> None:
-        with anyio.move_on_after(STATE_LIFETIME_SECONDS):
-            await flow.done.wait()
-        if not flow.done.is_set():
-            message = "the sign-in was not completed within 10 minutes; start it again"
-            flow.runtime.authorization_failed(message)
-            flow.finish(message)
-        self._stop_listener_if_idle()
+        await runtime.credentials.replace(record)
 
     async def _callback(self, query: str) -> tuple[bool, str]:
-        params = dict(parse_qsl(query))
-        state = params.get("state", "")
+        state = dict(parse_qsl(query)).get("state", "")
         for flow in self.flows.values():
-            if flow.pending is not None and not flow.done.is_set() and flow.pending.matches(state):
-                return await self._complete(flow, query)
+            if flow.waiting and flow.pending is not None and flow.pending.matches(state):
+                return await flow.submit(query)
         return False, (
             "This sign-in is unknown or already finished. Run `mcpctl auth NAME` to start again."
         )
@@ -187,7 +297,7 @@ class AuthManager:
     async def paste(self, runtime: ServerRuntime, text: str) -> tuple[bool, str]:
         """Finish with what the user pasted: the redirected URL, or just the code."""
         flow = self.flows.get(runtime.name)
-        if flow is None or flow.done.is_set() or flow.pending is None:
+        if flow is None or not flow.waiting or flow.pending is None:
             return (
                 False,
                 f"no sign-in to {runtime.name!r} is under way; run `mcpctl auth {runtime.name}`",
@@ -196,18 +306,17 @@ class AuthManager:
         query = urlsplit(text).query if "?" in text or "://" in text else ""
         if not query:
             query = urlencode({"code": text, "state": flow.pending.state})
-        outcome = await self._complete(flow, query)
-        self._stop_listener_if_idle()
-        return outcome
+        return await flow.submit(query)
 
     async def _complete(self, flow: Flow, query: str) -> tuple[bool, str]:
         runtime, pending = flow.runtime, flow.pending
         assert pending is not None
         try:
             code = pending.accept(query)
-            tokens = await drive(exchange(pending, code), *runtime.http())
+            tokens = await drive(exchange(pending, code), runtime.reach())
         except OAuthError as exc:
-            stored = runtime.record.client if runtime.record else None
+            record = runtime.credentials.record
+            stored = record.client if record else None
             if (
                 isinstance(exc, ServerRefused)
                 and exc.error in FORGET_CLIENT_ON
@@ -234,33 +343,32 @@ class AuthManager:
             ),
             last_refresh_at=None,
         )
-        await self._save(record)  # stored before anything uses the tokens
-        runtime.authorized(record)
+        await runtime.credentials.replace(record)  # stored before anything uses the tokens
+        runtime.authorized()
         flow.finish(None)
         log.info("authorized", extra={"server": runtime.name})
         return True, f"mcpd is signed in to {runtime.name}."
 
     async def logout(self, runtime: ServerRuntime, forget_client: bool) -> bool:
         """Revoke (RFC 7009) where possible, then forget the tokens; True if revoked."""
-        record = runtime.record
+        record = runtime.credentials.record
         revoked = False
         if record is not None and record.tokens is not None and record.client is not None:
             endpoint = record.authorization.revocation_endpoint if record.authorization else None
             if endpoint is not None:
                 try:
-                    await drive(_revoke(endpoint, record), *runtime.http())
+                    await drive(_revoke(endpoint, record), runtime.reach())
                     revoked = True
                 except OAuthError as exc:
                     log.warning(
                         "revocation failed", extra={"server": runtime.name, "error": str(exc)}
                     )
         if record is not None:
-            record.tokens = None
-            if forget_client:
-                record.client = None
-                record.authorization = None
-            await self._save(record)
-        runtime.logged_out(record)
+            kept = CredentialRecord(server=record.server, url=record.url)
+            if not forget_client:
+                kept.client, kept.authorization = record.client, record.authorization
+            await runtime.credentials.replace(kept)
+        runtime.logged_out()
         return revoked
 
 

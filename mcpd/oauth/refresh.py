@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from ..store import TokenSet
+from .model import TokenSet
 
 EARLIEST_FRACTION: Final = 0.70
 LATEST_FRACTION: Final = 0.80

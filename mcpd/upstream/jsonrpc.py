@@ -48,11 +48,11 @@ def decode(raw: bytes) -> dict[str, Any]:
 
 
 def is_request(message: dict[str, Any]) -> bool:
-    return "method" in message and "id" in message
+    return isinstance(message.get("method"), str) and "id" in message
 
 
 def is_notification(message: dict[str, Any]) -> bool:
-    return "method" in message and "id" not in message
+    return isinstance(message.get("method"), str) and "id" not in message
 
 
 def is_response(message: dict[str, Any]) -> bool:

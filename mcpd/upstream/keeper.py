@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import anyio
 
-from ..httpclient import HttpError
+from ..http import HttpError
 from .session import UpstreamSession
 from .transport import AuthorizationRequired, UpstreamError, describe
 
@@ -63,7 +63,7 @@ class SessionKeeper:
             async with anyio.create_task_group() as tg:
                 try:
                     await self.session.open(tg)
-                except (UpstreamError, HttpError, TimeoutError, OSError) as exc:
+                except (UpstreamError, HttpError) as exc:
                     failure = exc
                 else:
                     attempt = 0

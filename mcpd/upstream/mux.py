@@ -63,6 +63,8 @@ class Routing:
     upstream: list[dict[str, Any]] = field(default_factory=list)
     editors: list[tuple[EditorId, dict[str, Any]]] = field(default_factory=list)
     own: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    # Why a message could not be routed as it is (for the log), if it could not.
+    problem: str | None = None
 
     def extend(self, other: Routing) -> None:
         self.upstream += other.upstream
@@ -174,6 +176,11 @@ class Multiplexer:
             return self._editor_notification(editor, message)
         if jsonrpc.is_response(message):
             return self._editor_response(editor, message)
+        if "method" in message:
+            problem = "a method must be a string"
+            return Routing(
+                editors=[(editor_id, jsonrpc.error(None, jsonrpc.INVALID_REQUEST, problem))]
+            )
         return Routing(
             editors=[
                 (
@@ -187,6 +194,11 @@ class Multiplexer:
 
     def _editor_request(self, editor: Editor, message: dict[str, Any]) -> Routing:
         method = message["method"]
+        if not jsonrpc.is_id(message["id"]):
+            problem = "request ids are strings or integers"
+            return Routing(
+                editors=[(editor.id, jsonrpc.error(None, jsonrpc.INVALID_REQUEST, problem))]
+            )
         if method == "initialize":
             params = message.get("params")
             self.initialize_editor(editor.id, params)
@@ -289,7 +301,13 @@ class Multiplexer:
             return self._server_request(message, related)
         if jsonrpc.is_notification(message):
             return self._server_notification(message)
-        return Routing()
+        if "method" in message and jsonrpc.is_id(message.get("id")):
+            problem = "a method must be a string"
+            return Routing(
+                upstream=[jsonrpc.error(message["id"], jsonrpc.INVALID_REQUEST, problem)],
+                problem=f"a request whose method is not a string; answered: {problem}",
+            )
+        return Routing(problem="not a request, notification or response; dropped")
 
     def _server_response(self, message: dict[str, Any]) -> Routing:
         upstream_id = message.get("id")
@@ -310,12 +328,10 @@ class Multiplexer:
     def _server_request(self, message: dict[str, Any], related: int | None) -> Routing:
         method, request_id = message["method"], message["id"]
         if not jsonrpc.is_id(request_id):
+            problem = "request ids are strings or integers"
             return Routing(
-                upstream=[
-                    jsonrpc.error(
-                        None, jsonrpc.INVALID_REQUEST, "request ids are strings or integers"
-                    )
-                ]
+                upstream=[jsonrpc.error(None, jsonrpc.INVALID_REQUEST, problem)],
+                problem=f"a request with an invalid id; answered: {problem}",
             )
         if method == "ping":
             return Routing(upstream=[jsonrpc.result(request_id, {})])

@@ -17,14 +17,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
 
 from .. import __version__
 from ..config import ServerConfig
-from ..httpclient import HttpClient, HttpError
+from ..http import HttpClient, HttpError
+from ..waiting import first_of
 from . import jsonrpc
 from .mux import EditorId, Multiplexer, Routing
 from .transport import (
@@ -61,6 +62,33 @@ EditorSink = Callable[[bytes], None]
 SESSION_FATAL = (ConnectionLost, AuthorizationRequired, HttpError)
 
 
+class SessionAuth(Protocol):
+    """The session's view of its server's credentials."""
+
+    def bearer(self) -> str | None:
+        """The access token to send now, if any."""
+
+    async def refresh(self, seen: str | None) -> bool:
+        """The server refused `seen` (None: no token was sent, the one held having
+        expired): True once a newer token is in place."""
+
+    async def ready(self) -> str | None:
+        """Before connecting: why not to connect yet, if there is a reason."""
+
+
+class NoAuth:
+    """A server without OAuth."""
+
+    def bearer(self) -> str | None:
+        return None
+
+    async def refresh(self, seen: str | None) -> bool:
+        return False
+
+    async def ready(self) -> str | None:
+        return None
+
+
 class RequestFailed(Exception):
     """The server answered one of the daemon's own requests with an error."""
 
@@ -84,12 +112,9 @@ class UpstreamSession:
         max_message_size: int,
         *,
         initialize_params: dict[str, Any] | None = None,
-        bearer: Callable[[], str | None] = lambda: None,
-        on_unauthorized: Callable[[str], Awaitable[bool]] | None = None,
+        auth: SessionAuth | None = None,
     ) -> None:
-        self.bearer = bearer
-        # Asked, with the token the server refused, for a newer one (a refresh).
-        self.on_unauthorized = on_unauthorized
+        self.auth = auth or NoAuth()
         self.name = name
         self.config = config
         self.client = client
@@ -125,11 +150,13 @@ class UpstreamSession:
             self.config.headers,
             self.max_message_size,
             self.config.timeout,
-            self.bearer,
+            self.auth.bearer,
         )
 
     async def open(self, tg: TaskGroup) -> None:
         """Initialize a new session on a new transport; raises UpstreamError and HttpError."""
+        if reason := await self.auth.ready():
+            raise UpstreamError(reason)
         self._tg = tg
         self._failure = None
         self._failed = anyio.Event()
@@ -149,8 +176,12 @@ class UpstreamSession:
             legacy = LegacySse(self._settings(), self._deliver)
             self.transport = transport = legacy
             tg.start_soon(self._guard, legacy.run)
-            with anyio.fail_after(self.config.timeout):
+            with anyio.move_on_after(self.config.timeout):
                 await first_of(legacy.ready, self._failed)
+            if not legacy.ready.is_set() and self._failure is None:
+                raise UpstreamError(
+                    f"the server's event stream named no endpoint within {self.config.timeout:g}s"
+                )
             if self._failure is not None:
                 raise self._failure
             result = await self._initialize(transport)
@@ -216,12 +247,12 @@ class UpstreamSession:
             if isinstance(self.transport, StreamableHttp):
                 try:
                     await self._reinitialize(self.transport)
-                except (UpstreamError, HttpError, TimeoutError) as exc:
+                except (UpstreamError, HttpError) as exc:
                     self._fail(exc)
                     return
                 assert self._tg is not None
                 self._tg.start_soon(self._guard, self.transport.listen)
-        except (UpstreamError, HttpError, TimeoutError, OSError) as exc:
+        except (UpstreamError, HttpError) as exc:
             self._fail(exc)
 
     async def close(self) -> None:
@@ -243,7 +274,13 @@ class UpstreamSession:
     # --- Messages -------------------------------------------------------------------
 
     def _deliver(self, message: dict[str, Any], related: int | None) -> None:
-        self._apply(self.mux.from_upstream(message, related))
+        routing = self.mux.from_upstream(message, related)
+        if routing.problem is not None:
+            log.warning(
+                "a message from the server was not usable",
+                extra={"server": self.name, "problem": routing.problem},
+            )
+        self._apply(routing)
 
     def _apply(self, routing: Routing) -> None:
         for editor, message in routing.editors:
@@ -260,16 +297,12 @@ class UpstreamSession:
 
     async def _post(self, transport: Transport, message: dict[str, Any]) -> None:
         """Post; when the server refuses the access token, get a new one and post once more."""
-        token = self.bearer()
+        token = self.auth.bearer()
         try:
             await transport.post(message)
         except AuthorizationRequired as exc:
-            if (
-                token is None
-                or self.on_unauthorized is None
-                or "insufficient_scope" in exc.challenge
-                or not await self.on_unauthorized(token)
-            ):
+            # No token to send (it expired just now, say): refresh the current one.
+            if "insufficient_scope" in exc.challenge or not await self.auth.refresh(token):
                 raise
             await transport.post(message)
 
@@ -292,7 +325,7 @@ class UpstreamSession:
         except SESSION_FATAL as exc:
             self._answer_unsent(message, describe(exc))
             self._fail(exc)
-        except (UpstreamError, HttpError, TimeoutError) as exc:
+        except (UpstreamError, HttpError) as exc:
             self._answer_unsent(message, describe(exc))
 
     def _answer_unsent(self, message: dict[str, Any], reason: str) -> None:
@@ -373,15 +406,3 @@ class UpstreamSession:
 
     def from_editor(self, editor: EditorId, message: dict[str, Any]) -> None:
         self._apply(self.mux.from_editor(editor, message))
-
-
-async def first_of(*events: anyio.Event) -> None:
-    """Return as soon as any of the events is set."""
-    async with anyio.create_task_group() as tg:
-
-        async def wait(event: anyio.Event) -> None:
-            await event.wait()
-            tg.cancel_scope.cancel()
-
-        for event in events:
-            tg.start_soon(wait, event)

@@ -24,7 +24,8 @@ from urllib.parse import urljoin
 
 import anyio
 
-from ..httpclient import BodyTooLarge, ConnectError, HttpClient, HttpError, Response
+from ..http import BodyTooLarge, HttpClient, HttpError, Redirects, Response
+from ..urls import origin_of, visible_ascii
 from . import jsonrpc
 from .sse import EventTooLarge, SseDecoder
 
@@ -90,18 +91,16 @@ class MessageTooLarge(UpstreamError):
 
 def describe(exc: BaseException) -> str:
     """A one-line account of an HTTP-level failure, without URLs' secrets."""
-    if isinstance(exc, UpstreamError | ConnectError):
+    if isinstance(exc, UpstreamError | HttpError):
         return str(exc)
     if isinstance(exc, TimeoutError):
         return "timed out"
-    if isinstance(exc, HttpError):
-        return f"the connection broke ({exc})"
     return f"{type(exc).__name__}: {exc}"
 
 
-async def _read_limited(response: Response, limit: int) -> bytes:
+async def _read_limited(response: Response, limit: int, idle: float | None = None) -> bytes:
     try:
-        return await response.read(limit)
+        return await response.read(limit, idle)
     except BodyTooLarge:
         raise MessageTooLarge(f"the server sent a message over {limit} bytes") from None
 
@@ -120,6 +119,13 @@ async def _error_detail(response: Response) -> str:
     except jsonrpc.InvalidMessage:
         pass
     return text[:200]
+
+
+def _resumable(decoder: SseDecoder) -> str | None:
+    """The last event id, if a stream can be resumed with it: it is echoed in a
+    header, so only one of visible ASCII is (any other cannot be resumed)."""
+    event_id = decoder.last_event_id
+    return event_id if event_id is not None and visible_ascii(event_id) else None
 
 
 def _session_expired(status: int) -> SessionExpired:
@@ -167,9 +173,16 @@ class _HttpTransport:
     async def _open(
         self, method: str, url: str, headers: dict[str, str], body: bytes = b""
     ) -> Response:
-        """Send and wait for the response head, no longer than the request timeout."""
-        with anyio.fail_after(self.request_timeout):
-            return await self.client.send(method, url, headers, body)
+        """Send and wait for the response head, no longer than the request timeout.
+        Redirects are followed within the server's origin only (and http -> https)."""
+        return await self.client.send(
+            method,
+            url,
+            headers,
+            body,
+            redirects=Redirects.SAME_ORIGIN,
+            head_timeout=self.request_timeout,
+        )
 
 
 class StreamableHttp(_HttpTransport):
@@ -206,6 +219,11 @@ class StreamableHttp(_HttpTransport):
             if response.status_code >= 300:
                 raise HttpStatusError(response.status_code, "an unexpected redirect")
             if session_id := response.headers.get("mcp-session-id"):
+                if not visible_ascii(session_id):
+                    raise UpstreamError(
+                        "the server sent a session id with characters the MCP specification "
+                        "does not allow (only visible ASCII may be echoed back)"
+                    )
                 self.session_id = session_id
             if response.status_code == 202 or related is None:
                 return
@@ -216,7 +234,7 @@ class StreamableHttp(_HttpTransport):
                     return
                 await self._resume(decoder, related)
                 return
-            body = await _read_limited(response, self.max_message_size)
+            body = await _read_limited(response, self.max_message_size, self.request_timeout)
             self._deliver_raw(body, related)
         finally:
             await response.aclose()
@@ -264,7 +282,7 @@ class StreamableHttp(_HttpTransport):
         except EventTooLarge as exc:
             raise MessageTooLarge(str(exc)) from None
         except HttpError as exc:
-            if decoder.last_event_id is None:
+            if _resumable(decoder) is None:
                 raise ConnectionLost(f"the stream broke: {describe(exc)}") from None
             log.info("SSE stream broke; resuming", extra={"error": describe(exc)})
         return False
@@ -272,7 +290,8 @@ class StreamableHttp(_HttpTransport):
     async def _resume(self, decoder: SseDecoder, related: int) -> None:
         """The POST stream ended before its response: resume it with Last-Event-ID."""
         for attempt in range(MAX_RESUME_ATTEMPTS):
-            if decoder.last_event_id is None:
+            last_event_id = _resumable(decoder)
+            if last_event_id is None:
                 break
             delay = (
                 decoder.retry_ms / 1000 if decoder.retry_ms is not None else DEFAULT_RESUME_DELAY
@@ -280,7 +299,7 @@ class StreamableHttp(_HttpTransport):
             await anyio.sleep(delay * (1 if attempt == 0 else 2**attempt))
             try:
                 response = await self._open(
-                    "GET", self.url, self._headers(**{"Last-Event-ID": decoder.last_event_id})
+                    "GET", self.url, self._headers(**{"Last-Event-ID": last_event_id})
                 )
             except HttpError as exc:
                 log.info("resuming an SSE stream failed", extra={"error": describe(exc)})
@@ -303,11 +322,11 @@ class StreamableHttp(_HttpTransport):
         failures = 0
         while True:
             headers = self._headers()
-            if decoder.last_event_id is not None:
-                headers["Last-Event-ID"] = decoder.last_event_id
+            if (last_event_id := _resumable(decoder)) is not None:
+                headers["Last-Event-ID"] = last_event_id
             try:
                 response = await self._open("GET", self.url, headers)
-            except (HttpError, TimeoutError) as exc:
+            except HttpError as exc:
                 failures += 1
                 if failures >= MAX_LISTEN_FAILURES:
                     raise ConnectionLost(f"the event stream is gone: {describe(exc)}") from None
@@ -344,9 +363,11 @@ class StreamableHttp(_HttpTransport):
             return
         try:
             with anyio.fail_after(min(self.request_timeout, 5.0)):
-                response = await self.client.send("DELETE", self.url, self._headers())
-                await _read_limited(response, 4096)
-            await response.aclose()
+                response = await self._open("DELETE", self.url, self._headers())
+                try:
+                    await _read_limited(response, 4096)
+                finally:
+                    await response.aclose()
         except (HttpError, UpstreamError, TimeoutError) as exc:
             log.info("could not end the session", extra={"error": describe(exc)})
 
@@ -373,7 +394,7 @@ class LegacySse(_HttpTransport):
             async for chunk in response.aiter_bytes():
                 for event in decoder.feed(chunk):
                     if event.event == "endpoint" and not self.ready.is_set():
-                        self.endpoint = urljoin(self.url, event.data.strip())
+                        self.endpoint = self._endpoint(event.data.strip())
                         self.ready.set()
                     elif event.event == "message" and event.data.strip():
                         try:
@@ -390,6 +411,18 @@ class LegacySse(_HttpTransport):
             await response.aclose()
         raise ConnectionLost("the server closed the event stream")
 
+    def _endpoint(self, announced: str) -> str:
+        """Where the server says to POST: on its own origin only, since the token and
+        the configured headers go there."""
+        endpoint = urljoin(self.url, announced)
+        if origin_of(endpoint) != origin_of(self.url):
+            raise UpstreamError(
+                f"the server named an endpoint on another origin "
+                f"({origin_of(endpoint).authority}) for its messages; refusing to send "
+                "credentials there"
+            )
+        return endpoint
+
     async def post(self, message: dict[str, Any]) -> None:
         assert self.endpoint is not None
         response = await self._open(
@@ -402,7 +435,7 @@ class LegacySse(_HttpTransport):
             _check_auth(response)
             if response.status_code >= 400:
                 raise HttpStatusError(response.status_code, await _error_detail(response))
-            await _read_limited(response, self.max_message_size)
+            await _read_limited(response, self.max_message_size, self.request_timeout)
         finally:
             await response.aclose()
 

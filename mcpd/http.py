@@ -1,0 +1,452 @@
+"""Every outbound HTTP request of the daemon, MCP and OAuth alike, on aiohttp.
+
+Theory of operation
+-------------------
+An `HttpClient` belongs to one server and lives as long as that server runs:
+its connections (aiohttp's keep-alive pool), its TLS trust and its proxies.
+`send` returns a `Response` once the response head has arrived; its body is
+read with `aiter_bytes` or `read`, and the response is then closed. A body
+read to its end gives its connection back to the pool; one closed early
+closes its connection.
+
+Failures: whatever goes wrong below HTTP comes out of this module as
+`HttpError` (or a subclass) and nothing else: aiohttp's and yarl's errors,
+TLS errors, timeouts, and the `ValueError`s of a URL or header that cannot
+be sent. Messages are fit for a user and quote no header value, no body and
+no query string, so that no token reaches a log through them.
+
+Timeouts, per phase: connecting (TCP, the proxy's tunnel, TLS) within the
+client's `connect_timeout`; the response head within the `head_timeout` of
+each request; between two chunks of a body, `idle_timeout` where the caller
+gives one (an event stream may be silent as long as it likes).
+
+Trust: the `verify` setting (False, or a CA bundle) applies to the server's
+own origin only. Every other origin (an authorization server, usually a third
+party) is checked against the system's CAs, or `oauth.verify`.
+
+Redirects follow one policy per kind of request, chosen by the caller and
+applied here (`redirect_target`): none at all for OAuth back-channel POSTs;
+for metadata GETs, to https targets (or http on loopback) only; for MCP
+requests, within the same origin or from http to https on the same host.
+Never from https to http, and nothing but `Accept` crosses to another origin.
+A 303 (and a 301 or 302 of a POST) continues as a GET without the body.
+
+Nothing is sent twice by this module. aiohttp re-sends an idempotent request
+(GET, DELETE) once when the pooled connection it went out on turns out to
+have been closed by the server before any answer, as RFC 9112 allows; it
+never re-sends a POST, and every MCP message and OAuth exchange is a POST.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from functools import cache
+from typing import Any
+
+import aiohttp
+import anyio
+from yarl import URL
+
+from . import __version__
+from .urls import DEFAULT_PORTS, Origin, is_loopback, origin_of, wire_clean
+
+MAX_REDIRECTS = 10
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Request headers that hold nothing of the user's and may follow a redirect elsewhere.
+PORTABLE_HEADERS = frozenset({"accept"})
+USER_AGENT = f"mcpd/{__version__}"
+# aiohttp's default: an idle pooled connection is closed after this many seconds.
+KEEPALIVE_SECONDS = 15.0
+
+
+class HttpError(Exception):
+    """An exchange failed below HTTP; the message is fit for a user."""
+
+
+class ConnectError(HttpError):
+    """No connection could be made (refused, no such host, TLS refused, timed out)."""
+
+
+class ConnectionBroken(HttpError):
+    """The connection failed while sending or receiving, or the answer was not HTTP."""
+
+
+class TimedOut(HttpError):
+    """No response head, or no more of a body, within its time."""
+
+
+class BodyTooLarge(HttpError):
+    pass
+
+
+class RedirectRefused(HttpError):
+    """A redirect the request's policy does not allow; the response is not followed."""
+
+
+class Redirects(enum.Enum):
+    """Which redirects a request may follow (see the module's docstring)."""
+
+    NONE = "none"
+    SECURE = "secure"
+    SAME_ORIGIN = "same-origin"
+
+
+def redirect_target(policy: Redirects, url: str, location: str, has_body: bool) -> str:
+    """Where a redirect from `url` to `location` leads, if `policy` allows it; else
+    RedirectRefused. Sans-IO: the decision alone."""
+    here = origin_of(url)
+    if policy is Redirects.NONE:
+        raise RedirectRefused(
+            f"{here.authority} answered with a redirect, which this request must not follow"
+        )
+    try:
+        target_url = URL(url, encoded=True).join(URL(location))
+        target = str(target_url)
+        there = Origin(target_url.scheme, (target_url.raw_host or "").lower(), target_url.port or 0)
+    except (ValueError, TypeError, UnicodeError):
+        raise RedirectRefused(
+            f"{here.authority} redirected to an address that is not a valid URL"
+        ) from None
+    if there.scheme not in DEFAULT_PORTS or not there.host or not 0 < there.port <= 65535:
+        raise RedirectRefused(
+            f"{here.authority} redirected to an address that is not a valid http(s) URL"
+        )
+    if here.scheme == "https" and there.scheme == "http":
+        raise RedirectRefused(f"{here.authority} redirected from https to http; refusing it")
+    if policy is Redirects.SECURE:
+        if there.scheme != "https" and not is_loopback(there.host):
+            raise RedirectRefused(
+                f"{here.authority} redirected to {there.authority} over plain http; "
+                "only https (or this machine) is allowed"
+            )
+        if has_body and there != here:
+            raise RedirectRefused(
+                f"{here.authority} redirected a request with a body to {there.authority}"
+            )
+        return target
+    upgrade = here.scheme == "http" and there.scheme == "https" and here.host == there.host
+    if there != here and not upgrade:
+        raise RedirectRefused(
+            f"{here.authority} redirected to another origin ({there.authority}); "
+            "set the server's url to where it lives now"
+        )
+    return target
+
+
+def tls_context(verify: bool | str) -> ssl.SSLContext:
+    """The TLS settings of `verify`: True checks against the system's CAs, a path
+    against a CA bundle file or directory, False not at all."""
+    if isinstance(verify, bool):
+        return _shared_tls_context(verify)
+    if os.path.isdir(verify):
+        context = ssl.create_default_context(capath=verify)
+    else:
+        context = ssl.create_default_context(cafile=verify)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+@cache
+def _shared_tls_context(verify: bool) -> ssl.SSLContext:
+    """One context for every server with the same setting: loading the system's
+    CA certificates is slow and large. (A bundle path is read anew, so a
+    changed file counts from the next start of its server.)"""
+    context = ssl.create_default_context()
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def proxy_for(url: str, environ: Mapping[str, str]) -> tuple[str, dict[str, str]] | None:
+    """The HTTP proxy the environment names for `url`, and the headers for it, by
+    the rules curl follows: `https_proxy`, `http_proxy`, `all_proxy`, minus
+    `no_proxy` (lower case first, then upper case)."""
+    target = origin_of(url)
+
+    def setting(name: str) -> str:
+        return environ.get(name) or environ.get(name.upper()) or ""
+
+    for entry in (e.strip().lower().lstrip(".") for e in setting("no_proxy").split(",")):
+        if entry == "*" or (entry and (target.host == entry or target.host.endswith("." + entry))):
+            return None
+    name = f"{target.scheme}_proxy"
+    proxy = setting(name) or setting("all_proxy")
+    if not proxy:
+        return None
+    proxy = proxy if "://" in proxy else f"http://{proxy}"
+    try:
+        parsed = URL(proxy)
+        valid = parsed.scheme == "http" and bool(parsed.host) and parsed.port is not None
+    except ValueError:
+        valid = False
+    if not valid:
+        scheme = proxy.partition("://")[0]
+        raise HttpError(
+            f"{name.upper()} must be an http:// proxy; {scheme}:// is not supported"
+            if scheme != "http"
+            else f"{name.upper()} is not a valid proxy URL"
+        )
+    headers = {}
+    if parsed.user is not None:
+        headers["Proxy-Authorization"] = aiohttp.encode_basic_auth(
+            parsed.user, parsed.password or ""
+        )
+    return str(parsed.with_user(None).with_password(None)), headers
+
+
+def _wire_url(url: str) -> URL:
+    """`url` as aiohttp sends it: as written when it is clean, else encoded."""
+    try:
+        parsed = URL(url, encoded=True) if wire_clean(url) else URL(url)
+        valid = parsed.scheme in DEFAULT_PORTS and bool(parsed.raw_host) and parsed.port
+    except (ValueError, TypeError, UnicodeError):
+        valid = False
+    if not valid:
+        raise HttpError("the request cannot be sent: its URL is not a valid http(s) URL")
+    return parsed
+
+
+def _failure(exc: BaseException, url: str, connect_timeout: float) -> HttpError:
+    """The project's error for whatever aiohttp, yarl, ssl or the OS raised."""
+    where = origin_of(url).authority
+    if isinstance(exc, HttpError):
+        return exc
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        error = exc.certificate_error
+        reason = getattr(error, "verify_message", None) or type(error).__name__
+        return ConnectError(f"cannot connect to {where}: TLS: certificate verify failed ({reason})")
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        reason = getattr(exc.os_error, "reason", None) or exc.strerror or "handshake failed"
+        return ConnectError(f"cannot connect to {where}: TLS: {reason}")
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        proxy = f"{exc.host}:{exc.port}"
+        return ConnectError(f"cannot connect to the proxy {proxy}: {exc.strerror or 'refused'}")
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return ConnectError(f"cannot connect to {where}: the name does not resolve")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ConnectError(f"cannot connect to {where}: {exc.strerror or 'refused'}")
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return ConnectError(f"the proxy refused a tunnel to {where} (HTTP {exc.status})")
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ConnectError(f"cannot connect to {where}: no answer within {connect_timeout:g}s")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return ConnectionBroken(f"{where} closed the connection before answering")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return ConnectionBroken(f"the answer from {where} broke off")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return ConnectionBroken(f"the answer from {where} is not valid HTTP/1.1")
+    if isinstance(exc, OSError):  # aiohttp's ClientOSError among them, and ssl's errors
+        detail = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+        return ConnectionBroken(f"the connection to {where} failed ({detail})")
+    if isinstance(exc, ValueError | TypeError | UnicodeError | LookupError):
+        # aiohttp and yarl refuse a header or URL that cannot go on the wire;
+        # their messages may quote it, so they are not repeated.
+        return HttpError(
+            f"the request to {where} cannot be sent: a header or the URL is not valid HTTP "
+            "(a line break, a control character or non-ASCII text)"
+        )
+    if isinstance(exc, aiohttp.ClientError):
+        return ConnectionBroken(f"the exchange with {where} failed ({type(exc).__name__})")
+    raise TypeError("not an HTTP failure") from exc
+
+
+# What _failure maps; anything else is a bug and travels on as it is.
+_MAPPED = (aiohttp.ClientError, OSError, ValueError, TypeError, UnicodeError, LookupError)
+
+
+class Response:
+    """A response whose head has arrived; read its body once, then close it."""
+
+    def __init__(self, raw: aiohttp.ClientResponse, url: str, connect_timeout: float) -> None:
+        self.status_code = raw.status
+        self.headers: dict[str, str] = {}
+        for name, value in raw.headers.items():
+            key = name.lower()
+            self.headers[key] = f"{self.headers[key]}, {value}" if key in self.headers else value
+        self.url = url
+        self._raw = raw
+        self._connect_timeout = connect_timeout
+
+    async def aiter_bytes(self, idle_timeout: float | None = None) -> AsyncIterator[bytes]:
+        """The body as it arrives; no more than `idle_timeout` seconds between chunks."""
+        content = self._raw.content
+        while True:
+            try:
+                with anyio.fail_after(idle_timeout):
+                    chunk = await content.readany()
+            except TimeoutError as exc:
+                if isinstance(exc, aiohttp.ClientError):
+                    raise _failure(exc, self.url, self._connect_timeout) from None
+                raise TimedOut(
+                    f"{origin_of(self.url).authority} sent nothing for {idle_timeout:g}s "
+                    "in the middle of its answer"
+                ) from None
+            except _MAPPED as exc:
+                raise _failure(exc, self.url, self._connect_timeout) from None
+            if not chunk:
+                return
+            yield chunk
+
+    async def read(self, limit: int, idle_timeout: float | None = None) -> bytes:
+        """The whole body, or BodyTooLarge if it exceeds `limit` bytes."""
+        chunks, size = [], 0
+        async for chunk in self.aiter_bytes(idle_timeout):
+            size += len(chunk)
+            if size > limit:
+                await self.aclose()
+                raise BodyTooLarge(f"the response is over {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def aclose(self) -> None:
+        """Done with it: a body read to its end has already freed its connection;
+        one left unread closes it."""
+        self._raw.close()
+
+
+class HttpClient:
+    """One server's outbound HTTP: its connections, its TLS trust, its proxies."""
+
+    def __init__(
+        self,
+        *,
+        own_url: str | None = None,
+        verify: bool | str = True,
+        other_verify: bool | str = True,
+        connect_timeout: float = 30.0,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        # `verify` for the server's own origin, `other_verify` for every other.
+        self._own = origin_of(own_url) if own_url is not None else None
+        self.verify = verify
+        self.other_verify = other_verify
+        self.connect_timeout = connect_timeout
+        self.environ = os.environ if environ is None else environ
+        self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[Origin, tuple[str, dict[str, str]] | None] = {}
+
+    async def __aenter__(self) -> HttpClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            with anyio.CancelScope(shield=True):
+                await session.close()
+
+    def _client_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # Made at first use: aiohttp wants the running event loop.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=0, keepalive_timeout=KEEPALIVE_SECONDS, ttl_dns_cache=10
+                ),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout),
+                headers={"User-Agent": USER_AGENT},
+                auto_decompress=True,
+            )
+        return self._session
+
+    def _tls(self, url: str) -> ssl.SSLContext:
+        own = self._own is not None and origin_of(url) == self._own
+        return tls_context(self.verify if own else self.other_verify)
+
+    def _proxy(self, url: str) -> tuple[str, dict[str, str]] | None:
+        origin = origin_of(url)
+        if origin not in self._proxies:
+            self._proxies[origin] = proxy_for(url, self.environ)
+        return self._proxies[origin]
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes = b"",
+        *,
+        redirects: Redirects,
+        head_timeout: float | None = None,
+    ) -> Response:
+        """Send a request (following redirects as `redirects` allows); return once
+        the final response's head has arrived, within `head_timeout` seconds."""
+        fields = dict(headers)
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self._send_once(method, url, fields, body, head_timeout)
+            location = response.headers.get("location")
+            if response.status_code not in REDIRECT_STATUSES or location is None:
+                return response
+            await response.aclose()
+            target = redirect_target(redirects, url, location, bool(body))
+            if origin_of(target) != origin_of(url):
+                fields = {k: v for k, v in fields.items() if k.lower() in PORTABLE_HEADERS}
+            if response.status_code == 303 or (
+                response.status_code in (301, 302) and method == "POST"
+            ):
+                method, body = "GET", b""
+                fields = {k: v for k, v in fields.items() if k.lower() != "content-type"}
+            url = target
+        raise HttpError(f"more than {MAX_REDIRECTS} redirects from {origin_of(url).authority}")
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes = b"",
+        *,
+        redirects: Redirects,
+        head_timeout: float | None = None,
+    ) -> AsyncIterator[Response]:
+        response = await self.send(
+            method, url, headers, body, redirects=redirects, head_timeout=head_timeout
+        )
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def _send_once(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        head_timeout: float | None,
+    ) -> Response:
+        options: dict[str, Any] = {}
+        try:
+            wire = _wire_url(url)
+            if wire.scheme == "https":
+                options["ssl"] = self._tls(url)
+            proxy = self._proxy(url)
+            if proxy is not None:
+                options["proxy"], options["proxy_headers"] = proxy
+            with anyio.fail_after(head_timeout):
+                raw = await self._client_session().request(
+                    method,
+                    wire,
+                    headers=headers,
+                    data=body or None,
+                    allow_redirects=False,
+                    **options,
+                )
+        except TimeoutError as exc:
+            if isinstance(exc, aiohttp.ClientError):  # aiohttp's connect timeout
+                raise _failure(exc, url, self.connect_timeout) from None
+            raise TimedOut(
+                f"no answer from {origin_of(url).authority} within {head_timeout:g}s"
+            ) from None
+        except _MAPPED as exc:
+            raise _failure(exc, url, self.connect_timeout) from None
+        return Response(raw, url, self.connect_timeout)

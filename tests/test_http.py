@@ -1,0 +1,478 @@
+"""mcpd's outbound HTTP (mcpd/http.py, on aiohttp) against real HTTP peers: the
+standard library's HTTP/1.1 server (keep-alive, redirects, closes) and
+pproxy, a real forward proxy (CONNECT tunnels for https, absolute-form
+requests for http).
+
+Where no real server misbehaves on demand (a TLS handshake cut off, a reset
+after a request was read, a redirect to an address that does not parse), the
+peer is a raw socket that does exactly that and nothing else, and says so."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import anyio
+import pytest
+from http_peer import http_peer, reply
+from test_tls import make_pki
+
+from mcpd.http import (
+    MAX_REDIRECTS,
+    BodyTooLarge,
+    ConnectError,
+    ConnectionBroken,
+    HttpClient,
+    HttpError,
+    RedirectRefused,
+    Redirects,
+    TimedOut,
+    proxy_for,
+    redirect_target,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+SAME = Redirects.SAME_ORIGIN
+
+
+def fetch(
+    method: str,
+    url: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    *,
+    redirects: Redirects = SAME,
+    head_timeout: float | None = 10,
+    **client_options: Any,
+) -> tuple[int, bytes]:
+    """One request on a client of its own (a client belongs to one event loop)."""
+
+    async def main() -> tuple[int, bytes]:
+        async with (
+            HttpClient(**client_options) as client,
+            client.stream(
+                method, url, headers or {}, body, redirects=redirects, head_timeout=head_timeout
+            ) as response,
+        ):
+            return response.status_code, await response.read(1 << 20)
+
+    return anyio.run(main, backend_options={"use_uvloop": True})
+
+
+class RawPeer:
+    """A TCP listener on loopback whose every connection is handed to `serve`
+    (a fake on purpose: it does the one wrong thing a test needs)."""
+
+    def __init__(self, serve: Callable[[socket.socket], None]) -> None:
+        self.serve = serve
+        self.connections = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn, suppress(OSError):
+            self.serve(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@contextmanager
+def raw_peer(serve: Callable[[socket.socket], None]) -> Iterator[RawPeer]:
+    peer = RawPeer(serve)
+    try:
+        yield peer
+    finally:
+        peer.close()
+
+
+def reset(conn: socket.socket) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a crashing peer does."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def read_head(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+# --- Connections ---------------------------------------------------------------------
+
+
+def test_keep_alive_reuses_one_connection():
+    with http_peer(reply(body=b"hello")) as peer:
+
+        async def main() -> list[bytes]:
+            async with HttpClient() as client:
+                bodies = []
+                for _ in range(3):
+                    async with client.stream("GET", peer.url + "/a", {}, redirects=SAME) as r:
+                        bodies.append(await r.read(100))
+                return bodies
+
+        assert anyio.run(main) == [b"hello"] * 3
+    assert len({seen.client_port for seen in peer.seen}) == 1
+
+
+def test_a_response_left_unread_never_carries_another_request():
+    with http_peer(reply(body=b"x" * 200_000)) as peer:
+
+        async def main() -> None:
+            async with HttpClient() as client:
+                response = await client.send("GET", peer.url, {}, redirects=SAME)
+                async for _chunk in response.aiter_bytes():
+                    break
+                await response.aclose()
+                async with client.stream("GET", peer.url, {}, redirects=SAME) as second:
+                    assert len(await second.read(1 << 20)) == 200_000
+
+        anyio.run(main)
+    assert peer.seen[0].client_port != peer.seen[1].client_port
+
+
+def test_a_body_over_the_limit_is_refused():
+    with http_peer(reply(body=b"x" * 5000)) as peer:
+
+        async def main() -> None:
+            async with (
+                HttpClient() as client,
+                client.stream("GET", peer.url, {}, redirects=SAME) as response,
+            ):
+                await response.read(4096)
+
+        with pytest.raises(BodyTooLarge, match="over 4096 bytes"):
+            anyio.run(main)
+
+
+def test_a_post_that_was_sent_is_never_sent_again():
+    """The server reads the whole request, then resets the connection without
+    an answer: the caller hears of it, and the server saw the request once
+    (it may have acted on it: a tool call must not run twice)."""
+    seen = []
+
+    def read_then_reset(conn: socket.socket) -> None:
+        seen.append(read_head(conn))
+        reset(conn)
+
+    with raw_peer(read_then_reset) as peer, pytest.raises(ConnectionBroken):
+        fetch("POST", f"http://127.0.0.1:{peer.port}/mcp", b"{}")
+    assert len(seen) == 1
+
+
+def test_more_than_1024_descriptors_in_use():
+    """select() cannot watch a descriptor numbered 1024 or more; pooled
+    connections must keep working past that (500 servers get there)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.fail(f"this test needs an open-file limit over 1200 (hard limit {hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    ballast = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        with http_peer(reply(body=b"high")) as peer:
+
+            async def main() -> list[bytes]:
+                async with HttpClient() as client:
+                    bodies = []
+                    for _ in range(5):
+                        async with client.stream("POST", peer.url, {}, b"x", redirects=SAME) as r:
+                            bodies.append(await r.read(100))
+                    return bodies
+
+            assert anyio.run(main, backend_options={"use_uvloop": True}) == [b"high"] * 5
+        assert len({seen.client_port for seen in peer.seen}) == 1  # pooled, reused
+    finally:
+        for fd in ballast:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# --- Redirects -----------------------------------------------------------------------
+
+
+def test_redirects_within_the_origin_keep_or_drop_the_method_as_http_says():
+    def route(handler: http.server.BaseHTTPRequestHandler) -> None:
+        targets = {"/keep": "/final", "/see-other": "/final"}
+        if handler.path in targets:
+            status = 303 if handler.path == "/see-other" else 307
+            reply(status, b"", Location=targets[handler.path])(handler)
+        else:
+            reply(body=handler.command.encode())(handler)
+
+    with http_peer(route) as peer:
+        auth = {"Authorization": "Bearer t0ken-SECRET", "Content-Type": "application/json"}
+        assert fetch("POST", peer.url + "/keep", b"{}", auth) == (200, b"POST")
+        assert peer.seen[-1].body == b"{}"
+        assert peer.seen[-1].headers["authorization"] == "Bearer t0ken-SECRET"
+        assert fetch("POST", peer.url + "/see-other", b"{}", auth) == (200, b"GET")
+        assert peer.seen[-1].body == b""
+        assert "content-type" not in peer.seen[-1].headers
+
+
+def test_mcp_requests_refuse_a_redirect_to_another_origin():
+    with (
+        http_peer(reply(body=b"should not get here")) as elsewhere,
+        http_peer(reply(307, b"", Location=elsewhere.url + "/mcp")) as peer,
+        pytest.raises(RedirectRefused, match="another origin"),
+    ):
+        fetch("POST", peer.url + "/mcp", b'{"secret": 1}', {"X-Api-Key": "k-SECRET"})
+    assert elsewhere.seen == []
+
+
+@pytest.mark.parametrize(
+    ("policy", "url", "location", "expected"),
+    [
+        (SAME, "http://h:1/a", "/b", "http://h:1/b"),
+        (SAME, "http://h/a", "https://h/a", "https://h/a"),  # an upgrade on the same host
+        (SAME, "http://h/a", "https://other/a", RedirectRefused),
+        (SAME, "https://h/a", "http://h/a", RedirectRefused),  # never a downgrade
+        (SAME, "http://h/a", "http://h:99999/", RedirectRefused),  # a port out of range
+        (SAME, "http://h/a", "http://h:x/", RedirectRefused),
+        (SAME, "http://h/a", "ftp://h/a", RedirectRefused),
+        (SAME, "http://h/a", "/a b", "http://h/a%20b"),  # a space: encoded, as browsers do
+        (Redirects.NONE, "https://h/token", "/token2", RedirectRefused),
+        (
+            Redirects.SECURE,
+            "https://h/.well-known/x",
+            "https://as.example/x",
+            "https://as.example/x",
+        ),
+        (Redirects.SECURE, "https://h/x", "http://as.example/x", RedirectRefused),
+        (Redirects.SECURE, "http://127.0.0.1:5/x", "http://localhost:6/y", "http://localhost:6/y"),
+    ],
+)
+def test_redirect_policy(policy, url, location, expected):
+    if expected is RedirectRefused:
+        with pytest.raises(RedirectRefused):
+            redirect_target(policy, url, location, has_body=False)
+    else:
+        assert redirect_target(policy, url, location, has_body=False) == expected
+
+
+def test_a_secure_redirect_of_a_request_with_a_body_stays_on_its_origin():
+    with pytest.raises(RedirectRefused, match="with a body"):
+        redirect_target(Redirects.SECURE, "https://h/x", "https://other/x", has_body=True)
+
+
+@pytest.mark.parametrize("location", ["http://127.0.0.1:99999/", "/a\x7fb", "http://[::1/"])
+def test_a_redirect_to_an_address_that_does_not_parse_is_an_error_not_a_crash(location):
+    def redirect(conn: socket.socket) -> None:
+        read_head(conn)
+        conn.sendall(
+            b"HTTP/1.1 307 Temporary Redirect\r\nLocation: "
+            + location.encode()
+            + b"\r\nContent-Length: 0\r\n\r\n"
+        )
+
+    with raw_peer(redirect) as peer, pytest.raises(HttpError):
+        fetch("POST", f"http://127.0.0.1:{peer.port}/mcp", b"{}")
+
+
+def test_endless_redirects_end_with_a_clear_error():
+    with http_peer(reply(302, b"", Location="/again")) as peer:
+        with pytest.raises(HttpError, match=f"more than {MAX_REDIRECTS} redirects"):
+            fetch("GET", peer.url)
+        assert len(peer.seen) == MAX_REDIRECTS + 1
+
+
+# --- Failures: each one an HttpError with a message fit for a user ---------------------
+
+
+def test_a_refused_connection_says_where():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ConnectError, match=f"cannot connect to 127.0.0.1:{port}"):
+        fetch("GET", f"http://127.0.0.1:{port}/")
+
+
+@pytest.mark.parametrize("how", ["close", "reset", "garbage"])
+def test_a_tls_handshake_cut_off_is_an_error_not_a_crash(how):
+    """What a dying load balancer, a captive portal or a firewall does."""
+
+    def cut(conn: socket.socket) -> None:
+        conn.recv(1024)  # the ClientHello
+        if how == "reset":
+            reset(conn)
+        elif how == "garbage":
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    with raw_peer(cut) as peer, pytest.raises(HttpError) as error:
+        fetch("GET", f"https://127.0.0.1:{peer.port}/mcp")
+    assert f"127.0.0.1:{peer.port}" in str(error.value)
+
+
+def test_tls_checks_the_certificate_unless_told_otherwise(tmp_path):
+    ca, cert, key = make_pki(tmp_path)
+    with http_peer(reply(body=b"secure"), tls=(cert, key)) as peer:
+        with pytest.raises(ConnectError, match="certificate verify failed"):
+            fetch("GET", peer.url, own_url=peer.url)
+        assert fetch("GET", peer.url, verify=str(ca), own_url=peer.url) == (200, b"secure")
+        assert fetch("GET", peer.url, verify=False, own_url=peer.url) == (200, b"secure")
+        # `verify` is the server's own: another origin keeps the system's trust.
+        with pytest.raises(ConnectError, match="certificate verify failed"):
+            fetch("GET", peer.url, verify=False, own_url="https://127.0.0.1:1/mcp")
+        assert fetch("GET", peer.url, other_verify=str(ca), own_url="https://h/") == (
+            200,
+            b"secure",
+        )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("X-Api-Key", "k-SECRET\r\nX-Injected: 1"),
+        ("X-Api-Key", "k-SECRET\r"),
+        ("X-Api-Key", "k-SECRET\x00"),
+    ],
+)
+def test_a_header_that_cannot_be_sent_is_an_error_that_quotes_nothing(name, value):
+    with http_peer(reply()) as peer:
+        with pytest.raises(HttpError) as error:
+            fetch("GET", peer.url, headers={name: value})
+        assert peer.seen == []
+    assert "SECRET" not in str(error.value)
+    assert "not valid HTTP" in str(error.value)
+
+
+def test_no_answer_within_the_head_timeout():
+    def silent(conn: socket.socket) -> None:
+        read_head(conn)
+        time.sleep(3)
+
+    with raw_peer(silent) as peer, pytest.raises(TimedOut, match=r"no answer from .* within 0.5s"):
+        fetch("POST", f"http://127.0.0.1:{peer.port}/", b"{}", head_timeout=0.5)
+
+
+def test_a_body_that_stalls_past_the_idle_timeout():
+    def stall(conn: socket.socket) -> None:
+        read_head(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")
+        time.sleep(3)
+
+    with raw_peer(stall) as peer:
+
+        async def main() -> None:
+            async with (
+                HttpClient() as client,
+                client.stream("GET", f"http://127.0.0.1:{peer.port}/", {}, redirects=SAME) as r,
+            ):
+                await r.read(1000, idle_timeout=0.5)
+
+        with pytest.raises(TimedOut, match=r"sent nothing for 0\.5s"):
+            anyio.run(main)
+
+
+def test_an_answer_that_is_not_http():
+    def garbage(conn: socket.socket) -> None:
+        read_head(conn)
+        conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+
+    with raw_peer(garbage) as peer, pytest.raises(ConnectionBroken, match="not valid HTTP"):
+        fetch("GET", f"http://127.0.0.1:{peer.port}/")
+
+
+# --- Proxies -------------------------------------------------------------------------
+
+# pproxy switches to uvloop whenever it can import it (mcpd depends on it),
+# then asks for an event loop in a way uvloop no longer allows: keep it on
+# asyncio's own loop.
+PPROXY = "import sys; sys.modules['uvloop'] = None; from pproxy.server import main; main()"
+
+
+@contextmanager
+def pproxy() -> Iterator[str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-c", PPROXY, "-l", f"http://127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            with socket.socket() as attempt:
+                if attempt.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if process.poll() is not None:
+                raise AssertionError(f"pproxy did not start: {process.communicate()[1]}")
+            assert time.monotonic() < deadline, "pproxy did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.kill()
+        process.communicate()
+
+
+def test_https_goes_through_a_proxy_tunnel_and_http_in_absolute_form(tmp_path):
+    ca, cert, key = make_pki(tmp_path)
+    with (
+        http_peer(reply(body=b"tunnelled"), tls=(cert, key)) as secure,
+        http_peer(reply(body=b"forwarded")) as plain,
+        pproxy() as proxy,
+    ):
+        environ = {"HTTPS_PROXY": proxy, "http_proxy": proxy}
+        options = {"other_verify": str(ca), "environ": environ}
+        assert fetch("GET", secure.url + "/s", **options) == (200, b"tunnelled")
+        assert fetch("GET", plain.url + "/p", **options) == (200, b"forwarded")
+        assert plain.seen[-1].path == "/p"
+        proxy_port = proxy.rsplit(":", 1)[1]
+    # With the proxy gone, both fail at the proxy: proof that they went through it.
+    for url in (secure.url, plain.url):
+        with pytest.raises(ConnectError, match=f"127.0.0.1:{proxy_port}"):
+            fetch("GET", url, **options)
+
+
+def test_no_proxy_and_unsupported_proxies():
+    url = "https://mcp.example.com/mcp"
+    assert proxy_for(url, {"HTTPS_PROXY": "proxy:3128"}) == ("http://proxy:3128", {})
+    assert proxy_for(url, {"HTTPS_PROXY": "http://u:p@proxy:3128"}) == (
+        "http://proxy:3128",
+        {"Proxy-Authorization": "Basic dTpw"},
+    )
+    assert proxy_for(url, {"HTTPS_PROXY": "proxy:3128", "NO_PROXY": ".example.com"}) is None
+    assert proxy_for(url, {"https_proxy": "proxy:3128", "no_proxy": "*"}) is None
+    assert proxy_for(url, {"HTTP_PROXY": "proxy:3128"}) is None  # only for http://
+    assert proxy_for(url, {"ALL_PROXY": "http://proxy:8080"}) == ("http://proxy:8080", {})
+    with pytest.raises(HttpError, match="must be an http:// proxy"):
+        proxy_for(url, {"HTTPS_PROXY": "https://proxy:3128"})
+
+
+def test_the_shared_tls_contexts_load_the_system_store_once():
+    from mcpd.http import tls_context
+
+    assert tls_context(True) is tls_context(True)
+    assert tls_context(True).verify_mode is ssl.CERT_REQUIRED
+    assert tls_context(False).verify_mode is ssl.CERT_NONE
