@@ -230,7 +230,14 @@ def _failure(exc: BaseException, url: str, connect_timeout: float) -> HttpError:
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return ConnectError(f"cannot connect to {where}: the name does not resolve")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return ConnectError(f"cannot connect to {where}: {exc.strerror or 'refused'}")
+        cause = exc.os_error
+        if isinstance(cause, ConnectionResetError) and url.startswith("https:"):
+            # Accepted, then closed or reset before TLS was set up: a dying load
+            # balancer, a captive portal, a firewall.
+            how = "reset" if cause.strerror else "closed"
+            return ConnectError(f"cannot connect to {where}: {how} during the TLS handshake")
+        detail = "refused" if isinstance(cause, ConnectionRefusedError) else None
+        return ConnectError(f"cannot connect to {where}: {detail or exc.strerror or 'failed'}")
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         return ConnectError(f"the proxy refused a tunnel to {where} (HTTP {exc.status})")
     if isinstance(exc, aiohttp.ConnectionTimeoutError):

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,11 +61,14 @@ def recording_listener() -> Iterator[Peer]:
 class FakeMcp:
     session_id: str | None = "session-1"
     get_events: bytes | None = None
+    hold_get: bool = True  # keep the GET stream open after `get_events`
     answer: Callable[[Handler], bool] | None = None  # True: it answered
     closed: threading.Event = field(default_factory=threading.Event)
     posted: list[Any] = field(default_factory=list)
+    seen_headers: list[dict[str, str]] = field(default_factory=list)
 
     def route(self, handler: Handler) -> None:
+        self.seen_headers.append({k.lower(): v for k, v in handler.headers.items()})
         if self.answer is not None and self.answer(handler):
             return
         if handler.command == "GET":
@@ -100,7 +105,9 @@ class FakeMcp:
         handler.end_headers()
         handler.wfile.write(self.get_events)
         handler.wfile.flush()
-        self.closed.wait(30)
+        if self.hold_get:
+            self.closed.wait(30)
+        handler.close_connection = True
 
 
 @contextmanager
@@ -155,3 +162,30 @@ def fake_authorization_server(token_answer: Callable[[Handler], None]) -> Iterat
     with http_peer(server.route) as peer:
         server.origin = peer.url
         yield peer
+
+
+@contextmanager
+def closing_listener(*, reset: bool) -> Iterator[str]:
+    """A port that accepts each connection and at once closes it (with a TCP
+    reset when `reset`): what a dying load balancer or a firewall does to a TLS
+    handshake. Yields its https URL."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            if reset:
+                conn.recv(4096)  # the ClientHello
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}/mcp"
+    finally:
+        listener.close()
