@@ -169,11 +169,13 @@ def launch(
     extra_env: dict[str, str] | None = None,
     pass_fds: tuple[int, ...] = (),
     log_name: str = "mcpd.log",
+    program: tuple[str, ...] = (MCPD,),
 ) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start mcpd (or `program`, a stand-in that runs it) with `args`."""
     log_path = env.root / log_name
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [MCPD, *args],
+            [*program, *args],
             env={**env.vars, **(extra_env or {})},
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -222,6 +224,7 @@ def start_daemon(
     *args: str,
     extra_env: dict[str, str] | None = None,
     pass_fds: tuple[int, ...] = (),
+    program: tuple[str, ...] = (MCPD,),
 ) -> tuple[DaemonProcess, Notifications]:
     notify = Notifications(env.root / f"notify-{time.monotonic_ns()}.sock")
     process, log_path = launch(
@@ -229,6 +232,7 @@ def start_daemon(
         *args,
         extra_env={"NOTIFY_SOCKET": str(notify.path), **(extra_env or {})},
         pass_fds=pass_fds,
+        program=program,
     )
     daemon = DaemonProcess(env, process, log_path)
     daemon.notifications.append(notify.wait_for("READY=1", process, log_path))

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import anyio
 import h11
-from anyio.abc import SocketListener, SocketStream
+from anyio.abc import SocketListener, SocketStream, TaskGroup
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +129,11 @@ class CallbackListener:
                 with self._accepting:
                     while True:
                         stream = await listener.accept()
-                        if len(self._open) >= MAX_CONNECTIONS and not self._make_room():
-                            self.counts.refused_busy += 1
-                            log.debug("callback listener busy; refusing a connection")
-                            await stream.aclose()
-                            continue
-                        connection = _Connection()
-                        self._open.append(connection)
-                        tg.start_soon(self._serve_one, stream, connection)
+                        try:
+                            await self._admit(stream, tg)
+                        except BaseException:
+                            await anyio.aclose_forcefully(stream)  # never left open
+                            raise
                 # Stopped: the port is free again; the answers under way are sent.
         finally:
             counts = self.counts
@@ -162,6 +159,17 @@ class CallbackListener:
                 log.debug("callback listener full; dropped the oldest idle connection")
                 return True
         return False
+
+    async def _admit(self, stream: SocketStream, tg: TaskGroup) -> None:
+        """Serve a new connection, or refuse it if too many are open."""
+        if len(self._open) >= MAX_CONNECTIONS and not self._make_room():
+            self.counts.refused_busy += 1
+            log.debug("callback listener busy; refusing a connection")
+            await stream.aclose()
+            return
+        connection = _Connection()
+        self._open.append(connection)
+        tg.start_soon(self._serve_one, stream, connection)
 
     async def _serve_one(self, stream: SocketStream, connection: _Connection) -> None:
         try:

@@ -140,12 +140,24 @@ class AuthManager:
     # --- The loopback listener ------------------------------------------------------
 
     async def _listen(self, listener: CallbackListener) -> None:
-        """The listener's task, and its boundary: a fault stops the listener alone
-        (the flows stay; the next one that needs it starts it again)."""
+        """The listener's task, and its boundary: a fault stops the listener and
+        ends the flows waiting for it, and nothing else (the next flow starts a
+        listener again)."""
         try:
             await listener.serve()
         except Exception:
             log.error("the sign-in callback listener failed", exc_info=True)
+            # No callback can reach the flows that wait for one: end them, so that
+            # their `mcpctl auth` says so rather than wait for ten minutes.
+            for flow in self.flows.values():
+                if flow.waiting:
+                    message = (
+                        "the sign-in callback listener failed in mcpd (the daemon log has the "
+                        f"details); run `mcpctl auth {flow.runtime.name}` to try again"
+                    )
+                    flow.runtime.authorization_failed(message)
+                    flow.finish(message)
+                    flow.scope.cancel()
         finally:
             if self._listener is listener:
                 self._listener, self._port = None, None

@@ -1,0 +1,78 @@
+"""mcpd with unexpected exceptions injected at chosen places: a fake, since no
+real peer can make the daemon's own code raise what it does not expect (a
+bug). It is how each supervision boundary is shown to hold.
+
+    MCPD_TEST_FAULTS="session_open:2,reload" python tests/faulty_mcpd.py [mcpd args]
+
+Each named point raises RuntimeError the first COUNT times (default 1) it is
+reached, with `MCPD_TEST_FAULT_TEXT` in the message (a secret, to show that
+the traceback the boundary logs is redacted); `MCPD_TEST_FAULT_ONLY` limits
+the faults to one server (the `name` or `server` of the object at that point).
+Then it runs mcpd's own entry point.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import os
+import sys
+from typing import Any
+
+# Each point: (module, class, method) and the boundary meant to contain it.
+POINTS = {
+    "session_open": ("mcpd.upstream.session", "UpstreamSession", "open"),  # the server's
+    "credentials_refresh": ("mcpd.credentials", "Credentials", "_refresh"),  # the server's
+    "flow_prepare": ("mcpd.oauth.manager", "AuthManager", "_prepare"),  # the flow's
+    "callback_converse": ("mcpd.oauth.callback", "CallbackListener", "_converse"),  # a callback's
+    "callback_admit": ("mcpd.oauth.callback", "CallbackListener", "_admit"),  # the listener's
+    "operations_tools": ("mcpd.operations", "Operations", "tools"),  # a request's
+    "connection_handle": ("mcpd.connection", "ClientConnection", "_handle"),  # a connection's
+    "reload": ("mcpd.daemon", "Daemon", "reload"),  # a reload's
+}
+
+
+def _inject(point: str, count: int, text: str, only: str | None) -> None:
+    module_name, class_name, method_name = POINTS[point]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    original = getattr(cls, method_name)
+    left = [count]
+
+    def fire(target: Any) -> None:
+        name = getattr(target, "name", getattr(target, "server", None))
+        if left[0] > 0 and (only is None or name == only):
+            left[0] -= 1
+            raise RuntimeError(f"injected fault at {point} (holding {text})")
+
+    if inspect.iscoroutinefunction(original):
+
+        @functools.wraps(original)
+        async def faulty(self: Any, *args: Any, **kwargs: Any) -> Any:
+            fire(self)
+            return await original(self, *args, **kwargs)
+
+    else:
+
+        @functools.wraps(original)
+        def faulty(self: Any, *args: Any, **kwargs: Any) -> Any:
+            fire(self)
+            return original(self, *args, **kwargs)
+
+    setattr(cls, method_name, faulty)
+
+
+def main() -> None:
+    text = os.environ.get("MCPD_TEST_FAULT_TEXT", "")
+    only = os.environ.get("MCPD_TEST_FAULT_ONLY")
+    for spec in filter(None, os.environ.get("MCPD_TEST_FAULTS", "").split(",")):
+        point, _, count = spec.partition(":")
+        _inject(point, int(count or 1), text, only)
+    from mcpd.cli import main as mcpd_main
+
+    sys.argv[0] = "mcpd"
+    sys.exit(mcpd_main())
+
+
+if __name__ == "__main__":
+    main()
