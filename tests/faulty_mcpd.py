@@ -8,11 +8,14 @@ Each named point raises RuntimeError the first COUNT times (default 1) it is
 reached, with `MCPD_TEST_FAULT_TEXT` in the message (a secret, to show that
 the traceback the boundary logs is redacted); `MCPD_TEST_FAULT_ONLY` limits
 the faults to one server (the `name` or `server` of the object at that point).
-Then it runs mcpd's own entry point.
+`POINT:COUNT:ENOSPC` raises the OSError of a full disk instead, and only
+while the file `MCPD_TEST_FAULT_WHILE` exists (when that is set), so a test
+can fill and free the disk. Then it runs mcpd's own entry point.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib
 import inspect
@@ -30,20 +33,28 @@ POINTS = {
     "operations_tools": ("mcpd.operations", "Operations", "tools"),  # a request's
     "connection_handle": ("mcpd.connection", "ClientConnection", "_handle"),  # a connection's
     "reload": ("mcpd.daemon", "Daemon", "reload"),  # a reload's
+    "store_save": ("mcpd.store", "CredentialStore", "save"),  # not a fault: a full disk
 }
 
 
-def _inject(point: str, count: int, text: str, only: str | None) -> None:
+def _inject(point: str, count: int, kind: str, text: str, only: str | None) -> None:
     module_name, class_name, method_name = POINTS[point]
     cls = getattr(importlib.import_module(module_name), class_name)
     original = getattr(cls, method_name)
     left = [count]
 
+    armed = os.environ.get("MCPD_TEST_FAULT_WHILE")
+
     def fire(target: Any) -> None:
         name = getattr(target, "name", getattr(target, "server", None))
-        if left[0] > 0 and (only is None or name == only):
-            left[0] -= 1
-            raise RuntimeError(f"injected fault at {point} (holding {text})")
+        if left[0] <= 0 or (only is not None and name != only):
+            return
+        if armed is not None and not os.path.exists(armed):
+            return
+        left[0] -= 1
+        if kind == "ENOSPC":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise RuntimeError(f"injected fault at {point} (holding {text})")
 
     if inspect.iscoroutinefunction(original):
 
@@ -66,8 +77,9 @@ def main() -> None:
     text = os.environ.get("MCPD_TEST_FAULT_TEXT", "")
     only = os.environ.get("MCPD_TEST_FAULT_ONLY")
     for spec in filter(None, os.environ.get("MCPD_TEST_FAULTS", "").split(",")):
-        point, _, count = spec.partition(":")
-        _inject(point, int(count or 1), text, only)
+        point, _, rest = spec.partition(":")
+        count, _, kind = rest.partition(":")
+        _inject(point, int(count or 1), kind, text, only)
     from mcpd.cli import main as mcpd_main
 
     sys.argv[0] = "mcpd"

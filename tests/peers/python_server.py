@@ -36,8 +36,9 @@ Resources: `test://counter` (text, the counter; subscribable) and
 
 `--bearer TOKEN` answers 401 to any request without `Authorization: Bearer
 TOKEN`. `--tls-cert PEM --tls-key PEM` serves HTTPS instead of HTTP.
-`--resumable` keeps every SSE event in memory so a client can resume with
-`Last-Event-ID`.
+Each `initialize` and each DELETE of a session is logged on stdout
+(`session: initialize`, `session: DELETE ID`). `--resumable` keeps every
+SSE event in memory so a client can resume with `Last-Event-ID`.
 """
 
 from __future__ import annotations
@@ -415,6 +416,34 @@ def bearer_guard(app: Any, token: str) -> Any:
     return guarded
 
 
+def session_log(app: Any) -> Any:
+    """ASGI middleware: a line on stdout for each session's start and end, as
+    `session: initialize` and `session: DELETE <id>`."""
+
+    async def logged(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "DELETE":
+            session = dict(scope["headers"]).get(b"mcp-session-id", b"").decode()
+            print(f"session: DELETE {session}", flush=True)
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await app(scope, receive, send)
+            return
+        body = b""
+
+        async def peek() -> Any:
+            nonlocal body
+            message = await receive()
+            if message["type"] == "http.request":
+                body += message.get("body", b"")
+                initialize = b'"method":"initialize"' in body.replace(b" ", b"")
+                if initialize and not message.get("more_body"):
+                    print("session: initialize", flush=True)
+            return message
+
+        await app(scope, peek, send)
+
+    return logged
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, required=True)
@@ -435,6 +464,7 @@ def main(argv: list[str] | None = None) -> None:
         event_store=MemoryEventStore() if options.resumable else None,
         host=HOST,
     )
+    app = session_log(app)
     if options.bearer:
         app = bearer_guard(app, options.bearer)
     config = uvicorn.Config(
