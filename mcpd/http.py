@@ -59,8 +59,10 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Request headers that hold nothing of the user's and may follow a redirect elsewhere.
 PORTABLE_HEADERS = frozenset({"accept"})
 USER_AGENT = f"mcpd/{__version__}"
-# aiohttp's default: an idle pooled connection is closed after this many seconds.
-KEEPALIVE_SECONDS = 15.0
+# An idle pooled connection is closed after this many seconds: less than the 5 s
+# after which Node's and uvicorn's servers close theirs, so that a request is
+# rarely written into a connection the server is closing (a POST is never re-sent).
+KEEPALIVE_SECONDS = 4.0
 
 
 class HttpError(Exception):

@@ -30,8 +30,13 @@ def _populate(env) -> dict[str, str]:
                 tokens=TokenSet(access_token=tokens[name], obtained_at=time.time()),
             )
         )
+    # Disabled: the rotation is timed against nothing but itself (no server
+    # loading its record or connecting meanwhile).
     env.write_config(
-        "".join(f'[servers.{name}]\nurl = "https://{name}.example/mcp"\n' for name in SERVERS)
+        "".join(
+            f'[servers.{name}]\nurl = "https://{name}.example/mcp"\nenabled = false\n'
+            for name in SERVERS
+        )
     )
     return tokens
 
