@@ -40,6 +40,7 @@ never re-sends a POST, and every MCP message and OAuth exchange is a POST.
 from __future__ import annotations
 
 import enum
+import functools
 import os
 import ssl
 from collections.abc import AsyncIterator, Mapping
@@ -202,6 +203,7 @@ def proxy_for(url: str, environ: Mapping[str, str]) -> tuple[str, dict[str, str]
     return str(parsed.with_user(None).with_password(None)), headers
 
 
+@functools.lru_cache(maxsize=1024)  # a server's few URLs, parsed once
 def _wire_url(url: str) -> URL:
     """`url` as aiohttp sends it: as written when it is clean, else encoded."""
     try:
@@ -287,8 +289,12 @@ class Response:
         content = self._raw.content
         while True:
             try:
-                with anyio.fail_after(idle_timeout):
-                    chunk = await content.readany()
+                # What has arrived already needs no timer (a cancel scope per
+                # chunk is a good part of the cost of a small answer).
+                chunk = content.read_nowait()
+                if not chunk and not content.at_eof():
+                    with anyio.fail_after(idle_timeout):
+                        chunk = await content.readany()
             except TimeoutError as exc:
                 if isinstance(exc, aiohttp.ClientError):
                     raise _failure(exc, self.url, self._connect_timeout) from None

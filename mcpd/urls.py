@@ -14,6 +14,7 @@ wire in a header (a session id, an event id, an access token).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import NamedTuple
@@ -43,6 +44,7 @@ class Origin(NamedTuple):
         return host if self.port == DEFAULT_PORTS.get(self.scheme) else f"{host}:{self.port}"
 
 
+@functools.lru_cache(maxsize=1024)  # asked of the same few URLs on every request
 def origin_of(url: str) -> Origin:
     """The (scheme, host, port) of a URL; an unparseable one has an origin of its own."""
     try:
