@@ -30,6 +30,7 @@ from . import config as config_mod
 from . import logs
 from .config import Config
 from .connection import ClientConnection, peer_credentials
+from .http import HttpPool
 from .oauth.manager import AuthManager
 from .oauth.model import CredentialRecord
 from .operations import Operations
@@ -93,6 +94,7 @@ class Daemon:
         self._editor_ids = itertools.count(1)
         self.auth = AuthManager(config.daemon.callback_port)
         self.service = Operations(self)
+        self._http_pool = HttpPool()
         # Connections accepted and not yet ended (counted before their first read).
         self.clients = 0
         self._client_budget = client_budget(1024)
@@ -119,7 +121,7 @@ class Daemon:
         # one fails their connect(2) at once with EAGAIN.
         listener_socket.listen(LISTEN_BACKLOG)
         listener = await SocketListener.from_socket(listener_socket)
-        async with anyio.create_task_group() as tg:
+        async with self._http_pool, anyio.create_task_group() as tg:
             self._tg = tg
             await tg.start(self.auth.run)
             # Handlers in place before READY: a SIGHUP must never meet the default action.
@@ -314,7 +316,12 @@ class Daemon:
         # Room for the rpc envelope around the largest message a server may send.
         max_message_size = self.max_frame_size - 64
         runtime = ServerRuntime(
-            entry, self._publish, self._load_record, self.save_record, max_message_size
+            entry,
+            self._publish,
+            self._load_record,
+            self.save_record,
+            max_message_size,
+            pool=self._http_pool,
         )
         self.servers[entry.name] = runtime
         if announce:

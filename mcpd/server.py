@@ -33,7 +33,7 @@ from anyio.abc import TaskGroup
 from . import logs
 from .config import ServerEntry
 from .credentials import Credentials, LoadRecord, SaveRecord
-from .http import HttpClient
+from .http import HttpClient, HttpPool
 from .oauth.discovery import Challenge, parse_challenge
 from .oauth.driver import Reach
 from .oauth.flow import union_scope
@@ -68,8 +68,11 @@ class ServerRuntime:
         load_record: LoadRecord,
         save_record: SaveRecord,
         max_message_size: int,
+        *,
+        pool: HttpPool | None = None,
     ):
         self.entry = entry
+        self._pool = pool  # the daemon's connections, shared by its servers
         self._on_change = on_change
         self._max_message_size = max_message_size
         config = entry.config
@@ -176,6 +179,7 @@ class ServerRuntime:
         oauth = config.oauth if not isinstance(config.oauth, bool) else None
         with self._scope:
             async with HttpClient(
+                pool=self._pool,
                 own_url=config.url,
                 verify=config.verify,
                 other_verify=oauth.verify if oauth is not None else True,

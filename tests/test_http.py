@@ -34,6 +34,7 @@ from mcpd.http import (
     ConnectionBroken,
     HttpClient,
     HttpError,
+    HttpPool,
     RedirectRefused,
     Redirects,
     TimedOut,
@@ -139,6 +140,28 @@ def test_keep_alive_reuses_one_connection():
                 return bodies
 
         assert anyio.run(main) == [b"hello"] * 3
+    assert len({seen.client_port for seen in peer.seen}) == 1
+
+
+def test_servers_share_the_daemons_pool_and_keep_their_own_settings():
+    """Two servers' clients on one pool: one connection to an origin they share,
+    and closing one client leaves the pool to the other."""
+    with http_peer(reply(body=b"hello")) as peer:
+
+        async def main() -> list[bytes]:
+            async with HttpPool() as pool:
+                first = HttpClient(pool=pool, own_url=peer.url, connect_timeout=5)
+                second = HttpClient(pool=pool, own_url=peer.url, connect_timeout=7)
+                bodies = []
+                for client in (first, second, first):
+                    async with client.stream("GET", peer.url + "/a", {}, redirects=SAME) as r:
+                        bodies.append(await r.read(100))
+                await first.aclose()
+                async with second.stream("GET", peer.url + "/a", {}, redirects=SAME) as r:
+                    bodies.append(await r.read(100))
+                return bodies
+
+        assert anyio.run(main) == [b"hello"] * 4
     assert len({seen.client_port for seen in peer.seen}) == 1
 
 
