@@ -156,8 +156,8 @@ def tls_context(verify: bool | str) -> ssl.SSLContext:
 @cache
 def _shared_tls_context(verify: bool) -> ssl.SSLContext:
     """One context for every server with the same setting: loading the system's
-    CA certificates is slow and large. (A bundle path is read anew, so a
-    changed file counts from the next start of its server.)"""
+    CA certificates is slow and large. (A bundle path is read by each client
+    that uses it, so a changed file counts from the next start of its server.)"""
     context = ssl.create_default_context()
     if not verify:
         context.check_hostname = False
@@ -379,6 +379,7 @@ class HttpClient:
         self.other_verify = other_verify
         self.connect_timeout = connect_timeout
         self.environ = os.environ if environ is None else environ
+        self._contexts: dict[bool, ssl.SSLContext] = {}
         self._owned = pool is None
         self._pool = pool if pool is not None else HttpPool()
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout)
@@ -396,7 +397,9 @@ class HttpClient:
 
     def _tls(self, url: str) -> ssl.SSLContext:
         own = self._own is not None and origin_of(url) == self._own
-        return tls_context(self.verify if own else self.other_verify)
+        if own not in self._contexts:  # a CA bundle is read once per client
+            self._contexts[own] = tls_context(self.verify if own else self.other_verify)
+        return self._contexts[own]
 
     def _proxy(self, url: str) -> tuple[str, dict[str, str]] | None:
         origin = origin_of(url)

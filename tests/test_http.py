@@ -27,6 +27,7 @@ import pytest
 from http_peer import http_peer, reply
 from test_tls import make_pki
 
+import mcpd.http
 from mcpd.http import (
     MAX_REDIRECTS,
     BodyTooLarge,
@@ -368,6 +369,27 @@ def test_tls_checks_the_certificate_unless_told_otherwise(tmp_path):
             200,
             b"secure",
         )
+
+
+def test_a_ca_bundle_is_read_once_per_client(tmp_path, monkeypatch):
+    ca, cert, key = make_pki(tmp_path)
+    read = []
+    original = mcpd.http.tls_context
+    monkeypatch.setattr(
+        mcpd.http, "tls_context", lambda verify: read.append(verify) or original(verify)
+    )
+    with http_peer(reply(body=b"secure"), tls=(cert, key)) as peer:
+
+        async def main() -> list[int]:
+            async with HttpClient(own_url=peer.url, verify=str(ca)) as client:
+                statuses = []
+                for _ in range(3):
+                    async with client.stream("GET", peer.url, {}, redirects=SAME) as r:
+                        statuses.append(r.status_code)
+                return statuses
+
+        assert anyio.run(main) == [200] * 3
+    assert read == [str(ca)]
 
 
 @pytest.mark.parametrize(
