@@ -201,7 +201,10 @@ def cmd_auth(client: DaemonClient, args: argparse.Namespace) -> int:
     started = msgspec.convert(
         client.request("auth", AuthParams(args.name, args.restart)), AuthStarted
     )
-    print(f"To sign in to {args.name}, open this URL in a browser:\n\n  {started.url}\n")
+    # Flushed: whoever reads a pipe gets the URL before a browser opens.
+    print(
+        f"To sign in to {args.name}, open this URL in a browser:\n\n  {started.url}\n", flush=True
+    )
     if started.joined:
         print("(joined the sign-in already under way: its browser tab is open)")
     elif not args.no_browser and not args.paste:

@@ -58,12 +58,18 @@ def wait_for(condition, what: str, timeout: float = 20) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("count", [3, 10])
 def test_concurrent_sign_ins_share_one_flow_and_one_browser(mcpd_env, run_daemon, tmp_path, count):
+    """The browser waits until every `mcpctl auth` has its URL (so that all of
+    them are under way before the flow ends), then signs in."""
     opened = tmp_path / "browser-openings"
+    go = tmp_path / "go"
     browser = tmp_path / "browser"
     browser.write_text(
-        f'#!/bin/sh\necho "$1" >> {opened}\nexec {sys.executable} -m mcpd.demo.browser "$1"\n'
+        f'#!/bin/sh\necho "$1" >> {opened}\n'
+        f"while [ ! -e {go} ]; do sleep 0.05; done\n"
+        f'exec {sys.executable} -m mcpd.demo.browser "$1"\n'
     )
     browser.chmod(0o700)
     with demo_server(tmp_path) as peer:
@@ -80,15 +86,33 @@ def test_concurrent_sign_ins_share_one_flow_and_one_browser(mcpd_env, run_daemon
             )
             for _ in range(count)
         ]
-        results = [process.communicate(timeout=60) for process in processes]
+        try:
+            urls = []
+            for process in processes:
+                assert process.stdout is not None
+                line = process.stdout.readline()
+                while line and not line.strip().startswith("http"):
+                    line = process.stdout.readline()
+                urls.append(line.strip())
+            assert len(set(urls)) == 1, "not one flow"
+            go.touch()
+            # Read through the same buffered file: communicate() would skip what
+            # readline() has buffered already.
+            results = [(p.stdout.read(), p.stderr.read()) for p in processes]  # type: ignore[union-attr]
+            for process in processes:
+                process.wait(timeout=60)
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                process.communicate()
         for process, (out, err) in zip(processes, results, strict=True):
             mcpd_env.keep_output(["auth", "demo"], out, err)
             assert process.returncode == 0, err
             assert "Signed in; demo is connected." in out
         assert len(opened.read_text().splitlines()) == 1  # one browser tab for all
-        assert sum("joined the sign-in already under way" in out for out, _ in results) == (
-            count - 1
-        )
+        joined = sum("joined the sign-in already under way" in out for out, _ in results)
+        assert joined == count - 1
         assert peer.log.count("without asking anyone") == 1  # one authorization
         assert status_of(daemon, "demo")["state"] == "connected"
 

@@ -239,10 +239,25 @@ class UpstreamSession:
             self._failure = exc
             self._failed.set()
 
-    async def _guard(self, run: Callable[[], Awaitable[None]]) -> None:
+    async def _guard(self, run: Callable[[], Awaitable[None]], renewed: bool = False) -> None:
         """Run a transport task; any failure ends the session instead of the task group."""
+        token = self.auth.bearer()
         try:
             await run()
+        except AuthorizationRequired as exc:
+            # The event stream reopened after its token expired: renew the token
+            # once and listen again, as a refused POST is retried once.
+            streamable = isinstance(self.transport, StreamableHttp)
+            if (
+                streamable
+                and not renewed
+                and "insufficient_scope" not in exc.challenge
+                and await self.auth.refresh(token)
+            ):
+                assert self._tg is not None
+                self._tg.start_soon(self._guard, run, True)
+                return
+            self._fail(exc)
         except SessionExpired:
             if isinstance(self.transport, StreamableHttp):
                 try:
