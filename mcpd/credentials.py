@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import anyio
+import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
 from .oauth.driver import Reach, drive
@@ -235,15 +236,9 @@ class Credentials:
         except OAuthError as exc:
             self._refresh_failed(str(exc))
             return
-        updated = CredentialRecord(
-            server=record.server,
-            url=record.url,
-            tokens=fresh,
-            client=record.client,
-            authorization=authorization,
-            last_refresh_at=time.time(),
+        await self._persist(
+            msgspec.structs.replace(record, tokens=fresh, last_refresh_at=time.time())
         )
-        await self._persist(updated)
         self._plan()
         self._wake.set()
         log.info("refreshed the access token", extra={"server": self.server})

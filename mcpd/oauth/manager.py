@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import anyio
+import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
 from .. import logs
@@ -285,17 +286,8 @@ class AuthManager:
         config = runtime.entry.config
         assert config is not None
         current = runtime.credentials.record
-        record = CredentialRecord(server=runtime.name, url=config.url)
-        if current is not None:
-            record = CredentialRecord(
-                server=current.server,
-                url=current.url,
-                tokens=current.tokens,
-                authorization=current.authorization,
-                last_refresh_at=current.last_refresh_at,
-            )
-        record.client = client
-        await runtime.credentials.replace(record)
+        record = current or CredentialRecord(server=runtime.name, url=config.url)
+        await runtime.credentials.replace(msgspec.structs.replace(record, client=client))
 
     async def _callback(self, query: str) -> tuple[bool, str]:
         state = dict(parse_qsl(query)).get("state", "")
