@@ -64,7 +64,7 @@ from bench_common import (  # noqa: E402
     summary,
 )
 from harness import MCPCTL, MCPD, DaemonProcess, McpdEnv, Notifications, RawClient  # noqa: E402
-from real_peers import Peer, simple_streamable_http  # noqa: E402
+from real_peers import Peer, simple_streamable_http, stateless_server  # noqa: E402
 
 from mcpd.keys import open_keyring  # noqa: E402
 from mcpd.oauth.model import (  # noqa: E402
@@ -206,12 +206,16 @@ class Bridges:
 
     def initialize(self, timeout: float = 60) -> None:
         """Each bridge's editor initializes (request, answer, `initialized`)."""
-        request = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": INITIALIZE,
-        }
+        self.ask(1, "initialize", INITIALIZE, timeout)
+        done = json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode()
+        for process in self.processes:
+            assert process.stdin is not None
+            process.stdin.write(done + b"\n")
+            process.stdin.flush()
+
+    def ask(self, request_id: int, method: str, params: Any, timeout: float = 60) -> None:
+        """Every bridge's editor sends one request; returns once each has its answer."""
+        request = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
         line = json.dumps(request).encode() + b"\n"
         for process in self.processes:
             assert process.stdin is not None
@@ -229,7 +233,7 @@ class Bridges:
         while waiting:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"{len(waiting)} bridges never answered initialize")
+                raise AssertionError(f"{len(waiting)} bridges never answered {method}")
             for key, _ in selector.select(remaining):
                 index = key.data
                 chunk = os.read(key.fd, 65536)
@@ -238,18 +242,16 @@ class Bridges:
                 buffers[index] += chunk
                 for raw in buffers[index].split(b"\n")[:-1]:
                     message = json.loads(raw)
-                    if message.get("id") == 1:
+                    if message.get("id") == request_id:
                         if "result" not in message:
-                            raise AssertionError(f"initialize failed: {message}")
+                            raise AssertionError(f"{method} failed: {message}")
                         waiting.discard(index)
                         selector.unregister(key.fileobj)
                 buffers[index] = buffers[index].rsplit(b"\n", 1)[-1]
         selector.close()
-        done = json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode()
         for process in self.processes:
-            assert process.stdin is not None
-            process.stdin.write(done + b"\n")
-            process.stdin.flush()
+            assert process.stdout is not None
+            os.set_blocking(process.stdout.fileno(), True)
 
     def rss_kb(self) -> list[int]:
         return [rss_kb(process.pid) for process in self.processes]
@@ -384,6 +386,41 @@ def at_scale(
             "idle_cpu": idle["percent"] < 0.5,
             "ready": statistics.median(ready) < 1.0,
         },
+    }
+
+
+def list_cache(bridges: int = 20, rounds: int = 5, ttl_ms: int = 60000) -> dict[str, Any]:
+    """Editors' list requests to a 2026-07-28 server whose lists are fresh for
+    `ttl_ms` (tests/peers/stateless_server.mjs on the TypeScript SDK v2): how
+    many reached the server, against how many editors sent."""
+    with ExitStack() as stack:
+        log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mcpd-cache-")))
+        peer = stack.enter_context(stateless_server(log_dir, list_ttl_ms=ttl_ms))
+        env = stack.enter_context(private_env(f'[servers.v2]\nurl = "{peer.url}"\n'))
+        with timed_daemon(env):
+            client = RawClient(env.socket, timeout=30)
+            client.hello()
+            wait_states(client, "connected", 1, 30)
+            client.close()
+            editors = Bridges(env, ["v2"] * bridges, log_dir / "bridges.log")
+            try:
+                editors.initialize()
+                for round_ in range(rounds):
+                    editors.ask(100 + round_, "tools/list", {})
+            finally:
+                editors.close()
+        upstream = sum(
+            rpc.get("method") == "tools/list"
+            for request in peer.requests()
+            for rpc in request.get("rpc") or []
+        )
+    sent = bridges * rounds
+    return {
+        "editors": bridges,
+        "lists_sent": sent,
+        "lists_upstream": upstream,
+        "saved_percent": round(100 * (1 - upstream / sent), 1),
+        "ttl_ms": ttl_ms,
     }
 
 
@@ -707,6 +744,7 @@ def scale_and_storm(quick: bool) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     starts = 2 if quick else 5
     figures["scale"] = at_scale(starts=starts, idle_seconds=IDLE_SECONDS[quick])
+    figures["list_cache"] = list_cache()
     window = 20.0 if quick else 60.0
     figures["refresh_storm_restart"] = refresh_storm(expiring_within=window)
     figures["refresh_storm_jitter"] = refresh_storm(expiring_within=window, lifetime=window)
@@ -762,6 +800,12 @@ def print_table(figures: dict[str, Any]) -> None:
         f"  idle CPU                    {idle['percent']:8.3f} % over {idle['seconds']} s "
         f"(windows: median {idle['window_median_percent']}, max {idle['window_max_percent']})"
         f"  goal < 0.5%: {yes[sc['met']['idle_cpu']]}"
+    )
+    lc = figures["list_cache"]
+    print(
+        f"  list cache (2026-07-28)     {lc['lists_upstream']:8d} of {lc['lists_sent']} tools/list "
+        f"from {lc['editors']} editors reached the server ({lc['saved_percent']}% saved, "
+        f"ttlMs {lc['ttl_ms']})"
     )
     for key, title in (
         ("refresh_storm_restart", "5. refresh storm, tokens issued an hour ago"),

@@ -14,7 +14,6 @@ from mcpd.protocol import (
     AuthParams,
     AuthPasteParams,
     AuthStarted,
-    CallParams,
     LogoutParams,
     LogoutResult,
     ReloadResult,
@@ -170,6 +169,26 @@ def _summarise(item: dict[str, Any]) -> str:
     return f"[{kind} content]"
 
 
+def _defaults_noted(server: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Answer elicitation with the schema's defaults, saying so on stderr."""
+    from .elicit import with_defaults
+
+    def answer(params: dict[str, Any]) -> dict[str, Any]:
+        reply = with_defaults(params)
+        print(
+            f"mcpctl: {server} asked: {params.get('message', '')!r}; no terminal to ask on, "
+            + (
+                "accepted with the schema's defaults"
+                if reply["action"] == "accept"
+                else "declined (a URL, or a required field without a default)"
+            ),
+            file=sys.stderr,
+        )
+        return reply
+
+    return answer
+
+
 def cmd_call(client: DaemonClient, args: argparse.Namespace) -> int:
     try:
         arguments = msgspec.json.decode(args.arguments) if args.arguments else {}
@@ -181,8 +200,23 @@ def cmd_call(client: DaemonClient, args: argparse.Namespace) -> int:
             'mcpctl: the arguments must be a JSON object, e.g. \'{"text": "hi"}\'', file=sys.stderr
         )
         return 2
-    result = client.request("call", CallParams(args.name, args.tool, arguments))
-    result = result if isinstance(result, dict) else {}
+    from mcpd import __version__
+
+    from .call import SERVER_UNAVAILABLE, CallFailed, ToolCall
+    from .elicit import Terminal
+
+    # The call goes as an editor's would, so that the server's elicitation
+    # reaches this command (clients/call.py): the user answers on a terminal,
+    # the schema's defaults elsewhere.
+    elicit = Terminal(args.name).answer if sys.stdin.isatty() else _defaults_noted(args.name)
+    info = {"name": "mcpctl", "version": __version__}
+    try:
+        result = ToolCall(client, args.name, elicit, info).call(args.tool, arguments)
+    except CallFailed as exc:
+        # -32001: the daemon's own word (the server is not connected, and why).
+        prefix = "" if exc.code == SERVER_UNAVAILABLE else "the server answered: "
+        print(f"mcpctl: {prefix}{exc}", file=sys.stderr)
+        return 1
     failed = bool(result.get("isError"))
     if args.json:
         _print_json(result)
@@ -201,6 +235,15 @@ def cmd_auth(client: DaemonClient, args: argparse.Namespace) -> int:
     started = msgspec.convert(
         client.request("auth", AuthParams(args.name, args.restart)), AuthStarted
     )
+    if started.client_credentials:
+        print(
+            f"{args.name} uses client credentials (no browser): a new access token was "
+            "requested and stored.",
+            flush=True,
+        )
+        ready = msgspec.convert(client.request("auth_wait", ServerParams(args.name)), ServerStatus)
+        print(f"{ready.name} is {ready.state}.")
+        return 0
     # Flushed: whoever reads a pipe gets the URL before a browser opens.
     print(
         f"To sign in to {args.name}, open this URL in a browser:\n\n  {started.url}\n", flush=True

@@ -131,6 +131,10 @@ class DaemonClient:
             elif isinstance(message, Response) and message.id is None and message.error:
                 raise DaemonError(message.error.code, message.error.message)
 
+    def receive(self) -> Message:
+        """The next message from the daemon, waiting for it."""
+        return self._receive()
+
     def fileno(self) -> int:
         return self._sock.fileno()
 

@@ -21,11 +21,12 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
 from .protocol import DEFAULT_MAX_FRAME_SIZE
-from .urls import checked_url, public_url
+from .urls import InvalidUrl, checked_url, is_loopback, public_url
 
 MAX_FRAME_TIMEOUT = 3600.0
 SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -44,6 +45,28 @@ RESERVED_HEADERS = frozenset(
     }
 )
 _ENV_REF = re.compile(r"\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+# oauth.prompt: space-separated values, each of RFC 6749's scope-token characters.
+PROMPT_VALUE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+# oauth.authorize_params: names an authorization endpoint could know.
+PARAM_NAME = re.compile(r"[A-Za-z0-9_.~:\[\]-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Authorization request parameters mcpd sets itself (or must not send), and what
+# to configure instead of each; compared in lower case.
+RESERVED_AUTHORIZE_PARAMS: Mapping[str, str] = {
+    "response_type": "mcpd always asks for an authorization code; remove it",
+    "response_mode": "mcpd reads the code from the redirect's query string; remove it",
+    "client_id": "set oauth.client_id instead",
+    "client_secret": "set oauth.client_secret instead; it never goes into a URL",
+    "redirect_uri": "set oauth.redirect_uri instead",
+    "state": "mcpd makes a new state for every sign-in; remove it",
+    "code_challenge": "mcpd makes the PKCE challenge for every sign-in; remove it",
+    "code_challenge_method": "mcpd always uses S256; remove it",
+    "scope": "set oauth.scope instead",
+    "resource": "set oauth.resource instead (false leaves it out)",
+    "prompt": 'set oauth.prompt instead ("" sends none)',
+    "request": "a request object would override what mcpd sends; remove it",
+    "request_uri": "a request object would override what mcpd sends; remove it",
+}
 
 
 class ConfigError(Exception):
@@ -53,12 +76,25 @@ class ConfigError(Exception):
 class OAuthSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     client_id: str | None = None
     client_secret: str | None = None
+    # "authorization_code": a user signs in with the browser; "client_credentials":
+    # a machine's own credentials, no browser (mcpd/oauth/machine.py).
+    grant: str = "authorization_code"
+    # client_credentials with private_key_jwt: the PEM private key (mode 0600).
+    private_key_file: str | None = None
     scope: str | None = None
     redirect_uri: str | None = None
     client_metadata_url: str | None = None
     # TLS verification of the authorization server when it is on another origin
     # than the MCP server: true, false, or the path of a CA bundle.
     verify: bool | str = True
+    # The OpenID Connect `prompt` of the authorization request. Unset: `consent`
+    # when offline_access is asked of an OpenID provider (OIDC Core 11); "": none.
+    prompt: str | None = None
+    # The RFC 8707 `resource` of the authorization, token and refresh requests:
+    # unset (or true): the server's; false: left out; a URL: that one instead.
+    resource: bool | str | None = None
+    # Extra authorization request parameters (`audience`, say).
+    authorize_params: dict[str, str] = {}
 
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -151,6 +187,70 @@ def _check_headers(headers: dict[str, str]) -> str | None:
     return None
 
 
+def _check_prompt(prompt: str) -> None:
+    values = prompt.split(" ")
+    if not all(PROMPT_VALUE.fullmatch(value) for value in values):
+        raise ValueError(
+            "oauth.prompt: write OpenID Connect prompt values (none, login, consent, "
+            'select_account) separated by single spaces, e.g. "consent" or "login consent"; '
+            '"" sends no prompt at all'
+        )
+    if "none" in values and len(values) > 1:
+        raise ValueError(
+            'oauth.prompt: "none" cannot be combined with other values (OpenID Connect '
+            "Core 3.1.2.1); use it alone, or leave it out"
+        )
+
+
+def _check_resource(resource: str) -> str:
+    fix = (
+        "set oauth.resource to an absolute https:// URL (http:// on this machine), or to "
+        "false to leave the parameter out"
+    )
+    try:
+        resource = checked_url(resource, "oauth.resource")
+    except InvalidUrl as exc:
+        raise ValueError(f"{exc}; {fix}") from None
+    parts = urlsplit(resource)
+    if not (parts.scheme == "https" or is_loopback(parts.hostname or "")):
+        raise ValueError(f"oauth.resource: a resource indicator must be https://; {fix}")
+    if "#" in resource:
+        raise ValueError("oauth.resource: a resource indicator has no fragment (RFC 8707)")
+    return resource
+
+
+def _check_authorize_params(params: dict[str, str]) -> None:
+    for name, value in params.items():
+        if not PARAM_NAME.fullmatch(name):
+            raise ValueError(
+                f"oauth.authorize_params: {name!r} is not a parameter name (letters, "
+                "digits and _ . - ~ : [ ])"
+            )
+        instead = RESERVED_AUTHORIZE_PARAMS.get(name.lower())
+        if instead is not None:
+            raise ValueError(
+                f"oauth.authorize_params.{name}: {name.lower()!r} cannot be set here: {instead}"
+            )
+        if _CONTROL.search(value):
+            raise ValueError(
+                f"oauth.authorize_params.{name}: the value has a line break or another "
+                "control character (a CRLF file behind an {env:...}?)"
+            )
+
+
+def _check_authorization_request(oauth: OAuthSettings) -> OAuthSettings:
+    """The OAuth settings that shape the authorization request, checked (ValueError
+    naming the key and the fix); a resource URL normalised like every URL."""
+    if oauth.prompt:
+        _check_prompt(oauth.prompt)
+    _check_authorize_params(oauth.authorize_params)
+    if isinstance(oauth.resource, str):
+        return msgspec.structs.replace(oauth, resource=_check_resource(oauth.resource))
+    if oauth.resource is True:
+        return msgspec.structs.replace(oauth, resource=None)  # the default, spelled out
+    return oauth
+
+
 def _check(config: ServerConfig) -> ServerConfig:
     """The config with its URLs normalised; InvalidUrl or ValueError naming the key."""
     problem = _check_headers(config.headers)
@@ -168,6 +268,11 @@ def _check(config: ServerConfig) -> ServerConfig:
         )
         if isinstance(oauth.verify, str) and not os.path.exists(oauth.verify):
             raise ValueError(f"oauth.verify: no CA bundle at {oauth.verify}")
+        oauth = _check_authorization_request(oauth)
+        if oauth.grant != "authorization_code" or oauth.private_key_file is not None:
+            from .oauth.machine import checked_settings  # cryptography, only when used
+
+            oauth = checked_settings(oauth)
     if isinstance(config.verify, str) and not os.path.exists(config.verify):
         raise ValueError(f"verify: no CA bundle at {config.verify}")
     return msgspec.structs.replace(config, url=url, oauth=oauth)

@@ -18,8 +18,12 @@ authorization server has rotated is never dropped half-way.
 
 `run` makes the refreshes the schedule asks for (`oauth.refresh`), and
 retries failed saves. A refresh that cannot be made at all (no refresh token,
-no client) clears the schedule instead of retrying, and no two attempts come
-less than MIN_ATTEMPT_GAP apart: never a loop.
+no client, or a client of another authorization server than the tokens')
+clears the schedule instead of retrying, and no two attempts come less than
+MIN_ATTEMPT_GAP apart: never a loop. Such tokens lapse instead when their
+access token expires: `run` tells the server then (`access_expired`, with why
+and what to do), so that it shows `needs_auth` at once rather than at the
+first refused request.
 
 A save that fails (a full disk) keeps the new record in memory and in use (the
 authorization server may have rotated the refresh token: the old one is
@@ -42,8 +46,9 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
+from .config import OAuthSettings
 from .oauth.driver import Reach, drive
-from .oauth.flow import ServerRefused, refresh
+from .oauth.flow import ServerRefused, effective_resource, refresh
 from .oauth.messages import OAuthError
 from .oauth.model import CredentialRecord, TokenSet
 from .oauth.refresh import RefreshSchedule, is_transient, next_wake, retry_delay
@@ -65,6 +70,7 @@ class CredentialsListener(Protocol):
     def refresh_failing(self, error: str, retry_at: float) -> None: ...
     def refresh_refused(self, reason: str) -> None: ...
     def credentials_changed(self) -> None: ...
+    def access_expired(self, reason: str) -> None: ...
 
 
 def unrefreshable(record: CredentialRecord | None) -> str | None:
@@ -72,10 +78,22 @@ def unrefreshable(record: CredentialRecord | None) -> str | None:
     if record is None or record.tokens is None:
         return "no tokens"
     if record.tokens.refresh_token is None:
-        return "no refresh token"
+        return "the authorization server issued no refresh token"
     if record.client is None or record.authorization is None:
-        return "no client registration"
+        return "no client registration is stored"
+    if record.bound_client() is None:
+        # Client credentials are never used at another authorization server.
+        return "the stored client registration is for another authorization server"
     return None
+
+
+def expiry_notice(server: str, why: str) -> str:
+    """What the server says once its access token expired and `why` it cannot be
+    refreshed: the reason, and the command that helps."""
+    return (
+        f"the access token expired and cannot be renewed ({why}); "
+        f"sign in again: mcpctl auth {server}"
+    )
 
 
 @dataclass
@@ -97,8 +115,11 @@ class Credentials:
         load: LoadRecord,
         reach: Callable[[], Reach],
         listener: CredentialsListener,
+        settings: OAuthSettings | None = None,
     ) -> None:
         self.server = server
+        # The server's OAuth settings; a refresh sends the resource they say.
+        self.settings = settings
         self.url = url
         # False: the server takes no OAuth (oauth = false, or a configured Authorization).
         self.applies = applies
@@ -117,6 +138,7 @@ class Credentials:
         self._flight: _Flight | None = None
         self._tg: TaskGroup | None = None
         self._wake = anyio.Event()
+        self._lapsed_tokens: TokenSet | None = None  # whose lapse the server was told
 
     # --- Reading --------------------------------------------------------------------
 
@@ -152,7 +174,7 @@ class Credentials:
         tokens = self.tokens
         if not self.applies or tokens is None or not tokens.expired(time.time()):
             return None
-        if unrefreshable(self.record) is not None:
+        if self._unrefreshable() is not None:
             return None
         if await self.refresh(tokens.access_token):
             return None
@@ -180,6 +202,11 @@ class Credentials:
             self._plan()
             self._wake.set()
 
+    def _unrefreshable(self) -> str | None:
+        """Why the tokens cannot be renewed; None if they can. (Client credentials
+        renew without a refresh token, and without tokens: machine_credentials.py.)"""
+        return unrefreshable(self.record)
+
     async def refresh(self, seen: str | None) -> bool:
         """Replace the access token `seen` (None: the current one); True once a
         newer one is in place."""
@@ -188,16 +215,16 @@ class Credentials:
         flight = self._flight
         if flight is None:
             tokens = self.tokens
-            if tokens is None:
+            if tokens is None and self._unrefreshable() is not None:
                 return False
-            if seen is not None and tokens.access_token != seen:
+            if seen is not None and tokens is not None and tokens.access_token != seen:
                 return True  # replaced while the caller waited
-            if unrefreshable(self.record) is not None:
+            if self._unrefreshable() is not None:
                 self._plan()
                 return False
             if self._tg is None:
                 return False  # the server's tasks are restarting
-            flight = self._flight = _Flight(tokens.access_token)
+            flight = self._flight = _Flight(tokens.access_token if tokens is not None else "")
             self._tg.start_soon(self._fly, flight)
         await flight.done.wait()
         tokens = self.tokens
@@ -219,12 +246,16 @@ class Credentials:
             return
         assert record is not None
         assert record.tokens is not None
-        assert record.client is not None
+        client = record.bound_client()
+        assert client is not None
         assert record.authorization is not None
         authorization = record.authorization
         try:
             step = refresh(
-                record.tokens, record.client, authorization.token_endpoint, authorization.resource
+                record.tokens,
+                client,
+                authorization.token_endpoint,
+                effective_resource(self.settings, authorization.resource),
             )
             fresh = await drive(step, self._reach())
         except ServerRefused as exc:
@@ -278,9 +309,22 @@ class Credentials:
         self._listener.refresh_refused(f"the authorization server refused the refresh: {error}")
 
     def _plan(self, now: float | None = None) -> None:
-        """Schedule the refresh of the current tokens, if they can be refreshed."""
-        refreshable = unrefreshable(self.record) is None
-        self.schedule.plan(self.tokens if refreshable else None, now)
+        """Schedule the refresh of the current tokens, if they can be refreshed, and
+        their lapse if not."""
+        refreshable = self._unrefreshable() is None
+        self.schedule.plan(self.tokens, now, refreshable=refreshable)
+
+    def _lapsed(self) -> None:
+        """The access token expired, and nothing can renew it: the server is told."""
+        why = self._unrefreshable()
+        if why is None or self.tokens is None or self.tokens is self._lapsed_tokens:
+            return  # renewable after all, or said already
+        self._lapsed_tokens = self.tokens
+        log.info(
+            "the access token expired and cannot be refreshed",
+            extra={"server": self.server, "reason": why},
+        )
+        self._listener.access_expired(expiry_notice(self.server, why))
 
     # --- Saving -------------------------------------------------------------------------
 
@@ -328,9 +372,16 @@ class Credentials:
                         await self.refresh(None)
                         if self.schedule.is_due(time.time()):
                             self.schedule.due = time.time() + MIN_ATTEMPT_GAP
+                    if self.schedule.lapsed(time.time()):
+                        self._lapsed()
                     self._wake = anyio.Event()
+                    schedule = self.schedule
                     due = min(
-                        (d for d in (self.schedule.due, self.save_due) if d is not None),
+                        (
+                            d
+                            for d in (schedule.due, schedule.lapses, self.save_due)
+                            if d is not None
+                        ),
                         default=None,
                     )
                     with anyio.move_on_after(next_wake(time.time(), due)):

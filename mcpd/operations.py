@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .config import ConfigError
 from .keys import KeyFileError
+from .machine_credentials import MachineCredentials
 from .oauth.messages import OAuthError
 from .protocol import AuthStarted, ErrorCode, ReloadResult, ServerStatus, TokenResult
 from .server import ServerRuntime, Unavailable
@@ -143,6 +144,9 @@ class Operations:
         except OAuthError as exc:
             raise ServiceError(ErrorCode.AUTH_FAILED, str(exc)) from None
         if flow.url is None:
+            if flow.error is None and isinstance(runtime.credentials, MachineCredentials):
+                # Client credentials: the new token is in place; no URL to open.
+                return AuthStarted("", joined, client_credentials=True)
             raise ServiceError(ErrorCode.AUTH_FAILED, flow.error or "the sign-in could not start")
         return AuthStarted(flow.url, joined)
 

@@ -119,6 +119,8 @@ class ServerStatus(msgspec.Struct):
     access_expires_at: float | None = None
     last_refresh_at: float | None = None
     next_refresh_at: float | None = None
+    # The MCP revision spoken with the server while connected (e.g. "2026-07-28").
+    protocol: str | None = None
 
 
 class StatusResult(msgspec.Struct):
@@ -185,6 +187,9 @@ class AuthStarted(msgspec.Struct):
     # True when this request joined a sign-in already under way: its browser
     # tab is open somewhere, so a client does not open another.
     joined: bool = False
+    # True for a server with client credentials: a new token was requested and
+    # stored, with no browser (`url` is empty); `auth_wait` tells the outcome.
+    client_credentials: bool = False
 
 
 class AuthPasteParams(msgspec.Struct):

@@ -32,8 +32,9 @@ from anyio.abc import TaskGroup
 
 from . import logs
 from .config import ServerEntry
-from .credentials import Credentials, LoadRecord, SaveRecord
+from .credentials import LoadRecord, SaveRecord
 from .http import HttpClient, HttpPool
+from .machine_credentials import MachineCredentials, connect_with_new_token, credentials_for
 from .oauth.discovery import Challenge, parse_challenge
 from .oauth.driver import Reach
 from .oauth.flow import union_scope
@@ -79,7 +80,10 @@ class ServerRuntime:
         oauth_applies = (
             config is not None and config.oauth is not False and not self.static_authorization()
         )
-        self.credentials = Credentials(
+        settings = config.oauth if config is not None else None
+        settings = settings if not isinstance(settings, bool) else None
+        # Client credentials (no user, no browser) get MachineCredentials.
+        self.credentials = credentials_for(settings, lambda: self.challenge)(
             entry.name,
             config.url if config is not None else "",
             applies=oauth_applies,
@@ -87,6 +91,7 @@ class ServerRuntime:
             load=load_record,
             reach=self.reach,
             listener=self,
+            settings=settings,
         )
         # Made here, so that a server stopped before it ran never starts.
         self._scope = anyio.CancelScope()
@@ -154,7 +159,14 @@ class ServerRuntime:
             access_expires_at=tokens.expires_at if tokens else None,
             last_refresh_at=record.last_refresh_at if record else None,
             next_refresh_at=schedule.due,
+            protocol=self._protocol(),
         )
+
+    def _protocol(self) -> str | None:
+        """The MCP revision spoken with the server (the shared session's, or the
+        first per-client session's), while connected."""
+        sessions = [keeper.session for keeper in self._keepers()]
+        return next((s.protocol_version for s in sessions if s.connected), None)
 
     # --- Life -----------------------------------------------------------------------
 
@@ -341,6 +353,16 @@ class ServerRuntime:
     def refresh_refused(self, reason: str) -> None:
         self.machine.handle(Event.AUTH_REQUIRED, error=reason)
 
+    def access_expired(self, reason: str) -> None:
+        """The access token expired and cannot be refreshed: `needs_auth` now, not at
+        the first refused request. Its sessions end, so that the requests in flight
+        and every later one are answered with `reason` and the command to run (the
+        sessions opened next are refused until a sign-in, and wait for one)."""
+        self.machine.handle(Event.AUTH_REQUIRED, error=reason)
+        for keeper in self._keepers():
+            if keeper.connected.is_set():
+                keeper.session.reconnect(reason)
+
     def credentials_changed(self) -> None:
         self._credentials_changed.set()
         self._on_change(self, self.machine.state)
@@ -390,6 +412,13 @@ class ServerRuntime:
             self.machine.handle(Event.ERROR, error=error)
         elif config is not None and config.oauth is False:
             self.machine.handle(Event.ERROR, error=f"{failure}, but oauth = false for this server")
+        elif (
+            isinstance(self.credentials, MachineCredentials)
+            and self._tg is not None
+            and self.credentials.may_obtain()
+        ):
+            # Client credentials: no one to ask; a token is requested, then used.
+            self._tg.start_soon(connect_with_new_token, self, str(failure))
         elif schedule.last_error is not None:
             # The token expired while its refresh keeps failing for a passing
             # reason: not the user's to fix; the next good refresh reconnects.

@@ -68,6 +68,7 @@ def demo_server(
     token_lifetime: int | None = None,
     hide_expiry: bool = False,
     outage_file: Path | None = None,
+    no_refresh_tokens: bool = False,
 ) -> Iterator[Peer]:
     """`python -m mcpd.demo.server` on `port`, or a free one (retried if taken first)."""
     if importlib.util.find_spec("mcp") is None:
@@ -81,6 +82,8 @@ def demo_server(
             argv += ["--token-lifetime", str(token_lifetime)]
         if hide_expiry:
             argv.append("--hide-expiry")
+        if no_refresh_tokens:
+            argv.append("--no-refresh-tokens")
         if outage_file is not None:
             argv += ["--outage-file", str(outage_file)]
         record = _secrets_path(log_dir, chosen)

@@ -19,6 +19,8 @@ at a peer directly rather than through the code under test.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
 import importlib.util
 import json
@@ -363,10 +365,12 @@ def python_server(
     resumable: bool = False,
     bearer: str | None = None,
     tls: tuple[Path, Path] | None = None,
+    modern: bool = False,
 ) -> Iterator[Peer]:
     """tests/peers/python_server.py, on the official Python SDK (its docstring lists the tools).
 
-    `tls`: (certificate, key) PEM files, to serve HTTPS.
+    `tls`: (certificate, key) PEM files, to serve HTTPS. `modern`: serve the
+    2026-07-28 revision too (without it the peer is a handshake-era server).
     """
     if importlib.util.find_spec("mcp") is None:
         raise PeersNotInstalledError(
@@ -379,6 +383,7 @@ def python_server(
         *(["--resumable"] if resumable else []),
         *(["--bearer", bearer] if bearer else []),
         *(["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else []),
+        *(["--modern"] if modern else []),
     ]
 
     def launch(port: int) -> tuple[list[str], dict[str, str]]:
@@ -599,3 +604,228 @@ class RawMcp:
             return response.status
         finally:
             connection.close()
+
+
+# --- the peers of MCP 2026-07-28 and of real authorization servers -------------
+
+OIDC_PROVIDER = PEERS_DIR / "oidc_provider.mjs"
+STATELESS_SERVER = PEERS_DIR / "stateless_server.mjs"
+COOKIE_BROWSER = PEERS_DIR / "cookie_browser.py"
+
+
+def node_modules() -> Path:
+    """The cache's node_modules, where the peers under tests/peers/ load their packages."""
+    return _installed("node_modules")
+
+
+def conformance_next_argv() -> list[str]:
+    """`@modelcontextprotocol/conformance@0.2.0-alpha.12` (installed under the npm alias
+    `conformance-next`, beside 0.1.16): add `client --command ... --scenario ...`."""
+    return [str(node22()), str(_installed("node_modules/conformance-next/dist/index.js"))]
+
+
+def cookie_browser_command() -> str:
+    """A `BROWSER` value for `mcpctl auth` that signs in headlessly, keeping
+    cookies across redirects (tests/peers/cookie_browser.py)."""
+    return f"{shlex.quote(sys.executable)} {shlex.quote(str(COOKIE_BROWSER))} %s"
+
+
+def token_fingerprint(token: str) -> str:
+    """How tests/peers/oidc_provider.mjs names an opaque token (a refresh token,
+    or an opaque access token) in its log: never the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def json_lines(text: str, key: str) -> list[dict[str, Any]]:
+    """The JSON objects of a peer's log that carry `key` (whole lines only)."""
+    found = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("{") and line.endswith("\n"):
+            with suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and key in entry:
+                    found.append(entry)
+    return found
+
+
+@dataclass
+class OidcPeer:
+    """tests/peers/oidc_provider.mjs running: oidc-provider at `issuer` and the
+    MCP server it protects at `url` (`peer`, whose log holds both's events)."""
+
+    peer: Peer
+    issuer: str
+    resource_server_secret: str
+    secrets_path: Path
+    access_token_ttl: int
+    access_token_format: str
+
+    @property
+    def url(self) -> str:
+        return self.peer.url
+
+    @property
+    def log(self) -> str:
+        return self.peer.log
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The logged events (`{"oidc": KIND, ...}`), all or those of one kind."""
+        entries = json_lines(self.peer.log, "oidc")
+        return [e for e in entries if kind is None or e["oidc"] == kind]
+
+    def tokens(self, grant_type: str | None = None) -> list[dict[str, Any]]:
+        """Every successful token response, in order (`grant_type`: only those)."""
+        return [
+            e for e in self.events("token") if grant_type is None or e["grant_type"] == grant_type
+        ]
+
+    def wait_for(
+        self,
+        condition: Callable[[OidcPeer], bool],
+        what: str,
+        timeout: float = 10,
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition(self):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; events:\n{self.log}")
+            time.sleep(0.05)
+
+    def introspect(self, token: str) -> dict[str, Any]:
+        """RFC 7662 introspection at the provider, as the MCP server does it."""
+        split = urllib.parse.urlsplit(self.issuer)
+        connection = http.client.HTTPConnection(split.netloc, timeout=10)
+        credentials = base64.b64encode(
+            f"mcp-resource-server:{self.resource_server_secret}".encode()
+        ).decode()
+        try:
+            connection.request(
+                "POST",
+                "/token/introspection",
+                urllib.parse.urlencode({"token": token}),
+                {
+                    "Authorization": f"Basic {credentials}",
+                    "Content-Type": "application/x-www-form-urlencoded",
+                    "Accept": "application/json",
+                },
+            )
+            response = connection.getresponse()
+            answer: dict[str, Any] = json.loads(response.read())
+            return answer
+        finally:
+            connection.close()
+
+
+@contextmanager
+def oidc_provider(
+    log_dir: Path,
+    *,
+    access_token_ttl: int = 3,
+    access_token_format: str = "opaque",
+    scopes: tuple[str, ...] = (),
+    port: int | None = None,
+    issuer_port: int | None = None,
+) -> Iterator[OidcPeer]:
+    """tests/peers/oidc_provider.mjs: oidc-provider 9.13.3 and the MCP server it
+    protects (`peer.url`), access tokens that live `access_token_ttl` seconds,
+    `opaque` (checked by introspection) or `jwt` (checked with the JWKS).
+
+    `scopes`: scopes the provider lists besides its own `openid` and
+    `offline_access` (`("mcp",)`: the resource's, which it then accepts in a
+    client registration's `scope`; by default it refuses such a registration).
+
+    Every secret it issues or is given goes to `secrets_path` (JSON lines in
+    the shape tests/leakcheck.py's `register_record_file` reads); the MCP
+    server's introspection secret is `resource_server_secret`.
+    """
+    node = node22()
+    modules = node_modules()
+    secret = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
+    chosen: dict[str, Any] = {}
+
+    def launch(mcp_port: int) -> tuple[list[str], dict[str, str]]:
+        chosen["issuer_port"] = issuer_port if issuer_port is not None else free_port()
+        chosen["secrets"] = log_dir / f"oidc-provider-{mcp_port}.secrets.jsonl"
+        argv = [
+            str(node),
+            str(OIDC_PROVIDER),
+            "--node-modules",
+            str(modules),
+            "--issuer-port",
+            str(chosen["issuer_port"]),
+            "--mcp-port",
+            str(mcp_port),
+            "--access-token-ttl",
+            str(access_token_ttl),
+            "--access-token-format",
+            access_token_format,
+            "--scopes",
+            " ".join(scopes),
+            "--record-secrets",
+            str(chosen["secrets"]),
+        ]
+        return argv, {"MCPD_OIDC_RS_SECRET": secret}
+
+    with _run("oidc-provider", launch, log_dir, port=port) as peer:
+        yield OidcPeer(
+            peer,
+            f"http://{HOST}:{chosen['issuer_port']}",
+            secret,
+            chosen["secrets"],
+            access_token_ttl,
+            access_token_format,
+        )
+
+
+@dataclass
+class StatelessPeer:
+    """tests/peers/stateless_server.mjs running (TypeScript SDK v2, MCP 2026-07-28)."""
+
+    peer: Peer
+
+    @property
+    def url(self) -> str:
+        return self.peer.url
+
+    @property
+    def log(self) -> str:
+        return self.peer.log
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The logged events (`{"stateless": KIND, ...}`), all or those of one kind."""
+        entries = json_lines(self.peer.log, "stateless")
+        return [e for e in entries if kind is None or e["stateless"] == kind]
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every HTTP request it received: method, Mcp-Method/Mcp-Name headers,
+        and per JSON-RPC message its method, id, name and `_meta` keys."""
+        return self.events("request")
+
+
+@contextmanager
+def stateless_server(
+    log_dir: Path, *, port: int | None = None, list_ttl_ms: int = 60000, legacy: str = "stateless"
+) -> Iterator[StatelessPeer]:
+    """tests/peers/stateless_server.mjs on `@modelcontextprotocol/server@2.4.0`:
+    MCP 2026-07-28 at `peer.url`; 2025-era requests served statelessly
+    (`legacy="stateless"`) or refused (`legacy="reject"`)."""
+    node = node22()
+    modules = node_modules()
+
+    def launch(chosen: int) -> tuple[list[str], dict[str, str]]:
+        argv = [
+            str(node),
+            str(STATELESS_SERVER),
+            "--node-modules",
+            str(modules),
+            "--port",
+            str(chosen),
+            "--list-ttl-ms",
+            str(list_ttl_ms),
+            "--legacy",
+            legacy,
+        ]
+        return argv, {}
+
+    with _run("stateless-server", launch, log_dir, port=port) as peer:
+        yield StatelessPeer(peer)

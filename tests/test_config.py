@@ -688,3 +688,202 @@ def test_missing_env_error_quotes_no_values():
         assert GH_SECRET not in error
         # Only the reference is quoted, never anything that looks like a value.
         assert re.search(r"Bearer", error) is None
+
+
+# --- The authorization request's knobs: oauth.prompt, oauth.resource, oauth.authorize_params
+
+
+def oauth_entry(value: str, env: dict[str, str] | None = None) -> ServerEntry:
+    text = f'[servers.sso]\nurl = "https://sso.example/mcp"\noauth = {value}\n'
+    return parse(text, PATH, env or {}).servers["sso"]
+
+
+def oauth_of(value: str) -> OAuthSettings:
+    entry = oauth_entry(value)
+    assert entry.error is None, entry.error
+    assert entry.config is not None
+    assert isinstance(entry.config.oauth, OAuthSettings)
+    return entry.config.oauth
+
+
+def oauth_error(value: str, env: dict[str, str] | None = None) -> str:
+    entry = oauth_entry(value, env)
+    assert entry.config is None
+    assert entry.error is not None
+    assert entry.error.startswith("server 'sso': ")
+    return entry.error
+
+
+def test_knobs_default_to_the_servers_own_request():
+    settings = oauth_of("{}")
+    assert settings.prompt is None
+    assert settings.resource is None
+    assert settings.authorize_params == {}
+
+
+@pytest.mark.parametrize(
+    "prompt", ["consent", "login", "none", "select_account", "login consent", "", "x-vendor"]
+)
+def test_prompt_accepted(prompt):
+    assert oauth_of(f'{{ prompt = "{prompt}" }}').prompt == prompt
+
+
+@pytest.mark.parametrize(
+    ("prompt", "fragment"),
+    [
+        (" consent", "separated by single spaces"),
+        ("login  consent", "separated by single spaces"),
+        ("consent ", "separated by single spaces"),
+        ('con\\"sent', "separated by single spaces"),
+        ("consent\\n", "separated by single spaces"),
+        ("none login", '"none" cannot be combined'),
+    ],
+)
+def test_prompt_refused(prompt, fragment):
+    error = oauth_error(f'{{ prompt = "{prompt}" }}')
+    assert "oauth.prompt" in error
+    assert fragment in error
+
+
+def test_prompt_of_the_wrong_type_names_the_key():
+    error = oauth_error("{ prompt = true }")
+    assert "servers.sso.oauth.prompt" in error
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("false", False),
+        ("true", None),  # the default, written out
+        ('"https://graph.example.com"', "https://graph.example.com"),
+        ('"https://api.example.com/v1?tenant=a"', "https://api.example.com/v1?tenant=a"),
+        ('"http://127.0.0.1:8080/mcp"', "http://127.0.0.1:8080/mcp"),
+        ('"http://localhost:8080/mcp"', "http://localhost:8080/mcp"),
+    ],
+)
+def test_resource_accepted(value, expected):
+    assert oauth_of(f"{{ resource = {value} }}").resource == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ('"http://api.example.com/mcp"', "must be https://; set oauth.resource to an"),
+        ('"https://api.example.com/mcp#part"', "no fragment"),
+        ('"api.example.com"', "or to false to leave the parameter out"),
+        ('"urn:example:api"', "not an http:// or https:// URL"),
+        ('"https://api.example.com:99999/"', "port"),
+        ('""', "oauth.resource"),
+    ],
+)
+def test_resource_refused(value, fragment):
+    error = oauth_error(f"{{ resource = {value} }}")
+    assert "oauth.resource" in error
+    assert fragment in error
+
+
+def test_resource_of_the_wrong_type_names_the_key():
+    assert "servers.sso.oauth.resource" in oauth_error("{ resource = 1 }")
+
+
+def test_resource_from_the_environment():
+    entry = oauth_entry('{ resource = "{env:AUD}" }', {"AUD": "https://aud.example"})
+    assert entry.config is not None
+    assert isinstance(entry.config.oauth, OAuthSettings)
+    assert entry.config.oauth.resource == "https://aud.example"
+
+
+def test_authorize_params_accepted():
+    settings = oauth_of(
+        '{ authorize_params = { audience = "https://api.example.com", "acr_values" = "mfa", '
+        'login_hint = "me@example.com", "claims[x]" = "", ui_locales = "fr é" } }'
+    )
+    assert settings.authorize_params == {
+        "audience": "https://api.example.com",
+        "acr_values": "mfa",
+        "login_hint": "me@example.com",
+        "claims[x]": "",
+        "ui_locales": "fr é",
+    }
+
+
+def test_authorize_params_as_a_subtable():
+    text = (
+        '[servers.sso]\nurl = "https://sso.example/mcp"\n'
+        '[servers.sso.oauth.authorize_params]\naudience = "api://default"\n'
+    )
+    entry = parse(text, PATH, {}).servers["sso"]
+    assert entry.config is not None
+    assert entry.config.oauth == OAuthSettings(authorize_params={"audience": "api://default"})
+
+
+@pytest.mark.parametrize(
+    ("name", "instead"),
+    [
+        ("response_type", "remove it"),
+        ("response_mode", "remove it"),
+        ("client_id", "set oauth.client_id instead"),
+        ("client_secret", "set oauth.client_secret instead"),
+        ("redirect_uri", "set oauth.redirect_uri instead"),
+        ("state", "remove it"),
+        ("code_challenge", "remove it"),
+        ("code_challenge_method", "remove it"),
+        ("scope", "set oauth.scope instead"),
+        ("Scope", "set oauth.scope instead"),
+        ("resource", "set oauth.resource instead"),
+        ("prompt", "set oauth.prompt instead"),
+        ("request", "remove it"),
+        ("request_uri", "remove it"),
+    ],
+)
+def test_authorize_params_refuse_what_mcpd_sends_and_say_what_to_use(name, instead):
+    error = oauth_error(f'{{ authorize_params = {{ {name} = "{SECRET}" }} }}')
+    assert f"oauth.authorize_params.{name}:" in error
+    assert "cannot be set here" in error
+    assert instead in error
+    assert SECRET not in error
+
+
+@pytest.mark.parametrize("name", ["a b", "", "x=y", "é"])
+def test_authorize_params_refuse_names_that_are_no_parameter(name):
+    error = oauth_error(f'{{ authorize_params = {{ "{name}" = "v" }} }}')
+    assert "is not a parameter name" in error
+
+
+def test_authorize_params_refuse_control_characters_without_quoting_the_value():
+    error = oauth_error(
+        '{ authorize_params = { audience = "{env:AUD}" } }', {"AUD": SECRET + "\r\n"}
+    )
+    assert "oauth.authorize_params.audience" in error
+    assert "control character" in error
+    assert SECRET not in error
+
+
+@pytest.mark.parametrize(
+    "value", ["{ authorize_params = { a = 1 } }", '{ authorize_params = "x" }']
+)
+def test_authorize_params_of_the_wrong_type_name_the_key(value):
+    assert "servers.sso.oauth.authorize_params" in oauth_error(value)
+
+
+def test_a_bad_knob_fails_that_server_only():
+    text = (
+        '[servers.sso]\nurl = "https://sso.example/mcp"\n'
+        'oauth = { resource = "http://x.example" }\n' + good("other")
+    )
+    config = parse(text, PATH, {})
+    assert config.servers["sso"].config is None
+    assert config.servers["other"].config is not None
+
+
+def test_the_readme_example_of_the_knobs_loads():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"```toml\n(.*?)```", readme, re.DOTALL) if "resource =" in b]
+    assert blocks, "README.md has no example of oauth.resource"
+    config = parse(blocks[0], PATH, {})
+    assert config.servers
+    for entry in config.servers.values():
+        assert entry.error is None, entry.error
+        assert isinstance(entry.config.oauth, OAuthSettings)
+    entra = config.servers["entra"].config.oauth
+    assert (entra.resource, entra.authorize_params) == (False, {"domain_hint": "contoso.example"})

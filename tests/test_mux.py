@@ -676,17 +676,109 @@ def test_a_server_request_goes_to_the_related_editor() -> None:
     assert routing == Routing(editors=[(1, message)])
 
 
-def test_a_related_editor_without_the_capability_is_passed_over() -> None:
+@pytest.mark.parametrize(
+    ("method", "capability"),
+    [
+        ("sampling/createMessage", "sampling"),
+        ("elicitation/create", "elicitation"),
+        ("roots/list", "roots"),
+    ],
+)
+def test_a_related_editor_without_the_capability_gets_it_refused_not_passed_on(
+    method: str, capability: str
+) -> None:
+    """The request belongs to editor 1's call: editors that could answer it
+    never see it; the server hears what a client without the capability says."""
     clock = Clock()
     mux = new_mux(clock)
-    join(mux, 1, {"roots": {}})
+    join(mux, 1, {"other": {}})
+    clock.advance()
+    join(mux, 2, {"sampling": {}, "elicitation": {}, "roots": {}})
+    up = forward(mux, 1, req(1, "tools/call"))
+    clock.advance()
+    mux.from_editor(2, req(9, "ping"))  # editor 2 is the most recently active
+    routing = mux.from_upstream(req("s", method, {}), related=up["id"])
+    assert routing.editors == []
+    [refusal] = routing.upstream
+    assert refusal["id"] == "s"
+    assert refusal["error"]["code"] == jsonrpc.METHOD_NOT_FOUND
+    assert refusal["error"]["message"].startswith("Method not found")
+    assert f"the {capability} capability" in refusal["error"]["message"]
+    # Nothing is left waiting for an editor's answer.
+    assert mux.from_editor(2, answer("s")) == Routing()
+
+
+@pytest.mark.parametrize(
+    ("declared", "mode", "routed"),
+    [
+        ({}, None, True),
+        ({}, "form", True),
+        ({}, "url", False),
+        ({"form": {}}, "url", False),
+        ({"url": {}}, None, False),
+        ({"url": {}}, "url", True),
+        ({"form": {}, "url": {}}, "url", True),
+        ({"form": {}, "url": {}}, "form", True),
+        ({"form": {}, "url": {}}, "telepathy", False),
+        ({"form": {}, "url": {}}, ["url"], False),
+    ],
+)
+def test_elicitation_needs_the_mode_asked_for(declared: Any, mode: Any, routed: bool) -> None:
+    """An empty `elicitation` declares form mode only; a mode not declared is
+    Invalid params (2025-11-25, client/elicitation, Error Handling)."""
+    mux = new_mux()
+    join(mux, 1, {"elicitation": declared})
+    up = forward(mux, 1, req(1, "tools/call"))
+    params: dict[str, Any] = {"message": "?", "requestedSchema": {"type": "object"}}
+    if mode is not None:
+        params["mode"] = mode
+    message = req("e", "elicitation/create", params)
+    routing = mux.from_upstream(message, related=up["id"])
+    if routed:
+        assert routing == Routing(editors=[(1, message)])
+    else:
+        assert routing.editors == []
+        [refusal] = routing.upstream
+        assert refusal["error"]["code"] == jsonrpc.INVALID_PARAMS
+        assert refusal["error"]["message"].startswith("Invalid params")
+        assert "elicitation mode" in refusal["error"]["message"]
+
+
+def test_a_standalone_url_elicitation_goes_to_an_editor_that_declared_url_mode() -> None:
+    clock = Clock()
+    mux = new_mux(clock)
+    join(mux, 1, {"elicitation": {"url": {}}})
+    clock.advance()
+    join(mux, 2, {"elicitation": {}})  # more recent, form only
+    message = req("u", "elicitation/create", {"mode": "url", "url": "https://x", "message": "?"})
+    assert mux.from_upstream(message) == Routing(editors=[(1, message)])
+    mux.detach(1)
+    [refusal] = mux.from_upstream(message).upstream
+    assert refusal["error"]["code"] == jsonrpc.INVALID_PARAMS
+    assert "no attached editor supports elicitation/create" in refusal["error"]["message"]
+
+
+def test_a_related_editor_that_never_initialized_gets_nothing() -> None:
+    clock = Clock()
+    mux = new_mux(clock)
+    mux.attach(1)
+    up = forward(mux, 1, req(1, "tools/call"))
     clock.advance()
     join(mux, 2, SAMPLING)
-    clock.advance()
-    join(mux, 3, SAMPLING)
-    up = forward(mux, 1, req(1, "tools/call"))
     routing = mux.from_upstream(sampling_request(), related=up["id"])
-    assert [e for e, _ in routing.editors] == [3]
+    assert routing.editors == []
+    assert routing.upstream[0]["error"]["code"] == jsonrpc.METHOD_NOT_FOUND
+
+
+def test_an_unknown_request_related_to_an_editor_goes_to_that_editor() -> None:
+    clock = Clock()
+    mux = new_mux(clock)
+    join(mux, 1)
+    up = forward(mux, 1, req(1, "tools/call"))
+    clock.advance()
+    join(mux, 2)
+    message = req("x", "vendor/custom", {})
+    assert mux.from_upstream(message, related=up["id"]) == Routing(editors=[(1, message)])
 
 
 def test_without_a_related_editor_the_most_recently_active_capable_one_gets_it() -> None:
@@ -708,33 +800,54 @@ def test_without_a_related_editor_the_most_recently_active_capable_one_gets_it()
     assert [e for e, _ in mux.from_upstream(sampling_request("c")).editors] == [2]
 
 
-@pytest.mark.parametrize("related", [999, None])
-def test_an_unknown_or_missing_related_request_falls_back(related: Any) -> None:
+def test_a_request_on_the_standalone_stream_goes_to_the_most_recent_capable_editor() -> None:
     clock = Clock()
     mux = new_mux(clock)
     join(mux, 1, SAMPLING)
     clock.advance()
     join(mux, 2, SAMPLING)
-    assert [e for e, _ in mux.from_upstream(sampling_request(), related=related).editors] == [2]
+    assert [e for e, _ in mux.from_upstream(sampling_request(), related=None).editors] == [2]
 
 
-def test_a_related_request_already_answered_falls_back() -> None:
+def _refused_by_all(mux: Multiplexer, related: int) -> dict[str, Any]:
+    routing = mux.from_upstream(sampling_request(), related=related)
+    assert routing.editors == []
+    [refusal] = routing.upstream
+    assert refusal["id"] == "s1"
+    error: dict[str, Any] = refusal["error"]
+    return error
+
+
+@pytest.mark.parametrize("related", [999, "answered", "cancelled", "detached"])
+def test_a_request_related_to_no_live_editor_request_goes_to_nobody(related: Any) -> None:
+    """The request it came with was never ours, answered, cancelled, or its
+    editor left: no other editor may answer for it."""
     clock = Clock()
     mux = new_mux(clock)
     join(mux, 1, SAMPLING)
     up = forward(mux, 1, req(1, "tools/call"))
-    mux.from_upstream(answer(up["id"]))
+    if related == "answered":
+        mux.from_upstream(answer(up["id"]))
+    elif related == "cancelled":
+        mux.from_editor(1, cancelled(1))
+    elif related == "detached":
+        mux.detach(1)
     clock.advance()
     join(mux, 2, SAMPLING)
-    assert [e for e, _ in mux.from_upstream(sampling_request(), related=up["id"]).editors] == [2]
+    error = _refused_by_all(mux, 999 if related == 999 else up["id"])
+    assert error["code"] == jsonrpc.INTERNAL_ERROR
+    assert "no longer in flight" in error["message"]
 
 
-def test_a_related_own_request_falls_back() -> None:
-    clock = Clock()
-    mux = new_mux(clock)
+def test_a_request_related_to_an_own_request_goes_to_nobody() -> None:
+    """mcpd's own requests (mcpctl tools, a control-protocol call) declare
+    nothing: Method not found, never an editor's answer."""
+    mux = new_mux()
     join(mux, 1, SAMPLING)
     own = mux.own_request("tools/call")
-    assert [e for e, _ in mux.from_upstream(sampling_request(), related=own["id"]).editors] == [1]
+    error = _refused_by_all(mux, own["id"])
+    assert error["code"] == jsonrpc.METHOD_NOT_FOUND
+    assert "mcpd's own" in error["message"]
 
 
 def test_uninitialized_editors_get_no_server_requests() -> None:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit
 
+import anyio
 import msgspec
 import pytest
 
@@ -39,15 +40,20 @@ from mcpd.oauth.flow import (
     ClientRegistrationRequired,
     PendingAuthorization,
     ServerRefused,
+    application_type,
     begin,
+    check_issuer,
     choose_client,
+    choose_prompt,
     choose_scope,
     client_authentication,
+    effective_resource,
     exchange,
     register,
     token_request,
     union_scope,
 )
+from mcpd.oauth.flow import refresh as refresh_grant
 from mcpd.oauth.manager import _revoke
 from mcpd.oauth.messages import HttpRequest, HttpResponse, OAuthError, Step
 from mcpd.oauth.model import AuthorizationServer, ClientRegistration, CredentialRecord, TokenSet
@@ -1254,31 +1260,118 @@ def test_accept_just_before_expiry():
     assert pending.accept(callback(pending)) == CODE
 
 
-@pytest.mark.parametrize("advertised", [False, True])
-@pytest.mark.parametrize("iss", ["https://evil.example.com", "https://auth.example.com/x", ""])
-def test_accept_issuer_mismatch_is_refused(advertised, iss):
+# The RFC 9207 decision table of MCP 2026-07-28 ("Authorization Response
+# Validation"), on a response with a code and on an error response alike:
+#
+#     authorization_response_iss_parameter_supported  iss in response  action
+#     true                                            present          compare
+#     true                                            absent           reject
+#     false or absent                                 present          compare
+#     false or absent                                 absent           proceed
+#
+# A comparison is an exact string comparison: none of these is the issuer.
+NOT_THE_ISSUER = [
+    "https://evil.example.com",
+    ISSUER + "/",  # a trailing slash (the conformance scenario auth/iss-normalized)
+    "HTTPS://auth.example.com",  # scheme case
+    "https://AUTH.example.com",  # host case
+    "https://auth.example.com:443",  # the default port
+    "https://auth.%65xample.com",  # percent-encoding
+    ISSUER + "/x",
+    "",
+]
+
+
+@pytest.mark.parametrize("error", [None, "access_denied"], ids=["code", "error"])
+@pytest.mark.parametrize(
+    ("advertised", "iss", "accepted"),
+    [
+        (True, ISSUER, True),
+        (True, "https://evil.example.com", False),
+        (True, None, False),
+        (False, ISSUER, True),
+        (False, "https://evil.example.com", False),
+        (False, None, True),
+    ],
+    ids=[
+        "advertised-present-same",
+        "advertised-present-other",
+        "advertised-absent",
+        "unadvertised-present-same",
+        "unadvertised-present-other",
+        "unadvertised-absent",
+    ],
+)
+def test_accept_applies_the_iss_decision_table(advertised, iss, accepted, error):
     pending = make_pending(authorization_response_iss_parameter_supported=advertised)
-    with refused(OAuthError, "RFC 9207", secrets_of(pending)):
-        pending.accept(callback(pending, iss=iss))
+    description = "the AS says this and nobody should see it"
+    query = callback(
+        pending,
+        iss=iss,
+        **({"code": None, "error": error, "error_description": description} if error else {}),
+    )
+    if accepted and error is None:
+        assert pending.accept(query) == CODE
+    elif accepted:
+        # The issuer checks out: the authorization server's error is believed.
+        with refused(ServerRefused, error, secrets_of(pending)) as info:
+            pending.accept(query)
+        assert info.value.error == error
+    else:
+        # Rejected before anything else: an error response's error is neither acted
+        # on nor shown, and no code goes to any token endpoint.
+        with refused(OAuthError, "RFC 9207", secrets_of(pending)) as info:
+            pending.accept(query)
+        assert not isinstance(info.value, ServerRefused)
+        assert description not in str(info.value)
+        assert "access_denied" not in str(info.value)
     with refused(OAuthError, "already completed", secrets_of(pending)):
         pending.accept(callback(pending, iss=ISSUER))
 
 
-@pytest.mark.parametrize("iss", [ISSUER, ISSUER + "/"])
-def test_accept_matching_issuer(iss):
-    pending = make_pending(authorization_response_iss_parameter_supported=True)
-    assert pending.accept(callback(pending, iss=iss)) == CODE
+@pytest.mark.parametrize("advertised", [False, True])
+@pytest.mark.parametrize("error", [None, "access_denied"], ids=["code", "error"])
+@pytest.mark.parametrize("iss", NOT_THE_ISSUER)
+def test_accept_compares_iss_without_any_normalisation(advertised, error, iss):
+    pending = make_pending(authorization_response_iss_parameter_supported=advertised)
+    query = callback(pending, iss=iss, **({"code": None, "error": error} if error else {}))
+    with refused(OAuthError, "RFC 9207", secrets_of(pending)) as info:
+        pending.accept(query)
+    assert not isinstance(info.value, ServerRefused)
 
 
-def test_accept_missing_issuer_when_advertised_is_refused():
+def test_accept_matching_issuer_with_a_path_and_a_trailing_slash():
+    issuer = "https://auth.example.com/tenant1/"
+    pending = make_pending(issuer=issuer, authorization_response_iss_parameter_supported=True)
+    assert pending.accept(callback(pending, iss=issuer)) == CODE
+    other = make_pending(issuer=issuer, authorization_response_iss_parameter_supported=True)
+    with refused(OAuthError, "RFC 9207", secrets_of(other)):
+        other.accept(callback(other, iss=issuer.rstrip("/")))
+
+
+def test_accept_missing_issuer_when_advertised_names_the_promise():
     pending = make_pending(authorization_response_iss_parameter_supported=True)
-    with refused(OAuthError, "issuer None", secrets_of(pending)):
+    with refused(OAuthError, "carries no issuer", secrets_of(pending)):
         pending.accept(callback(pending))
 
 
-def test_accept_missing_issuer_when_not_advertised():
-    pending = make_pending(authorization_response_iss_parameter_supported=False)
-    assert pending.accept(callback(pending)) == CODE
+@pytest.mark.parametrize(
+    ("advertised", "iss", "passes"),
+    [
+        (True, ISSUER, True),
+        (True, ISSUER + "/", False),
+        (True, None, False),
+        (False, ISSUER, True),
+        (False, ISSUER + "/", False),
+        (False, None, True),
+    ],
+)
+def test_check_issuer_alone(advertised, iss, passes):
+    if passes:
+        check_issuer(iss, ISSUER, advertised)
+    else:
+        with refused(OAuthError, "RFC 9207"):
+            check_issuer(iss, ISSUER, advertised)
 
 
 def test_accept_error_is_server_refused_with_code_and_description():
@@ -1636,3 +1729,336 @@ def test_fake_net_records_and_defaults_to_404():
     assert net.run(step()) == [404, 201]
     assert net.calls == [("GET", "https://a.example/x"), ("POST", "https://a.example/y")]
     assert net.requests[1].form == {"k": "v"}
+
+
+# =========================================================================================
+# MCP 2026-07-28: application_type, client credentials bound to their issuer, refresh
+# tokens never assumed
+# =========================================================================================
+
+AS2 = "https://login.example.net"
+AS2_META = f"{AS2}/.well-known/oauth-authorization-server"
+
+
+@pytest.mark.parametrize(
+    ("redirect", "kind"),
+    [
+        (REDIRECT, "native"),
+        ("http://localhost:19876/callback", "native"),
+        ("http://[::1]:19876/callback", "native"),
+        ("https://127.0.0.1:8443/callback", "native"),
+        ("https://relay.example.org/mcpd/callback", "web"),
+    ],
+)
+def test_register_sends_the_application_type_of_the_redirect(redirect, kind):
+    assert application_type(redirect) == kind
+    net = registration_net(json_response({"client_id": "dcr-1"}, 201))
+    net.run(register(make_discovery(), redirect, None))
+    assert net.only("POST", REGISTER).json["application_type"] == kind
+
+
+def test_register_is_native_for_the_loopback_callback():
+    net = registration_net(json_response({"client_id": "dcr-1"}, 201))
+    net.run(register(make_discovery(), REDIRECT, "read"))
+    assert net.only("POST", REGISTER).json["application_type"] == "native"
+
+
+def migrated_net() -> FakeNet:
+    """The resource's metadata now names AS2; AS1 answers nothing at all."""
+
+    def as1(request: HttpRequest) -> HttpResponse:
+        raise AssertionError(f"AS1 was asked {request.method} {request.url}")
+
+    net = FakeNet(
+        {
+            ("GET", PRM_PATH): json_response(prm_document(servers=(AS2,))),
+            ("GET", AS2_META): json_response(as_document(AS2)),
+            ("POST", f"{AS2}/register"): json_response({"client_id": "as2-client"}, 201),
+            ("POST", f"{AS2}/token"): json_response(token_document()),
+        }
+    )
+    for url in (AS_META, REGISTER, TOKEN, REVOKE, AUTHORIZE):
+        net.responses[("GET", url)] = as1
+        net.responses[("POST", url)] = as1
+    return net
+
+
+@pytest.mark.parametrize("method", ["none", "client_secret_basic", "client_secret_post"])
+def test_a_sign_in_after_the_resource_moved_to_another_server_registers_anew(method):
+    """SEP-2352 (the conformance scenario auth/authorization-server-migration): the
+    stored registration of AS1 is never shown to AS2, not in the authorization
+    request and not in the token request; a new one is made at AS2."""
+    stored = PUBLIC if method == "none" else confidential(method)
+    net = migrated_net()
+    discovery = net.run(discover(SERVER, None))
+    assert discovery.server.issuer == AS2
+    identity = choose_client(None, discovery, stored, REDIRECT)
+    assert identity == type(identity)(None, register=True)
+    client = net.run(register(discovery, REDIRECT, "read"))
+    assert (client.client_id, client.issuer) == ("as2-client", AS2)
+    pending = begin(discovery, client, "read", REDIRECT)
+    assert pending.url.startswith(f"{AS2}/authorize?")
+    assert authorization_params(pending)["client_id"] == "as2-client"
+    tokens = net.run(exchange(pending, pending.accept(callback(pending))))
+    assert tokens.access_token == ACCESS
+    for request in net.requests:
+        text = repr((request.url, request.headers, request.form, request.json))
+        assert stored.client_id not in text
+        assert CLIENT_SECRET not in text
+        assert not request.url.startswith(ISSUER)
+
+
+def test_a_configured_client_is_not_taken_to_another_authorization_server():
+    """Pre-registered credentials belong to the authorization server they were
+    used with: a server that moved is an error saying what to do, not a silent
+    attempt with the old client id."""
+    settings = OAuthSettings(client_id="cfg", client_secret=CLIENT_SECRET)
+    used = ClientRegistration(client_id="cfg", client_secret=CLIENT_SECRET, issuer=ISSUER)
+    moved = make_discovery(issuer=AS2)
+    with refused(ClientRegistrationRequired, "oauth.client_id") as info:
+        choose_client(settings, moved, used, REDIRECT)
+    assert AS2 in str(info.value)
+    assert ISSUER in str(info.value)
+    # Where it was used, or once the config names another client, it is used.
+    same = choose_client(settings, make_discovery(), used, REDIRECT)
+    assert same.client is not None
+    assert same.client.issuer == ISSUER
+    other = choose_client(OAuthSettings(client_id="cfg2"), moved, used, REDIRECT)
+    assert other.client is not None
+    assert (other.client.client_id, other.client.issuer) == ("cfg2", AS2)
+
+
+def record_with(client: ClientRegistration | None, issuer: str = ISSUER) -> CredentialRecord:
+    return CredentialRecord(
+        server="s",
+        url=SERVER,
+        tokens=TokenSet(access_token=ACCESS, refresh_token=REFRESH, obtained_at=time.time()),
+        client=client,
+        authorization=AuthorizationServer(
+            issuer=issuer, token_endpoint=TOKEN, revocation_endpoint=REVOKE, resource=SERVER
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("client_issuer", "bound"),
+    [(ISSUER, True), (AS2, False), (None, False), (ISSUER + "/", False)],
+)
+def test_a_stored_client_is_used_only_at_its_own_authorization_server(client_issuer, bound):
+    """What a refresh and a revocation use: the stored client only where it was
+    registered (the issuer compared exactly); else nothing."""
+    client = confidential("client_secret_basic")
+    client.issuer = client_issuer
+    record = record_with(client)
+    assert (record.bound_client() is client) is bound
+    assert record_with(None).bound_client() is None
+    no_authorization = record_with(client)
+    no_authorization.authorization = None
+    assert no_authorization.bound_client() is None
+
+
+def test_refresh_without_a_refresh_token_in_the_answer_keeps_the_old_one():
+    tokens = TokenSet(access_token="old", refresh_token=REFRESH, obtained_at=0, scope="read")
+    net = token_net(json_response(token_document(refresh_token=None, scope=None)))
+    fresh = net.run(refresh_grant(tokens, PUBLIC, TOKEN, SERVER))
+    assert fresh.access_token == ACCESS
+    assert fresh.refresh_token == REFRESH
+    assert fresh.scope == "read"
+    form = net.only("POST", TOKEN).form
+    assert form is not None
+    assert form["resource"] == SERVER
+    assert form["refresh_token"] == REFRESH
+
+
+def test_a_sign_in_without_a_refresh_token_is_a_sign_in():
+    """The authorization server may issue no refresh token (MCP clients MUST NOT
+    assume one): the tokens are good, just not renewable."""
+    response = json_response(token_document(refresh_token=None))
+    tokens = token_net(response).run(exchange(make_pending(scope="read offline_access"), CODE))
+    assert tokens.access_token == ACCESS
+    assert tokens.refresh_token is None
+    assert tokens.expires_at is not None
+
+
+# =========================================================================================
+# Knobs: oauth.prompt, oauth.resource, oauth.authorize_params
+# =========================================================================================
+
+
+def openid_discovery(**server: Any) -> Discovery:
+    return Discovery(SERVER, metadata(**server), None, True, openid_configuration=True)
+
+
+@pytest.mark.parametrize(
+    ("openid", "scope", "configured", "expected"),
+    [
+        # Unset: consent exactly when offline_access is asked of an OpenID provider.
+        (True, "read offline_access", None, "consent"),
+        (True, "read", None, None),
+        (True, None, None, None),
+        (False, "read offline_access", None, None),
+        # Set: as given, whatever the server and scope; "" sends none.
+        (True, "read offline_access", "", None),
+        (False, "read", "login", "login"),
+        (True, "read offline_access", "login consent", "login consent"),
+        (True, "read offline_access", "none", "none"),
+    ],
+)
+def test_choose_prompt(openid, scope, configured, expected):
+    discovery = openid_discovery() if openid else make_discovery()
+    settings = OAuthSettings(prompt=configured) if configured is not None else None
+    assert choose_prompt(settings, discovery, scope) == expected
+    pending = begin(discovery, PUBLIC, scope, REDIRECT, settings)
+    assert authorization_params(pending).get("prompt") == expected
+
+
+@pytest.mark.parametrize(
+    ("server", "openid"),
+    [
+        ({}, False),
+        ({"userinfo_endpoint": f"{ISSUER}/userinfo"}, True),
+        ({"id_token_signing_alg_values_supported": ["RS256"]}, True),
+        ({"id_token_signing_alg_values_supported": []}, False),
+    ],
+)
+def test_an_openid_provider_is_known_by_its_metadata(server, openid):
+    assert make_discovery(**server).openid_provider is openid
+
+
+def test_an_openid_provider_is_known_by_where_its_metadata_was_found():
+    oidc_only = FakeNet(
+        {
+            ("GET", PRM_PATH): json_response(prm_document()),
+            ("GET", OIDC_META): json_response(as_document()),
+        }
+    )
+    found = oidc_only.run(discover(SERVER, None))
+    assert found.openid_configuration is True
+    assert found.openid_provider is True
+    oauth = happy_net().run(discover(SERVER, None))
+    assert oauth.openid_configuration is False
+    assert oauth.openid_provider is False
+    listed = happy_net(**{AS_META: json_response(as_document(userinfo_endpoint=f"{ISSUER}/me"))})
+    assert listed.run(discover(SERVER, None)).openid_provider is True
+
+
+def test_an_openid_provider_gets_consent_with_offline_access_in_a_whole_sign_in():
+    """scope chosen as usual (offline_access added because the server lists it),
+    then prompt=consent because the server is an OpenID provider."""
+    net = FakeNet(
+        {
+            ("GET", PRM_PATH): json_response(prm_document(scopes_supported=["read"])),
+            ("GET", OIDC_META): json_response(as_document()),
+        }
+    )
+    discovery = net.run(discover(SERVER, None))
+    scope = choose_scope(None, None, discovery)
+    assert scope == "read offline_access"
+    params = authorization_params(begin(discovery, PUBLIC, scope, REDIRECT))
+    assert params["prompt"] == "consent"
+    assert params["scope"] == "read offline_access"
+
+
+@pytest.mark.parametrize(
+    ("configured", "sent"),
+    [
+        (None, SERVER),
+        (True, SERVER),
+        (False, None),
+        ("https://graph.example.com", "https://graph.example.com"),
+    ],
+)
+def test_the_resource_parameter_everywhere(configured, sent):
+    settings = OAuthSettings(resource=configured)
+    assert effective_resource(settings, SERVER) == sent
+    pending = begin(make_discovery(), PUBLIC, "read", REDIRECT, settings)
+    assert pending.resource == sent
+    assert authorization_params(pending).get("resource") == sent
+    net = token_net()
+    net.run(exchange(pending, pending.accept(callback(pending))))
+    form = net.only("POST", TOKEN).form
+    assert form is not None
+    assert form.get("resource") == sent
+    tokens = TokenSet(access_token="a", refresh_token=REFRESH, obtained_at=0)
+    net = token_net()
+    net.run(refresh_grant(tokens, PUBLIC, TOKEN, effective_resource(settings, SERVER)))
+    form = net.only("POST", TOKEN).form
+    assert form is not None
+    assert form.get("resource") == sent
+
+
+def test_no_settings_send_the_servers_resource():
+    assert effective_resource(None, SERVER) == SERVER
+    assert authorization_params(make_pending())["resource"] == SERVER
+
+
+def test_authorize_params_are_added_to_the_authorization_request():
+    settings = OAuthSettings(authorize_params={"audience": "https://api.example.com", "x": "1 2"})
+    pending = begin(make_discovery(), PUBLIC, "read", REDIRECT, settings)
+    params = authorization_params(pending)
+    assert params["audience"] == "https://api.example.com"
+    assert params["x"] == "1 2"
+    assert params["client_id"] == PUBLIC.client_id
+    assert params["state"] == pending.state
+    assert params["scope"] == "read"
+
+
+def test_authorize_params_never_replace_what_mcpd_sends():
+    """config.py refuses these names; should one get through, mcpd's own wins."""
+    own = {"state": "forged", "client_id": "other", "scope": "admin", "resource": "x"}
+    settings = OAuthSettings(authorize_params=own)
+    pending = begin(make_discovery(), PUBLIC, "read", REDIRECT, settings)
+    params = authorization_params(pending)
+    assert params["state"] == pending.state
+    assert params["client_id"] == PUBLIC.client_id
+    assert params["scope"] == "read"
+    assert params["resource"] == SERVER
+
+
+@pytest.mark.parametrize(("client_issuer", "revoked"), [(ISSUER, True), (AS2, False)])
+def test_logout_revokes_only_with_the_client_of_the_tokens_server(
+    monkeypatch, client_issuer, revoked
+):
+    """A client registered at the resource's new authorization server is never
+    sent to the old one's revocation endpoint with the old server's tokens."""
+    from mcpd.oauth import manager as manager_module
+
+    asked: list[HttpRequest] = []
+
+    async def drive(step: Step[Any], reach: Any) -> Any:
+        net = FakeNet({("POST", REVOKE): HttpResponse(200, {}, b"")})
+        result = net.run(step)
+        asked.extend(net.requests)
+        return result
+
+    monkeypatch.setattr(manager_module, "drive", drive)
+    client = confidential("client_secret_basic")
+    client.issuer = client_issuer
+
+    class Credentials:
+        record: CredentialRecord | None = revocation_record(client)
+
+        async def replace(self, record: CredentialRecord) -> None:
+            self.record = record
+
+    class Runtime:
+        name = "s"
+        credentials = Credentials()
+
+        def reach(self) -> None:
+            return None
+
+        def logged_out(self) -> None:
+            pass
+
+    runtime = Runtime()
+    manager = manager_module.AuthManager(0)
+    assert anyio.run(manager.logout, runtime, False) is revoked
+    assert bool(asked) is revoked
+    for request in asked:
+        assert request.url == REVOKE
+        assert request.form is not None
+        assert request.form["client_id"] == client.client_id
+    kept = runtime.credentials.record
+    assert kept is not None
+    assert kept.tokens is None  # forgotten either way

@@ -5,11 +5,15 @@ use. The provider's own log lines are the counts."""
 
 from __future__ import annotations
 
+import json
+import queue
+import subprocess
 import threading
 import time
 
 from demo_peer import demo_server
 from harness import (
+    MCPCTL,
     browse,
     finish,
     server_config,
@@ -221,6 +225,88 @@ def test_the_authorization_server_down_for_a_while(mcpd_env, run_daemon, tmp_pat
         assert daemon.mcpctl("call", "demo", "echo", '{"text": "back"}').stdout == "back\n"
         assert "presented a refresh token" not in peer.log
         assert "token endpoint down" in peer.log
+
+
+def test_tokens_without_a_refresh_token_need_a_sign_in_when_they_expire(
+    mcpd_env, run_daemon, editors, tmp_path
+):
+    """The authorization server issues no refresh token (it may: MCP clients must
+    not assume one). The server shows `needs_auth` when the access token expires,
+    with why and what to run, without waiting for a request to be refused; the
+    change reaches watchers at once and the attached editor's next request gets
+    the reason; a new sign-in brings it back, for the same editor session."""
+    with demo_server(tmp_path, token_lifetime=LIFETIME, no_refresh_tokens=True) as peer:
+        mcpd_env.write_config("[daemon]\ncallback_port = 0\n" + server_config("demo", peer.url))
+        daemon = run_daemon()
+        sign_in(mcpd_env, daemon, "demo")
+        assert "and no refresh token" in peer.log
+        signed_in = status_of(daemon, "demo")
+        assert signed_in["state"] == "connected"
+        assert signed_in["next_refresh_at"] is None
+        expires = signed_in["access_expires_at"]
+        editor = editors("demo")
+        editor.initialize()
+        assert editor.call("echo", {"text": "before"})["result"]["content"][0]["text"] == "before"
+
+        watcher = subprocess.Popen(
+            [MCPCTL, "watch", "demo", "--json"],
+            env=mcpd_env.vars,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        seen: list[str] = []
+
+        def read() -> None:
+            assert watcher.stdout is not None
+            for line in watcher.stdout:
+                lines.put(line)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            seen.append(lines.get(timeout=10))  # the current status first
+            # Nothing is asked of the server meanwhile: the expiry alone decides.
+            deadline = time.monotonic() + LIFETIME + 10
+            while True:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+                seen.append(line)
+                event = json.loads(line)
+                if event.get("name") == "state":
+                    server = event["data"]["server"]
+                    if server["state"] == "needs_auth":
+                        break
+            told_at = time.time()
+        finally:
+            watcher.terminate()
+            watcher.wait(timeout=5)
+            reader.join(timeout=5)
+            assert watcher.stdout is not None
+            watcher.stdout.close()
+            mcpd_env.keep_output(["watch", "demo", "--json"], "".join(seen), "")
+        assert event["data"]["previous"] == "connected"
+        assert expires - 0.5 <= told_at <= expires + 3, (expires, told_at)
+        error = server["error"]
+        assert "the access token expired" in error
+        assert "issued no refresh token" in error
+        assert "mcpctl auth demo" in error
+        assert status_of(daemon, "demo")["state"] == "needs_auth"
+
+        refused = editor.call("echo", {"text": "after"})
+        assert "result" not in refused, refused
+        message = refused["error"]["message"]
+        assert "needs_auth" in message
+        assert "issued no refresh token" in message
+        assert "mcpctl auth demo" in message
+        cli = daemon.mcpctl("call", "demo", "echo", '{"text": "cli"}')
+        assert cli.returncode == 1
+        assert "mcpctl auth demo" in cli.stderr
+        assert refreshes(peer) == 0
+        assert "presented" not in peer.log  # no expired or retired token was sent
+
+        sign_in(mcpd_env, daemon, "demo")
+        assert editor.call("echo", {"text": "again"})["result"]["content"][0]["text"] == "again"
+        assert status_of(daemon, "demo")["state"] == "connected"
 
 
 # SIGKILLs around refreshes and store writes: tests/test_crash_safety.py (200 of them,

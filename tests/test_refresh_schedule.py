@@ -12,8 +12,9 @@ import anyio
 import pytest
 
 from mcpd import credentials as credentials_module
-from mcpd.credentials import Credentials
-from mcpd.oauth.messages import OAuthError
+from mcpd.config import OAuthSettings
+from mcpd.credentials import Credentials, expiry_notice, unrefreshable
+from mcpd.oauth.messages import HttpRequest, HttpResponse, OAuthError
 from mcpd.oauth.model import AuthorizationServer, ClientRegistration, CredentialRecord, TokenSet
 from mcpd.oauth.refresh import (
     BACKOFF_CAP_SECONDS,
@@ -23,6 +24,7 @@ from mcpd.oauth.refresh import (
     RefreshSchedule,
     catch_up_at,
     is_transient,
+    lapses_at,
     next_wake,
     refresh_at,
     retry_delay,
@@ -180,7 +182,7 @@ def stub_record(tokens: TokenSet) -> CredentialRecord:
         server="stub",
         url="http://127.0.0.1:9/mcp",
         tokens=tokens,
-        client=ClientRegistration(client_id="c"),
+        client=ClientRegistration(client_id="c", issuer="http://127.0.0.1:9"),
         authorization=AuthorizationServer(
             issuer="http://127.0.0.1:9",
             token_endpoint="http://127.0.0.1:9/token",
@@ -220,6 +222,9 @@ class StubServer:
     def credentials_changed(self) -> None:
         pass
 
+    def access_expired(self, reason: str) -> None:
+        self.events.append(f"expired: {reason}")
+
 
 def fake_token_endpoint(monkeypatch, lifetime: float, failures: int = 0, delay: float = 0.0):
     """Replace the HTTP exchange: fail `failures` times, then issue tokens of
@@ -247,7 +252,7 @@ def fake_token_endpoint(monkeypatch, lifetime: float, failures: int = 0, delay: 
     return issued, attempts
 
 
-def stub_credentials(server: StubServer) -> Credentials:
+def stub_credentials(server: StubServer, settings: OAuthSettings | None = None) -> Credentials:
     """The credentials of one server whose store and listener are `server`."""
     return Credentials(
         "stub",
@@ -257,12 +262,15 @@ def stub_credentials(server: StubServer) -> Credentials:
         load=server.load,
         reach=lambda: None,  # type: ignore[arg-type,return-value]
         listener=server,
+        settings=settings,
     )
 
 
-def run_credentials(server: StubServer, until: Any) -> Credentials:
+def run_credentials(
+    server: StubServer, until: Any, settings: OAuthSettings | None = None
+) -> Credentials:
     """The credentials' loop, until `until(credentials)` returns."""
-    credentials = stub_credentials(server)
+    credentials = stub_credentials(server, settings)
 
     async def main() -> None:
         await credentials.load()
@@ -431,3 +439,208 @@ def test_an_expired_token_is_never_sent():
     anyio.run(credentials.load)
     assert credentials.tokens is expired
     assert credentials.bearer() is None
+
+
+# --- Tokens that cannot be refreshed lapse at expiry -----------------------------------
+#
+# The decision (sans-IO, no clock): `lapses_at` and the schedule's `lapsed`; the
+# reason (`unrefreshable`) and what the server is told (`expiry_notice`). Then the
+# loop: told once, at expiry, and never a request to the token endpoint.
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "refreshable", "expected"),
+    [
+        (600.0, False, 1600.0),  # expires at 1600: lapses then
+        (None, False, None),  # no expiry: lasts until the server refuses it
+        (600.0, True, None),  # refreshed instead
+        (None, True, None),
+    ],
+)
+def test_lapses_at(lifetime, refreshable, expected):
+    assert lapses_at(tokens(lifetime, refresh=None), refreshable) == expected
+    assert lapses_at(None, refreshable) is None
+
+
+def test_a_schedule_without_a_refresh_token_lapses_once_at_expiry():
+    schedule = RefreshSchedule(rng=lambda: 0.5)
+    schedule.plan(tokens(600.0, refresh=None), refreshable=False)
+    assert schedule.due is None  # nothing to refresh
+    assert schedule.lapses == 1600.0
+    assert next_wake(1500.0, schedule.lapses) == MAX_SLEEP_SECONDS
+    assert schedule.lapsed(1599.9) is False
+    assert schedule.lapsed(1600.0) is True
+    assert schedule.lapsed(1700.0) is False  # said once
+    schedule.plan(tokens(600.0, refresh=None, at=2000.0), refreshable=False)  # a new sign-in
+    assert schedule.lapsed(2600.0) is True
+
+
+def test_a_refreshable_schedule_never_lapses():
+    schedule = RefreshSchedule(rng=lambda: 0.5)
+    schedule.plan(tokens(600.0), refreshable=True)
+    assert schedule.lapses is None
+    assert schedule.due == pytest.approx(1000 + 0.75 * 600)
+    assert schedule.lapsed(10_000.0) is False
+    schedule.plan(None)  # a refused refresh: needs_auth already
+    assert (schedule.due, schedule.lapses) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"refresh_token": None}, "the authorization server issued no refresh token"),
+        ({"client": None}, "no client registration is stored"),
+        ({"client_issuer": "https://elsewhere.example"}, "for another authorization server"),
+        ({"client_issuer": None}, "for another authorization server"),
+        ({}, None),
+    ],
+)
+def test_why_tokens_cannot_be_refreshed(change, reason):
+    record = stub_record(tokens(600.0, refresh=change.get("refresh_token", "r")))
+    if "client" in change:
+        record.client = None
+    if "client_issuer" in change:
+        assert record.client is not None
+        record.client.issuer = change["client_issuer"]
+    why = unrefreshable(record)
+    assert (why is None) if reason is None else (why is not None and reason in why)
+
+
+def test_the_notice_says_why_and_what_to_do():
+    notice = expiry_notice("linear", "the authorization server issued no refresh token")
+    assert "the access token expired" in notice
+    assert "issued no refresh token" in notice
+    assert notice.endswith("mcpctl auth linear")
+
+
+def test_an_access_token_without_a_refresh_token_lapses_at_expiry(monkeypatch):
+    _, attempts = fake_token_endpoint(monkeypatch, lifetime=3600.0)
+    now = time.time()
+    record = stub_record(
+        TokenSet(access_token="a0", refresh_token=None, obtained_at=now, expires_at=now + 0.5)
+    )
+    server = StubServer(record)
+
+    async def until(credentials: Credentials) -> None:
+        assert credentials.schedule.due is None
+        assert credentials.schedule.lapses == now + 0.5
+        assert server.events == []  # not before it expires
+        assert credentials.bearer() == "a0"
+        with anyio.fail_after(5):
+            while not server.events:
+                await anyio.sleep(0.01)
+        assert time.time() >= now + 0.5
+        assert credentials.bearer() is None
+        assert not await credentials.refresh(None)  # no refresh to make
+        await anyio.sleep(0.3)  # and no second notice
+
+    run_credentials(server, until)
+    assert attempts[0] == 0
+    assert server.events == [
+        "expired: the access token expired and cannot be renewed (the authorization server "
+        "issued no refresh token); sign in again: mcpctl auth stub"
+    ]
+
+
+def test_an_expired_token_without_a_refresh_token_at_start_lapses_at_once(monkeypatch):
+    _, attempts = fake_token_endpoint(monkeypatch, lifetime=3600.0)
+    now = time.time()
+    server = StubServer(
+        stub_record(
+            TokenSet(access_token="a0", refresh_token=None, obtained_at=now - 60, expires_at=now)
+        )
+    )
+
+    async def until(credentials: Credentials) -> None:
+        assert [e[:8] for e in server.events] == ["expired:"]
+        assert await credentials.ready() is None  # the server will say 401: no refresh
+
+    run_credentials(server, until)
+    assert attempts[0] == 0
+    assert len(server.events) == 1
+
+
+def test_a_new_sign_in_replaces_the_lapse(monkeypatch):
+    fake_token_endpoint(monkeypatch, lifetime=3600.0)
+    now = time.time()
+    server = StubServer(
+        stub_record(
+            TokenSet(access_token="a0", refresh_token=None, obtained_at=now, expires_at=now + 0.3)
+        )
+    )
+
+    async def until(credentials: Credentials) -> None:
+        fresh = TokenSet(
+            access_token="a1", refresh_token="r1", obtained_at=time.time(), expires_at=now + 3600
+        )
+        await credentials.replace(stub_record(fresh))
+        assert credentials.schedule.lapses is None
+        await anyio.sleep(0.6)
+
+    run_credentials(server, until)
+    assert server.events == []
+
+
+def test_a_client_of_another_authorization_server_is_never_sent_a_refresh(monkeypatch):
+    """A sign-in registered a client at the resource's new authorization server
+    and failed; the old server's tokens are still held. Their refresh would send
+    the new client's credentials to the old server: it is not made, and the
+    tokens lapse at expiry instead."""
+    _, attempts = fake_token_endpoint(monkeypatch, lifetime=3600.0)
+    now = time.time()
+    record = stub_record(
+        TokenSet(access_token="a0", refresh_token="r0", obtained_at=now - 10, expires_at=now + 0.5)
+    )
+    assert record.client is not None
+    record.client.issuer = "https://new-as.example"
+    server = StubServer(record)
+
+    async def until(credentials: Credentials) -> None:
+        assert credentials.schedule.due is None
+        assert not await credentials.refresh("a0")
+        with anyio.fail_after(5):
+            while not server.events:
+                await anyio.sleep(0.01)
+
+    run_credentials(server, until)
+    assert attempts[0] == 0
+    assert len(server.events) == 1
+    assert "for another authorization server" in server.events[0]
+
+
+@pytest.mark.parametrize(
+    ("settings", "sent"),
+    [
+        (None, "http://127.0.0.1:9/mcp"),
+        (OAuthSettings(), "http://127.0.0.1:9/mcp"),
+        (OAuthSettings(resource=False), None),
+        (OAuthSettings(resource="https://api.example.com"), "https://api.example.com"),
+    ],
+)
+def test_a_refresh_sends_the_configured_resource(monkeypatch, settings, sent):
+    forms: list[dict[str, str]] = []
+
+    async def drive(step: Any, reach: Any) -> TokenSet:
+        request = next(step)
+        assert isinstance(request, HttpRequest)
+        forms.append(dict(request.form or {}))
+        body = b'{"access_token": "a1", "token_type": "Bearer", "expires_in": 3600}'
+        try:
+            step.send(HttpResponse(200, {"content-type": "application/json"}, body))
+        except StopIteration as done:
+            result: TokenSet = done.value
+            return result
+        raise AssertionError("the refresh asked twice")
+
+    monkeypatch.setattr(credentials_module, "drive", drive)
+    server = StubServer(stub_record(TokenSet(access_token="a0", refresh_token="r0", obtained_at=0)))
+
+    async def until(credentials: Credentials) -> None:
+        assert await credentials.refresh("a0")
+
+    credentials = run_credentials(server, until, settings)
+    assert len(forms) == 1
+    assert forms[0].get("resource") == sent
+    assert forms[0]["client_id"] == "c"
+    assert credentials.tokens is not None
+    assert credentials.tokens.refresh_token == "r0"  # none in the answer: the old one kept

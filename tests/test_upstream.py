@@ -334,11 +334,12 @@ def test_a_slow_server_does_not_delay_the_others(mcpd_env, run_daemon, silent, p
     assert [r.stdout for r in results] == ["fast\n"] * 4
 
 
-def test_server_requests_go_to_an_editor_that_can_answer_them(
+def test_server_requests_go_to_the_editor_whose_call_they_belong_to(
     mcpd_env, run_daemon, editors, tmp_path
 ):
-    """server-everything asks for sampling while serving the second editor's
-    call; that editor cannot sample, so the request goes to the first one."""
+    """server-everything asks for sampling on the stream of an editor's call:
+    the editor that cannot sample gets the server told so (-32601), and the
+    one that can is never asked for another's call; its own call, it answers."""
     with server_everything(tmp_path) as peer:
         mcpd_env.write_config(server_config("ev", peer.url))
         daemon = run_daemon()
@@ -346,9 +347,15 @@ def test_server_requests_go_to_an_editor_that_can_answer_them(
         sampler, plain = editors("ev"), editors("ev")
         sampler.initialize({"sampling": {}})
         plain.initialize()
-        call_id = plain.request_async(
-            "tools/call",
-            {"name": "trigger-sampling-request", "arguments": {"prompt": "hi", "maxTokens": 5}},
+        arguments = {"prompt": "hi", "maxTokens": 5}
+        refused = plain.call("trigger-sampling-request", arguments)
+        assert refused["result"]["isError"] is True
+        text = refused["result"]["content"][0]["text"]
+        assert "-32601: Method not found" in text
+        assert "did not declare the sampling capability" in text
+        assert not [m for m in sampler.quiet_for(0.5) if "id" in m and "method" in m]
+        call_id = sampler.request_async(
+            "tools/call", {"name": "trigger-sampling-request", "arguments": arguments}
         )
         request = sampler.wait_for_request("sampling/createMessage")
         sampler.send(
@@ -363,12 +370,13 @@ def test_server_requests_go_to_an_editor_that_can_answer_them(
                 },
             }
         )
-        reply = plain.response(call_id)
+        reply = sampler.response(call_id)
         assert "sampled by the first editor" in json.dumps(reply["result"])
 
-        # Nobody declared elicitation: the server gets an error, not silence.
+        # Neither declared elicitation: the server gets an error, not silence.
         refused = plain.call("trigger-elicitation-request")
-        assert "no attached editor supports elicitation" in json.dumps(refused)
+        assert "-32601: Method not found" in json.dumps(refused)
+        assert "did not declare the elicitation capability" in json.dumps(refused)
 
 
 def test_every_request_carries_the_configured_and_protocol_headers(

@@ -29,7 +29,8 @@ At http://127.0.0.1:PORT (the issuer, and the MCP server's origin):
 
 Scopes: `mcp` (needed for /mcp) and `offline_access`. A client that registers
 without a scope gets both. A refresh token is issued only when the grant
-includes `offline_access`.
+includes `offline_access` (and never with `--no-refresh-tokens`: an
+authorization server may always decline to issue one).
 
 Tokens: access tokens live `--token-lifetime` seconds (default 3600); refresh
 tokens do not expire. A refresh rotates the refresh token (the old one stops
@@ -139,6 +140,9 @@ class DemoProvider(
     # Leave expires_in out of token responses (the tokens still expire), as
     # some providers do: clients then learn of expiry from a 401.
     hide_expiry: bool = False
+    # Issue no refresh token at all, offline_access or not, as an OpenID provider
+    # does when the request lacks prompt=consent.
+    no_refresh_tokens: bool = False
     record: SecretsRecord = field(default_factory=SecretsRecord)
     clients: dict[str, OAuthClientInformationFull] = field(default_factory=dict)
     codes: dict[str, AuthorizationCode] = field(default_factory=dict)
@@ -251,7 +255,7 @@ class DemoProvider(
             seq=seq,
         )
         refresh = None
-        if OFFLINE_ACCESS in scopes:
+        if OFFLINE_ACCESS in scopes and not self.no_refresh_tokens:
             refresh = secrets.token_urlsafe(32)
             self.refresh_tokens[refresh] = DemoRefreshToken(
                 token=refresh,
@@ -412,6 +416,7 @@ def build_server(
     token_lifetime: int,
     hide_expiry: bool = False,
     record: SecretsRecord | None = None,
+    no_refresh_tokens: bool = False,
 ) -> MCPServer:
     origin = f"http://{HOST}:{port}"
     resource = origin + MCP_PATH
@@ -419,6 +424,7 @@ def build_server(
         resource=resource,
         token_lifetime=token_lifetime,
         hide_expiry=hide_expiry,
+        no_refresh_tokens=no_refresh_tokens,
         record=record or SecretsRecord(),
     )
     server: MCPServer = MCPServer(
@@ -505,6 +511,11 @@ def main(argv: list[str] | None = None) -> None:
         help="leave expires_in out of token responses (the tokens still expire)",
     )
     parser.add_argument(
+        "--no-refresh-tokens",
+        action="store_true",
+        help="issue no refresh tokens, even for offline_access (as an authorization server may)",
+    )
+    parser.add_argument(
         "--outage-file",
         type=Path,
         metavar="PATH",
@@ -530,7 +541,7 @@ def main(argv: list[str] | None = None) -> None:
 
     record = SecretsRecord(options.record_secrets)
     app: ASGIApp = build_server(
-        port, options.token_lifetime, options.hide_expiry, record
+        port, options.token_lifetime, options.hide_expiry, record, options.no_refresh_tokens
     ).streamable_http_app(host=HOST)
     if options.record_secrets is not None:
         app = recording_verifiers(app, record)

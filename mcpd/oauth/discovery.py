@@ -14,7 +14,9 @@ The order is the MCP authorization specification's (2025-11-25):
    metadata at the MCP server's origin (its issuer must be of that origin),
    else the default endpoints `/authorize`, `/token` and `/register` there.
 
-The authorization server must support PKCE with S256.
+The authorization server must support PKCE with S256, and have an
+authorization endpoint, for a sign-in; a machine's client credentials
+(`interactive=False`, mcpd/oauth/machine.py) need neither.
 """
 
 from __future__ import annotations
@@ -41,15 +43,19 @@ class ResourceMetadata(msgspec.Struct, kw_only=True):
 
 class ServerMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     issuer: str
-    authorization_endpoint: str
+    authorization_endpoint: str = ""  # none: a server for client credentials only
     token_endpoint: str
     registration_endpoint: str | None = None
     revocation_endpoint: str | None = None
     scopes_supported: list[str] | None = None
     code_challenge_methods_supported: list[str] | None = None
     token_endpoint_auth_methods_supported: list[str] | None = None
+    token_endpoint_auth_signing_alg_values_supported: list[str] | None = None
     client_id_metadata_document_supported: bool = False
     authorization_response_iss_parameter_supported: bool = False
+    # OpenID Connect Discovery: what marks an OpenID provider.
+    userinfo_endpoint: str | None = None
+    id_token_signing_alg_values_supported: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,22 @@ class Discovery:
     server: ServerMetadata
     scopes_supported: list[str] | None  # from the resource metadata
     from_metadata: bool  # False: the 2025-03-26 default endpoints
+    # The server metadata came from a /.well-known/openid-configuration URL.
+    openid_configuration: bool = False
+
+    @property
+    def openid_provider(self) -> bool:
+        """Whether the authorization server is an OpenID provider: its metadata was
+        found at an OpenID Connect Discovery URL, or lists `userinfo_endpoint` or
+        `id_token_signing_alg_values_supported` (which OpenID Connect Discovery
+        requires of every provider). `flow.choose_prompt` asks such a server for
+        consent along with offline_access."""
+        server = self.server
+        return bool(
+            self.openid_configuration
+            or server.userinfo_endpoint
+            or server.id_token_signing_alg_values_supported
+        )
 
 
 # RFC 7235: a list of challenges, each a scheme with a token68 or parameters.
@@ -165,7 +187,9 @@ def _decode(response: HttpResponse, kind: type[Any], what: str, url: str) -> Any
         raise OAuthError(f"the {what} at {url} is invalid: {exc}") from None
 
 
-def discover(server_url: str, challenge: Challenge | None) -> Step[Discovery]:
+def discover(
+    server_url: str, challenge: Challenge | None, *, interactive: bool = True
+) -> Step[Discovery]:
     resource_metadata: ResourceMetadata | None = None
     for url in resource_metadata_urls(server_url, challenge):
         check_endpoint(url, "resource metadata URL")
@@ -193,6 +217,7 @@ def discover(server_url: str, challenge: Challenge | None) -> Step[Discovery]:
     check_endpoint(issuer, "authorization server")
 
     server: ServerMetadata | None = None
+    openid_configuration = False
     for url in candidates:
         response = yield HttpRequest("GET", url, ACCEPT_JSON)
         if response.status != 200:
@@ -209,6 +234,7 @@ def discover(server_url: str, challenge: Challenge | None) -> Step[Discovery]:
                 f"the authorization server metadata at {url} is for issuer {server.issuer!r}, "
                 f"not {issuer!r}; refusing it"
             )
+        openid_configuration = "/.well-known/openid-configuration" in url
         break
     from_metadata = server is not None
     if server is None:
@@ -224,7 +250,7 @@ def discover(server_url: str, challenge: Challenge | None) -> Step[Discovery]:
             token_endpoint=f"{issuer}/token",
             registration_endpoint=f"{issuer}/register",
         )
-    elif "S256" not in (server.code_challenge_methods_supported or []):
+    elif interactive and "S256" not in (server.code_challenge_methods_supported or []):
         raise OAuthError(
             f"the authorization server {server.issuer} does not advertise PKCE with S256 "
             "(code_challenge_methods_supported); mcpd will not authorize without it"
@@ -235,7 +261,12 @@ def discover(server_url: str, challenge: Challenge | None) -> Step[Discovery]:
         (server.registration_endpoint, "registration endpoint"),
         (server.revocation_endpoint, "revocation endpoint"),
     ):
-        if endpoint is not None:
+        if endpoint:
             check_endpoint(endpoint, what)
+    if interactive and not server.authorization_endpoint:
+        raise OAuthError(
+            f"the authorization server {server.issuer} has no authorization_endpoint: "
+            "no one can sign in there in a browser"
+        )
     scopes = resource_metadata.scopes_supported if resource_metadata else None
-    return Discovery(resource, server, scopes, from_metadata)
+    return Discovery(resource, server, scopes, from_metadata, openid_configuration)

@@ -2,15 +2,30 @@
 
     identity  = choose_client(settings, discovery, stored, redirect_uri)
     client    = yield from register(...)    # when identity says so
-    pending   = begin(discovery, client, scope, redirect_uri)
+    pending   = begin(discovery, client, scope, redirect_uri, settings)
     ...the user's browser visits pending.url; the callback arrives...
     code      = pending.accept(callback_query)
     tokens    = yield from exchange(pending, code)
 
 Client identity, in this order: a configured client; a Client ID Metadata
-Document URL when the server supports those; dynamic registration (RFC 7591),
-reused while the redirect URI stays the same. With none of these possible the
-caller reports `needs_client_registration`.
+Document URL when the server supports those; dynamic registration (RFC 7591,
+as a `native` application: mcpd's redirect is on loopback), reused while the
+redirect URI stays the same. With none of these possible the caller reports
+`needs_client_registration`.
+
+Client credentials are bound to the authorization server that issued them
+(MCP 2026-07-28, "Authorization Server Binding"): every registration records
+its issuer, a stored one is reused only at that same issuer (a resource whose
+metadata names a new authorization server gets a new registration), and a
+refresh or a revocation uses the stored client only at the authorization
+server the tokens came from (`CredentialRecord.bound_client`).
+
+The authorization request carries, besides PKCE, `state` and the scope: the
+RFC 8707 `resource` (`oauth.resource`: the server's own, left out, or
+another), the OpenID Connect `prompt` (`choose_prompt`) and the configured
+`oauth.authorize_params`. The callback's RFC 9207 `iss` is compared with the
+recorded issuer as an exact string, before anything else of the response
+(an `error` included) is believed.
 """
 
 from __future__ import annotations
@@ -25,7 +40,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from ..config import OAuthSettings
-from ..urls import visible_ascii
+from ..urls import is_loopback, visible_ascii
 from .discovery import Challenge, Discovery
 from .messages import HttpRequest, HttpResponse, OAuthError, Step
 from .model import ClientRegistration, TokenSet
@@ -33,6 +48,9 @@ from .model import ClientRegistration, TokenSet
 CLIENT_NAME = "mcpd"
 STATE_LIFETIME_SECONDS = 600.0
 OFFLINE_ACCESS = "offline_access"
+# OpenID Connect Core 1.0, section 11: a provider ignores offline_access unless
+# the request also asks for consent.
+OFFLINE_PROMPT = "consent"
 
 
 class ClientRegistrationRequired(OAuthError):
@@ -65,6 +83,34 @@ def union_scope(*scopes: str | None) -> str | None:
     return " ".join(dict.fromkeys(merged)) or None
 
 
+def choose_prompt(
+    settings: OAuthSettings | None, discovery: Discovery, scope: str | None
+) -> str | None:
+    """The `prompt` of the authorization request; None: send none.
+
+    A configured `oauth.prompt` is sent as it is (`""`: none). Unset, it is
+    `consent` exactly when `offline_access` is asked of an OpenID provider
+    (`Discovery.openid_provider`), which per OpenID Connect Core section 11
+    would otherwise ignore it and issue no refresh token.
+    """
+    if settings is not None and settings.prompt is not None:
+        return settings.prompt or None
+    if OFFLINE_ACCESS in (scope or "").split() and discovery.openid_provider:
+        return OFFLINE_PROMPT
+    return None
+
+
+def effective_resource(settings: OAuthSettings | None, resource: str) -> str | None:
+    """The RFC 8707 `resource` to send for the server's `resource`: None leaves the
+    parameter out (`oauth.resource = false`), a configured URL replaces it."""
+    configured = settings.resource if settings is not None else None
+    if configured is False:
+        return None
+    if isinstance(configured, str):
+        return configured
+    return resource
+
+
 @dataclass(frozen=True)
 class Identity:
     """How to get a client id: use `client` as it is, or register one."""
@@ -81,6 +127,21 @@ def choose_client(
 ) -> Identity:
     server = discovery.server
     if settings is not None and settings.client_id:
+        if (
+            stored is not None
+            and stored.client_id == settings.client_id
+            and stored.issuer is not None
+            and stored.issuer != server.issuer
+        ):
+            # Pre-registered credentials belong to one authorization server: the
+            # server moved to another one, so this client id is not for it.
+            raise ClientRegistrationRequired(
+                f"the configured oauth.client_id was used with the authorization server "
+                f"{stored.issuer}, but the server's is now {server.issuer}; register a client "
+                "there and set its oauth.client_id (and oauth.client_secret) in this server's "
+                "config table (or, if the same client id is valid there too, run `mcpctl logout "
+                "<server> --forget-client` and sign in again)"
+            )
         return Identity(
             ClientRegistration(
                 client_id=settings.client_id,
@@ -154,13 +215,20 @@ def register(
         method = next((m for m in supported if m in usable), "none")
     metadata: dict[str, Any] = {
         "client_name": CLIENT_NAME,
+        # OpenID Connect Registration: "native" for a client whose redirect is on
+        # loopback, which mcpd's is unless oauth.redirect_uri points elsewhere.
+        "application_type": application_type(redirect_uri),
         "redirect_uris": [redirect_uri],
         "grant_types": ["authorization_code", "refresh_token"],
         "response_types": ["code"],
         "token_endpoint_auth_method": method,
     }
-    if scope:
-        metadata["scope"] = scope
+    # Only scopes the server lists: some (oidc-provider, say) refuse a
+    # registration naming any other, such as the resource's own scopes.
+    offered = discovery.server.scopes_supported
+    registered = [s for s in (scope or "").split() if offered is None or s in offered]
+    if registered:
+        metadata["scope"] = " ".join(registered)
     response = yield HttpRequest(
         "POST", server.registration_endpoint, {"Accept": "application/json"}, json=metadata
     )
@@ -185,6 +253,14 @@ def register(
         else _auth_method(server, secret),
         issuer=server.issuer,
     )
+
+
+def application_type(redirect_uri: str) -> str:
+    """`native` for a loopback (or custom-scheme) redirect URI; `web` for an https
+    one elsewhere, which OpenID providers refuse for native clients."""
+    parts = urlsplit(redirect_uri)
+    remote = parts.scheme == "https" and not is_loopback(parts.hostname or "")
+    return "web" if remote else "native"
 
 
 def _b64(data: bytes) -> str:
@@ -213,6 +289,9 @@ class PendingAuthorization:
     verifier: str = field(repr=False)
     created: float = field(default_factory=time.monotonic)
     used: bool = False
+    # The RFC 8707 resource the authorization request carried (None: none); the
+    # token request carries the same.
+    resource: str | None = field(kw_only=True)
 
     def expired(self, now: float | None = None) -> bool:
         return (
@@ -232,15 +311,12 @@ class PendingAuthorization:
         if self.expired():
             raise OAuthError("the authorization expired (10 minutes); start a new one")
         self.used = True
-        issuer = self.discovery.server.issuer
-        iss = params.get("iss")
-        expect_iss = self.discovery.server.authorization_response_iss_parameter_supported
-        if (iss is not None or expect_iss) and (
-            iss is None or iss.rstrip("/") != issuer.rstrip("/")
-        ):
-            raise OAuthError(
-                f"the callback's issuer {iss!r} is not {issuer!r} (RFC 9207); refusing it"
-            )
+        # Before anything else of the response is believed, its error included.
+        check_issuer(
+            params.get("iss"),
+            self.discovery.server.issuer,
+            self.discovery.server.authorization_response_iss_parameter_supported,
+        )
         if "error" in params:
             description = params.get("error_description", "")
             raise ServerRefused(
@@ -254,8 +330,34 @@ class PendingAuthorization:
         return code
 
 
+def check_issuer(iss: str | None, issuer: str, advertised: bool) -> None:
+    """RFC 9207 as MCP 2026-07-28 has it: a present `iss` must be the recorded
+    issuer, compared as an exact string (no case folding, default-port elision,
+    trailing slash or percent-decoding); an absent one is refused only where the
+    authorization server advertises `authorization_response_iss_parameter_supported`.
+
+        advertised  iss present  ->  compare
+        advertised  iss absent   ->  reject
+        not         iss present  ->  compare
+        not         iss absent   ->  proceed
+    """
+    if iss is None and not advertised:
+        return
+    if iss is None:
+        raise OAuthError(
+            f"the callback carries no issuer (iss), which the authorization server {issuer!r} "
+            "promises to send (RFC 9207); refusing it"
+        )
+    if iss != issuer:
+        raise OAuthError(f"the callback's issuer {iss!r} is not {issuer!r} (RFC 9207); refusing it")
+
+
 def begin(
-    discovery: Discovery, client: ClientRegistration, scope: str | None, redirect_uri: str
+    discovery: Discovery,
+    client: ClientRegistration,
+    scope: str | None,
+    redirect_uri: str,
+    settings: OAuthSettings | None = None,
 ) -> PendingAuthorization:
     verifier = _b64(secrets.token_bytes(32))
     challenge = _b64(hashlib.sha256(verifier.encode()).digest())
@@ -267,14 +369,25 @@ def begin(
         "code_challenge": challenge,
         "code_challenge_method": "S256",
         "state": state,
-        "resource": discovery.resource,
     }
+    resource = effective_resource(settings, discovery.resource)
+    if resource is not None:
+        params["resource"] = resource
     if scope:
         params["scope"] = scope
+    prompt = choose_prompt(settings, discovery, scope)
+    if prompt is not None:
+        params["prompt"] = prompt
+    # Configured extras; config.py refuses the names mcpd sets, and these never
+    # replace one of them all the same.
+    extra = settings.authorize_params if settings is not None else {}
+    params.update({name: value for name, value in extra.items() if name not in params})
     endpoint = discovery.server.authorization_endpoint
     separator = "&" if urlsplit(endpoint).query else "?"
     url = f"{endpoint}{separator}{urlencode(params)}"
-    return PendingAuthorization(discovery, client, redirect_uri, scope, url, state, verifier)
+    return PendingAuthorization(
+        discovery, client, redirect_uri, scope, url, state, verifier, resource=resource
+    )
 
 
 def client_authentication(
@@ -352,8 +465,9 @@ def exchange(pending: PendingAuthorization, code: str) -> Step[TokenSet]:
         "code": code,
         "redirect_uri": pending.redirect_uri,
         "code_verifier": pending.verifier,
-        "resource": pending.discovery.resource,
     }
+    if pending.resource is not None:
+        form["resource"] = pending.resource
     tokens = yield from token_request(pending.discovery.server.token_endpoint, pending.client, form)
     if tokens.scope is None and pending.scope:
         tokens.scope = pending.scope
@@ -361,15 +475,17 @@ def exchange(pending: PendingAuthorization, code: str) -> Step[TokenSet]:
 
 
 def refresh(
-    tokens: TokenSet, client: ClientRegistration, token_endpoint: str, resource: str
+    tokens: TokenSet, client: ClientRegistration, token_endpoint: str, resource: str | None
 ) -> Step[TokenSet]:
-    """The refresh token grant; a response without a refresh token keeps the old one."""
+    """The refresh token grant (`resource` None: no resource parameter); a response
+    without a refresh token keeps the old one."""
     assert tokens.refresh_token is not None
     form = {
         "grant_type": "refresh_token",
         "refresh_token": tokens.refresh_token,
-        "resource": resource,
     }
+    if resource is not None:
+        form["resource"] = resource
     fresh = yield from token_request(token_endpoint, client, form)
     if fresh.refresh_token is None:
         fresh.refresh_token = tokens.refresh_token

@@ -32,7 +32,7 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
-from .. import logs
+from .. import logs, machine_credentials
 from ..waiting import first_of
 from .callback import CallbackListener, redirect_uri
 from .discovery import discover
@@ -50,7 +50,7 @@ from .flow import (
     register,
     union_scope,
 )
-from .messages import HttpRequest, OAuthError, Step
+from .messages import HttpRequest, HttpResponse, OAuthError, Step
 from .model import AuthorizationServer, ClientRegistration, CredentialRecord
 
 if TYPE_CHECKING:
@@ -240,6 +240,11 @@ class AuthManager:
 
     async def _sign_in(self, flow: Flow, restart: bool) -> None:
         runtime = flow.runtime
+        if isinstance(runtime.credentials, machine_credentials.MachineCredentials):
+            # Client credentials: no browser, no callback; a new token, now.
+            await machine_credentials.sign_in(runtime)
+            flow.finish(None)
+            return
         if restart and runtime.credentials.record is not None:
             await self._keep_client(runtime, None)
         runtime.begin_authorization()
@@ -279,7 +284,7 @@ class AuthManager:
             log.info("registered a client", extra={"server": runtime.name})
             # Kept at once: the next sign-in reuses it, even if this one fails.
             await self._keep_client(runtime, client)
-        return begin(discovery, client, scope, redirect)
+        return begin(discovery, client, scope, redirect, settings)
 
     @staticmethod
     async def _keep_client(runtime: ServerRuntime, client: ClientRegistration | None) -> None:
@@ -324,7 +329,9 @@ class AuthManager:
             if (
                 isinstance(exc, ServerRefused)
                 and exc.error in FORGET_CLIENT_ON
-                and (stored is not None and stored.client_id == pending.client.client_id)
+                and stored is not None
+                and (stored.client_id, stored.issuer)
+                == (pending.client.client_id, pending.client.issuer)
             ):
                 # The server no longer knows the registered client: register anew next time.
                 await self._keep_client(runtime, None)
@@ -357,7 +364,8 @@ class AuthManager:
         """Revoke (RFC 7009) where possible, then forget the tokens; True if revoked."""
         record = runtime.credentials.record
         revoked = False
-        if record is not None and record.tokens is not None and record.client is not None:
+        # Only with the client of the authorization server that issued the tokens.
+        if record is not None and record.tokens is not None and record.bound_client() is not None:
             endpoint = record.authorization.revocation_endpoint if record.authorization else None
             if endpoint is not None:
                 try:
@@ -378,7 +386,8 @@ class AuthManager:
 
 def _revoke(endpoint: str, record: CredentialRecord) -> Step[None]:
     assert record.tokens is not None
-    assert record.client is not None
+    client = record.bound_client()
+    assert client is not None
     tokens = [
         (record.tokens.refresh_token, "refresh_token"),
         (record.tokens.access_token, "access_token"),
@@ -386,9 +395,17 @@ def _revoke(endpoint: str, record: CredentialRecord) -> Step[None]:
     for token, hint in tokens:
         if token is None:
             continue
-        headers, form = client_authentication(
-            record.client, {"token": token, "token_type_hint": hint}
-        )
+        headers, form = client_authentication(client, {"token": token, "token_type_hint": hint})
         response = yield HttpRequest("POST", endpoint, headers, form=form)
+        granted = record.tokens.refresh_token is not None
+        if hint == "access_token" and granted and _unsupported_token_type(response):
+            # RFC 7009 2.2.1: the server cannot revoke this kind (a JWT, say);
+            # revoking the refresh token just before ended the grant.
+            continue
         if response.status != 200:
             raise OAuthError(f"the revocation endpoint answered HTTP {response.status}")
+
+
+def _unsupported_token_type(response: HttpResponse) -> bool:
+    data = response.json() if response.status == 400 else None
+    return isinstance(data, dict) and data.get("error") == "unsupported_token_type"

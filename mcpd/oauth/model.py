@@ -36,6 +36,8 @@ class ClientRegistration(msgspec.Struct, kw_only=True):
     redirect_uri: str | None = None
     token_endpoint_auth_method: str | None = None
     issuer: str | None = None
+    # private_key_jwt: the JWS algorithm of its client assertions (oauth/machine.py).
+    assertion_algorithm: str | None = None
 
     def __repr__(self) -> str:
         return f"ClientRegistration(client_id={self.client_id!r}, issuer={self.issuer!r}, {_MASK})"
@@ -62,6 +64,18 @@ class CredentialRecord(msgspec.Struct, kw_only=True):
     def empty(self) -> bool:
         """Holding nothing worth keeping (after `logout --forget-client`)."""
         return self.tokens is None and self.client is None and self.authorization is None
+
+    def bound_client(self) -> ClientRegistration | None:
+        """The client registration, if it belongs to the authorization server the
+        tokens came from; None if there is none, or it was registered at (or
+        configured for) another issuer. Client credentials are never used at
+        another authorization server than their own (MCP 2026-07-28): a client
+        registered anew after a migration, while the old server's tokens are
+        still held, is not sent to the old server's token or revocation endpoint."""
+        client, authorization = self.client, self.authorization
+        if client is None or authorization is None or client.issuer != authorization.issuer:
+            return None
+        return client
 
     def secrets(self) -> list[str]:
         """Every secret the record holds, for redaction."""

@@ -26,6 +26,11 @@ A refresh that fails for a passing reason (the network, a 5xx, 429,
 `temporarily_unavailable`, `slow_down`) keeps the tokens and is retried with
 exponential backoff and jitter, capped; one the server refused for good
 (`invalid_grant`, `invalid_client`) means the user must sign in again.
+
+Tokens that cannot be refreshed (the authorization server issued no refresh
+token, which it may: MCP clients must not assume one) lapse when their access
+token expires (`lapses_at`): from then on only a new sign-in helps, and the
+caller says so at that moment rather than when the server refuses a request.
 """
 
 from __future__ import annotations
@@ -53,9 +58,12 @@ TRANSIENT_ERRORS: Final = frozenset({"temporarily_unavailable", "slow_down"})
 FATAL_ERRORS: Final = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
 
 
-def refresh_at(tokens: TokenSet, rng: Callable[[], float] = random.random) -> float | None:
-    """When to refresh these tokens proactively; None: never (no expiry, or no refresh token)."""
-    if tokens.expires_at is None or tokens.refresh_token is None:
+def refresh_at(
+    tokens: TokenSet, rng: Callable[[], float] = random.random, *, renewable: bool = False
+) -> float | None:
+    """When to refresh these tokens proactively; None: never (no expiry, or no refresh
+    token, unless they are `renewable` without one: client credentials)."""
+    if tokens.expires_at is None or (tokens.refresh_token is None and not renewable):
         return None
     lifetime = max(0.0, tokens.expires_at - tokens.obtained_at)
     fraction = EARLIEST_FRACTION + (LATEST_FRACTION - EARLIEST_FRACTION) * rng()
@@ -63,6 +71,15 @@ def refresh_at(tokens: TokenSet, rng: Callable[[], float] = random.random) -> fl
     if lifetime > FLOOR_APPLIES_ABOVE:
         due = min(due, tokens.expires_at - FLOOR_SECONDS)
     return due
+
+
+def lapses_at(tokens: TokenSet | None, refreshable: bool) -> float | None:
+    """When tokens stop being usable for good: the expiry of an access token that
+    cannot be refreshed. None: never (refreshable tokens are refreshed instead,
+    and a token without an expiry lasts until the server refuses it)."""
+    if refreshable or tokens is None:
+        return None
+    return tokens.expires_at
 
 
 def catch_up_at(now: float, tokens: TokenSet, rng: Callable[[], float] = random.random) -> float:
@@ -106,10 +123,18 @@ class RefreshSchedule:
     due: float | None = None
     failures: int = 0
     last_error: str | None = None
+    # When tokens that cannot be refreshed lapse (see `lapses_at`).
+    lapses: float | None = None
 
-    def plan(self, tokens: TokenSet | None, now: float | None = None) -> None:
+    def plan(
+        self, tokens: TokenSet | None, now: float | None = None, *, refreshable: bool = True
+    ) -> None:
         """New tokens: schedule their refresh, forget past failures. With `now`, a
-        refresh already overdue is spread (`catch_up_at`) rather than made at once."""
+        refresh already overdue is spread (`catch_up_at`) rather than made at once.
+        Tokens that are not `refreshable` get no refresh but a lapse time."""
+        self.lapses = lapses_at(tokens, refreshable)
+        if not refreshable:
+            tokens = None
         self.due = refresh_at(tokens, self.rng) if tokens is not None else None
         if tokens is not None and self.due is not None and now is not None and self.due < now:
             self.due = catch_up_at(now, tokens, self.rng)
@@ -125,3 +150,11 @@ class RefreshSchedule:
 
     def is_due(self, now: float) -> bool:
         return self.due is not None and now >= self.due
+
+    def lapsed(self, now: float) -> bool:
+        """Whether tokens that cannot be refreshed have lapsed by `now`; True once
+        only per planning, so that the caller says so once."""
+        if self.lapses is None or now < self.lapses:
+            return False
+        self.lapses = None
+        return True

@@ -13,6 +13,7 @@ import msgspec
 PARSE_ERROR: Final = -32700
 INVALID_REQUEST: Final = -32600
 METHOD_NOT_FOUND: Final = -32601
+INVALID_PARAMS: Final = -32602
 INTERNAL_ERROR: Final = -32603
 # Implementation-defined server errors (-32000 to -32099): the server cannot
 # be reached now, and the message says why and what fixes it.

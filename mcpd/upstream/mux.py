@@ -14,9 +14,12 @@ progress to the owner of the token; `resources/updated` to the editors that
 subscribed to that URI (the upstream subscription is reference-counted: the
 first subscriber subscribes, the last one out unsubscribes); every other
 notification to all editors. A server-to-client request (sampling,
-elicitation, roots) goes to the editor whose request it arrived with when that
-is known, else to the most recently active editor that declared the
-capability, else it is answered with an error.
+elicitation, roots) that arrived with a request (on its stream) goes to the
+editor that sent that request and to no other; if that editor did not declare
+the capability (or the elicitation mode), the server gets the error such a
+client answers with. Only a request on the standalone stream goes to the most
+recently active editor that declared what it needs, else it is answered with
+an error.
 
 The daemon itself also makes requests on the session (`tools/list` for
 `mcpctl tools`, say); those are "own" requests whose responses are handed back
@@ -33,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import jsonrpc
+from . import jsonrpc, modern
 from .jsonrpc import Id
 
 EditorId = int
@@ -56,6 +59,10 @@ class Editor:
     initialized: bool = False
     in_flight: set[int] = field(default_factory=set)
     subscriptions: set[str] = field(default_factory=set)
+    client_info: dict[str, Any] = field(default_factory=dict)
+    # Speaks the 2026-07-28 revision itself (it probed with server/discover):
+    # served statelessly, its input requests and listen streams its own.
+    modern: bool = False
 
 
 @dataclass
@@ -65,11 +72,18 @@ class Routing:
     own: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     # Why a message could not be routed as it is (for the log), if it could not.
     problem: str | None = None
+    # Modern servers: requests whose response streams to close (that is how
+    # the revision cancels over HTTP), and whether the set of subscribed
+    # resources changed (the listen stream is opened anew).
+    cancel: list[int] = field(default_factory=list)
+    relisten: bool = False
 
     def extend(self, other: Routing) -> None:
         self.upstream += other.upstream
         self.editors += other.editors
         self.own += other.own
+        self.cancel += other.cancel
+        self.relisten = self.relisten or other.relisten
 
 
 @dataclass
@@ -77,6 +91,28 @@ class _Pending:
     editor: EditorId
     original_id: Id
     original_token: Id | None
+    method: str = ""
+    # Modern servers, older editors: the request as the editor sent it (with
+    # its metadata), for the retry after an input round.
+    request: dict[str, Any] | None = None
+    rounds: int = 0
+    # Modern servers: a list request's parameters, the key of its cached result.
+    list_params: Any = None
+
+
+@dataclass
+class _InputRound:
+    """An `input_required` answer being turned into requests to an older editor."""
+
+    pending: _Pending
+    result: dict[str, Any]
+    # Request id sent to the editor -> the server's key for that input.
+    waiting: dict[str, str]
+    responses: dict[str, Any] = field(default_factory=dict)
+
+
+# Input rounds one request may take before mcpd gives up on it.
+MAX_INPUT_ROUNDS = 16
 
 
 class Multiplexer:
@@ -86,7 +122,15 @@ class Multiplexer:
         self._clock = clock
         self._next_id = 0
         self._pending: dict[int, _Pending] = {}
-        self._own: set[int] = set()
+        # The daemon's own requests in flight: method and parameters.
+        self._own: dict[int, tuple[str, Any]] = {}
+        # A modern (2026-07-28) server: its server/discover result; else None.
+        self.modern: dict[str, Any] | None = None
+        self.cache = modern.ListCache()
+        # Per tool of a modern server: the Mcp-Param-* headers it designates.
+        self.tool_headers: dict[str, dict[str, tuple[str, ...]]] = {}
+        self._rounds: dict[str, _InputRound] = {}
+        self._next_input = 0
         self._server_requests: dict[Id, EditorId] = {}
         self._subscribers: dict[str, set[EditorId]] = {}
 
@@ -117,12 +161,22 @@ class Multiplexer:
                 routing.upstream.append(
                     jsonrpc.error(request_id, jsonrpc.INTERNAL_ERROR, "the editor disconnected")
                 )
+        for input_id, round_ in list(self._rounds.items()):
+            if round_.pending.editor == editor_id:
+                del self._rounds[input_id]
+        if self.modern is not None:
+            routing.cancel, routing.upstream = (
+                [m["params"]["requestId"] for m in routing.upstream if _is_cancel(m)],
+                [m for m in routing.upstream if not _is_cancel(m)],
+            )
         return routing
 
     def initialize_editor(self, editor_id: EditorId, params: Any) -> None:
         editor = self.editors[editor_id]
         capabilities = params.get("capabilities") if isinstance(params, dict) else None
         editor.capabilities = capabilities if isinstance(capabilities, dict) else {}
+        info = params.get("clientInfo") if isinstance(params, dict) else None
+        editor.client_info = info if isinstance(info, dict) else {}
         editor.initialized = True
 
     # --- Requests of the daemon itself -------------------------------------------
@@ -133,11 +187,11 @@ class Multiplexer:
 
     def own_request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         upstream_id = self._allocate()
-        self._own.add(upstream_id)
+        self._own[upstream_id] = (method, params)
         return jsonrpc.request(upstream_id, method, params)
 
     def forget_own(self, upstream_id: int) -> None:
-        self._own.discard(upstream_id)
+        self._own.pop(upstream_id, None)
 
     def unawaited_request(
         self, method: str, params: dict[str, Any] | None = None
@@ -160,9 +214,16 @@ class Multiplexer:
                 )
         for upstream_id in sorted(self._own):
             routing.own.append((upstream_id, jsonrpc.error(upstream_id, code, message)))
+        for round_ in self._rounds.values():
+            pending = round_.pending
+            if pending.editor in self.editors:
+                routing.editors.append(
+                    (pending.editor, jsonrpc.error(pending.original_id, code, message))
+                )
         self._pending.clear()
         self._own.clear()
         self._server_requests.clear()
+        self._rounds.clear()
         return routing
 
     # --- Editor to server ---------------------------------------------------------
@@ -215,6 +276,12 @@ class Multiplexer:
             return Routing(editors=[(editor.id, jsonrpc.result(message["id"], result))])
         if method == "ping":
             return Routing(editors=[(editor.id, jsonrpc.result(message["id"], {}))])
+        if method == "server/discover":
+            return self._discover(editor, message)
+        if self.modern is not None:
+            local = self._answer_locally(editor, message)
+            if local is not None:
+                return local
         params = message.get("params")
         uri = params.get("uri") if isinstance(params, dict) else None
         if method == "resources/subscribe" and isinstance(uri, str):
@@ -227,10 +294,59 @@ class Multiplexer:
             return self._unsubscribe(editor.id, uri, message)
         return Routing(upstream=[self._forward(editor, message)])
 
+    def _discover(self, editor: Editor, message: dict[str, Any]) -> Routing:
+        """A modern editor's probe: answered from the server's own discover result
+        when the server is modern; else the error that sends it to `initialize`."""
+        if self.modern is None:
+            error = jsonrpc.error(
+                message["id"],
+                jsonrpc.METHOD_NOT_FOUND,
+                "this server speaks an MCP revision with an initialize handshake; use initialize",
+            )
+            return Routing(editors=[(editor.id, error)])
+        editor.modern = True
+        return Routing(editors=[(editor.id, jsonrpc.result(message["id"], self.modern))])
+
+    def _answer_locally(self, editor: Editor, message: dict[str, Any]) -> Routing | None:
+        """Modern servers: what mcpd answers itself, for older editors' sake (the
+        revision has no such method, or a fresh cached list answers it)."""
+        method, params = message["method"], message.get("params")
+        reply: Any = None
+        if method == "logging/setLevel" and not editor.modern:
+            reply = {}
+        elif method in ("resources/subscribe", "resources/unsubscribe") and not editor.modern:
+            uri = params.get("uri") if isinstance(params, dict) else None
+            before = self.subscribed_uris()
+            if isinstance(uri, str) and method == "resources/subscribe":
+                editor.subscriptions.add(uri)
+                self._subscribers.setdefault(uri, set()).add(editor.id)
+            elif isinstance(uri, str):
+                self._unsubscribe(editor.id, uri, None)
+            reply = jsonrpc.result(message["id"], {})
+            return Routing(editors=[(editor.id, reply)], relisten=before != self.subscribed_uris())
+        else:
+            reply = self.cache.get(method, params, self._clock())
+        if reply is None:
+            return None
+        return Routing(editors=[(editor.id, jsonrpc.result(message["id"], reply))])
+
     def _forward(self, editor: Editor, message: dict[str, Any]) -> dict[str, Any]:
+        if self.modern is not None:
+            message = modern.with_meta(message, editor.capabilities, editor.client_info)
+        return self._dispatch(editor, message, message["id"])
+
+    def _dispatch(self, editor: Editor, message: dict[str, Any], original_id: Id) -> dict[str, Any]:
+        """`message` under a fresh upstream id (and progress token), remembered as
+        the editor's request `original_id`."""
         upstream_id = self._allocate()
         token = jsonrpc.progress_token(message)
-        self._pending[upstream_id] = _Pending(editor.id, message["id"], token)
+        method = message["method"]
+        keep = self.modern is not None and not editor.modern and method in modern.INPUT_METHODS
+        self._pending[upstream_id] = _Pending(
+            editor.id, original_id, token, method, message if keep else None
+        )
+        if self.modern is not None and method in modern.LIST_CHANGES:
+            self._pending[upstream_id].list_params = message.get("params")
         editor.in_flight.add(upstream_id)
         forwarded = {**message, "id": upstream_id}
         if token is not None:
@@ -268,11 +384,17 @@ class Multiplexer:
         if method == "notifications/cancelled":
             params = message.get("params")
             original = params.get("requestId") if isinstance(params, dict) else None
+            for input_id, round_ in list(self._rounds.items()):
+                if round_.pending.editor == editor.id and round_.pending.original_id == original:
+                    del self._rounds[input_id]
             for upstream_id in editor.in_flight:
                 if self._pending[upstream_id].original_id == original:
                     # The server will not answer a cancelled request: forget it now.
                     del self._pending[upstream_id]
                     editor.in_flight.discard(upstream_id)
+                    if self.modern is not None:
+                        # The revision cancels by closing the request's stream.
+                        return Routing(cancel=[upstream_id])
                     return Routing(
                         upstream=[
                             {
@@ -282,10 +404,14 @@ class Multiplexer:
                         ]
                     )
             return Routing()  # already answered, or never sent
+        if self.modern is not None:
+            return Routing()  # the revision defines no other notification to a server
         return Routing(upstream=[message])
 
     def _editor_response(self, editor: Editor, message: dict[str, Any]) -> Routing:
         request_id = message.get("id")
+        if isinstance(request_id, str) and request_id in self._rounds:
+            return self._input_answered(editor, request_id, message)
         if not jsonrpc.is_id(request_id) or self._server_requests.get(request_id) != editor.id:
             return Routing()  # not a request we gave this editor
         del self._server_requests[request_id]
@@ -300,7 +426,7 @@ class Multiplexer:
         if jsonrpc.is_request(message):
             return self._server_request(message, related)
         if jsonrpc.is_notification(message):
-            return self._server_notification(message)
+            return self._server_notification(message, related)
         if "method" in message and jsonrpc.is_id(message.get("id")):
             problem = "a method must be a string"
             return Routing(
@@ -314,8 +440,9 @@ class Multiplexer:
         if not isinstance(upstream_id, int):
             return Routing()
         if upstream_id in self._own:
-            self._own.discard(upstream_id)
-            return Routing(own=[(upstream_id, message)])
+            method, params = self._own.pop(upstream_id)
+            screened, problem = self._screen(method, params, message)
+            return Routing(own=[(upstream_id, screened)], problem=problem)
         pending = self._pending.pop(upstream_id, None)
         if pending is None:
             return Routing()  # cancelled, or its editor left
@@ -323,7 +450,99 @@ class Multiplexer:
         if editor is None:
             return Routing()
         editor.in_flight.discard(upstream_id)
-        return Routing(editors=[(pending.editor, {**message, "id": pending.original_id})])
+        if pending.request is not None and modern.is_input_required(message):
+            return self._input_round(editor, pending, message["result"])
+        message, problem = self._screen(pending.method, pending.list_params, message)
+        return Routing(
+            editors=[(pending.editor, {**message, "id": pending.original_id})], problem=problem
+        )
+
+    def _screen(
+        self, method: str, params: Any, message: dict[str, Any]
+    ) -> tuple[dict[str, Any], str | None]:
+        """Modern servers: a list result as editors may see it (tools whose
+        header annotations are invalid left out, and said why), remembered
+        while fresh."""
+        result = message.get("result")
+        if self.modern is None or not isinstance(result, dict):
+            return message, None
+        dropped: list[str] = []
+        if method == "tools/list":
+            result, headers, dropped = modern.screen_tools(result)
+            self.tool_headers.update(headers)
+            message = {**message, "result": result}
+        self.cache.put(method, params, result, self._clock())
+        return message, "; ".join(dropped) or None
+
+    # --- Input rounds (modern servers, older editors) ------------------------------
+
+    def _input_round(self, editor: Editor, pending: _Pending, result: dict[str, Any]) -> Routing:
+        """Turn the server's input requests into requests to the editor whose
+        call they belong to; the call is retried once every one is answered."""
+        pending.rounds += 1
+        if pending.rounds > MAX_INPUT_ROUNDS:
+            return self._end_round(
+                pending, f"the server asked for input {MAX_INPUT_ROUNDS} times; giving up"
+            )
+        asked = result.get("inputRequests")
+        asked = asked if isinstance(asked, dict) else {}
+        round_ = _InputRound(pending, result, {})
+        requests: list[dict[str, Any]] = []
+        for key, request in asked.items():
+            method = request.get("method") if isinstance(request, dict) else None
+            if not isinstance(method, str) or method not in CAPABILITY_OF:
+                return self._end_round(pending, f"the server asked for an unknown input {key!r}")
+            params = request.get("params")
+            if (refusal := self._refusal(editor, method, params)) is not None:
+                # The server must not ask what the editor did not declare; no
+                # other editor may answer for this one.
+                return self._end_round(
+                    pending,
+                    f"the server asked this client for {method}, but the client did not "
+                    f"declare {refusal[1]}",
+                )
+            self._next_input += 1
+            input_id = f"mcpd-input-{self._next_input}"
+            round_.waiting[input_id] = key
+            requests.append(
+                jsonrpc.request(input_id, method, params if isinstance(params, dict) else {})
+            )
+        if not requests:
+            return self._retry(editor, round_)
+        for input_id in round_.waiting:
+            self._rounds[input_id] = round_
+        return Routing(editors=[(editor.id, request) for request in requests])
+
+    def _input_answered(self, editor: Editor, input_id: str, message: dict[str, Any]) -> Routing:
+        round_ = self._rounds[input_id]
+        if round_.pending.editor != editor.id:
+            return Routing()  # not this editor's to answer
+        del self._rounds[input_id]
+        key = round_.waiting.pop(input_id)
+        error = message.get("error")
+        if "result" not in message:
+            for other in round_.waiting:
+                self._rounds.pop(other, None)
+            text = error.get("message") if isinstance(error, dict) else None
+            return self._end_round(
+                round_.pending, f"the client could not answer the server's request: {text}"
+            )
+        round_.responses[key] = message["result"]
+        if round_.waiting:
+            return Routing()
+        return self._retry(editor, round_)
+
+    def _retry(self, editor: Editor, round_: _InputRound) -> Routing:
+        pending = round_.pending
+        assert pending.request is not None
+        retry = modern.retry_request(pending.request, 0, round_.result, round_.responses)
+        forwarded = self._dispatch(editor, retry, pending.original_id)
+        self._pending[forwarded["id"]].rounds = pending.rounds
+        return Routing(upstream=[forwarded])
+
+    def _end_round(self, pending: _Pending, problem: str) -> Routing:
+        error = jsonrpc.error(pending.original_id, jsonrpc.INTERNAL_ERROR, problem)
+        return Routing(editors=[(pending.editor, error)], problem=problem)
 
     def _server_request(self, message: dict[str, Any], related: int | None) -> Routing:
         method, request_id = message["method"], message["id"]
@@ -335,39 +554,90 @@ class Multiplexer:
             )
         if method == "ping":
             return Routing(upstream=[jsonrpc.result(request_id, {})])
-        editor = self._editor_for(method, related)
-        if editor is None:
-            capability = CAPABILITY_OF.get(method, method)
-            return Routing(
-                upstream=[
-                    jsonrpc.error(
-                        request_id,
-                        jsonrpc.METHOD_NOT_FOUND,
-                        f"no attached editor supports {capability}",
-                    )
-                ]
+        routed = self._editor_for(message, related)
+        if not isinstance(routed, Editor):
+            code, text = routed
+            return Routing(upstream=[jsonrpc.error(request_id, code, text)])
+        self._server_requests[request_id] = routed.id
+        return Routing(editors=[(routed.id, message)])
+
+    def _editor_for(self, message: dict[str, Any], related: int | None) -> Editor | tuple[int, str]:
+        """The editor to send a server request to, or the error that answers it.
+
+        A request that came on the stream of one of our requests (`related`)
+        belongs to whoever sent that request, and nobody else may see or
+        answer it: if that editor cannot take it, the server gets the answer a
+        client without the capability gives. Only a request on the standalone
+        stream, which belongs to no request, goes to the most recently active
+        editor that can take it.
+        """
+        method, params = message["method"], message.get("params")
+        if related is not None:
+            pending = self._pending.get(related)
+            editor = self.editors.get(pending.editor) if pending is not None else None
+            if editor is not None:
+                refused = self._refusal(editor, method, params)
+                if refused is None:
+                    return editor
+                code, needed = refused
+                label = "Method not found" if code == jsonrpc.METHOD_NOT_FOUND else "Invalid params"
+                return code, f"{label}: the editor whose request this is did not declare {needed}"
+            if related in self._own:
+                return (
+                    jsonrpc.METHOD_NOT_FOUND,
+                    f"Method not found: {method} came with a request of mcpd's own "
+                    "(mcpctl tools, or a control-protocol call), which cannot answer it",
+                )
+            return (
+                jsonrpc.INTERNAL_ERROR,
+                f"{method} came with a request no longer in flight (cancelled, or its editor left)",
             )
-        self._server_requests[request_id] = editor.id
-        return Routing(editors=[(editor.id, message)])
+        refusals = {e.id: self._refusal(e, method, params) for e in self.editors.values()}
+        candidates = [e for e in self.editors.values() if refusals[e.id] is None]
+        if candidates:
+            return max(candidates, key=lambda e: e.last_active)
+        # Nobody can: Invalid params (-32602) if an editor lacks only the mode
+        # asked for, else Method not found.
+        initialized = [r for e, r in refusals.items() if r and self.editors[e].initialized]
+        fallback = (jsonrpc.METHOD_NOT_FOUND, f"the {CAPABILITY_OF.get(method, method)} capability")
+        code, needed = min(initialized, default=fallback)
+        return code, f"no attached editor supports {method}: none declared {needed}"
 
-    def _editor_for(self, method: str, related: int | None) -> Editor | None:
+    @staticmethod
+    def _refusal(editor: Editor, method: str, params: Any) -> tuple[int, str] | None:
+        """None if the editor declared what `method` needs; else the error code a
+        client without it answers with (2025-11-25) and what it did not declare.
+
+        -32601 (Method not found) for a capability not declared at all: a client
+        without it does not implement its method; the revision says so for roots
+        ("Client does not support roots: -32601"), and elicitation and sampling
+        name no other code. -32602 (Invalid params) for an elicitation mode not
+        declared, as the elicitation page's Error Handling requires; an empty
+        `elicitation` object declares form mode only.
+        """
+        if not editor.initialized:
+            return jsonrpc.METHOD_NOT_FOUND, "its capabilities (it has not initialized)"
         capability = CAPABILITY_OF.get(method)
+        if capability is None:
+            return None  # not a request MCP defines: the editor answers it as it can
+        declared = editor.capabilities.get(capability)
+        if declared is None:
+            return jsonrpc.METHOD_NOT_FOUND, f"the {capability} capability"
+        if capability == "elicitation":
+            mode = params.get("mode", "form") if isinstance(params, dict) else "form"
+            modes = {m for m in ("form", "url") if isinstance(declared, dict) and m in declared}
+            if not isinstance(mode, str) or mode not in (modes or {"form"}):
+                return jsonrpc.INVALID_PARAMS, f"the elicitation mode {mode!r} (elicitation.{mode})"
+        return None
 
-        def capable(editor: Editor) -> bool:
-            return editor.initialized and (capability is None or capability in editor.capabilities)
-
-        pending = self._pending.get(related) if related is not None else None
-        if pending is not None:
-            editor = self.editors.get(pending.editor)
-            if editor is not None and capable(editor):
-                return editor
-        candidates = [e for e in self.editors.values() if capable(e)]
-        return max(candidates, key=lambda e: e.last_active, default=None)
-
-    def _server_notification(self, message: dict[str, Any]) -> Routing:
+    def _server_notification(self, message: dict[str, Any], related: int | None) -> Routing:
         method = message["method"]
         params = message.get("params")
         params = params if isinstance(params, dict) else {}
+        if self.modern is not None and method != "notifications/progress":
+            routing = self._modern_notification(message, related)
+            if routing is not None:
+                return routing
         if method == "notifications/progress":
             token = params.get("progressToken")
             pending = self._pending.get(token) if isinstance(token, int) else None
@@ -386,3 +656,44 @@ class Multiplexer:
             subscribers = self._subscribers.get(uri, set()) if isinstance(uri, str) else set()
             return Routing(editors=[(e, message) for e in sorted(subscribers)])
         return Routing(editors=[(e.id, message) for e in self.editors.values() if e.initialized])
+
+    def _modern_notification(self, message: dict[str, Any], related: int | None) -> Routing | None:
+        """Modern servers: a notification on a request's own stream goes to that
+        request's editor alone; one on mcpd's listen stream to every older editor
+        (None: route it as any other)."""
+        method = message["method"]
+        self.cache.changed(method)
+        pending = self._pending.get(related) if related is not None else None
+        if pending is not None:
+            if pending.editor not in self.editors:
+                return Routing()
+            return Routing(editors=[(pending.editor, _for_listener(message, pending))])
+        if method in ("notifications/subscriptions/acknowledged", "notifications/cancelled"):
+            return Routing()  # about mcpd's own listen stream
+        message = modern.without_subscription_meta(message)
+        if method == "notifications/resources/updated":
+            return None
+        return Routing(
+            editors=[
+                (e.id, message) for e in self.editors.values() if e.initialized and not e.modern
+            ]
+        )
+
+
+def _for_listener(message: dict[str, Any], pending: _Pending) -> dict[str, Any]:
+    """A notification on a modern editor's own listen stream names that editor's
+    request, not mcpd's, as the stream's id."""
+    params = message.get("params")
+    if not isinstance(params, dict):
+        return message
+    params = dict(params)
+    if message["method"] == "notifications/cancelled":
+        params["requestId"] = pending.original_id
+    meta = params.get("_meta")
+    if isinstance(meta, dict) and modern.META_SUBSCRIPTION in meta:
+        params["_meta"] = {**meta, modern.META_SUBSCRIPTION: pending.original_id}
+    return {**message, "params": params}
+
+
+def _is_cancel(message: dict[str, Any]) -> bool:
+    return message.get("method") == "notifications/cancelled"

@@ -26,8 +26,8 @@ from .. import __version__
 from ..config import ServerConfig
 from ..http import HttpClient, HttpError
 from ..waiting import first_of
-from . import jsonrpc
-from .mux import EditorId, Multiplexer, Routing
+from . import jsonrpc, modern
+from .mux import MAX_INPUT_ROUNDS, EditorId, Multiplexer, Routing
 from .transport import (
     LATEST_PROTOCOL,
     LEGACY_PROTOCOL,
@@ -37,6 +37,7 @@ from .transport import (
     HttpStatusError,
     LegacySse,
     SessionExpired,
+    StatelessHttp,
     StreamableHttp,
     Transport,
     TransportSettings,
@@ -47,15 +48,22 @@ from .transport import (
 log = logging.getLogger(__name__)
 
 CLIENT_INFO = {"name": "mcpd", "version": __version__}
-# Declared so that servers may ask; each request is handed to an editor that
-# supports it, or refused when none does.
+# Declared so that servers may ask; each request is handed to the editor it
+# belongs to, and refused (as the revision says) when that editor did not
+# declare what it needs (mux.py). Both elicitation modes: editors (and
+# `mcpctl call`) that declared URL mode can take URL-mode requests.
 CLIENT_CAPABILITIES: dict[str, Any] = {
     "roots": {"listChanged": True},
     "sampling": {},
-    "elicitation": {},
+    "elicitation": {"form": {}, "url": {}},
 }
 # Status codes to an initialize POST that mean "this is a legacy SSE server".
 LEGACY_FALLBACK_STATUSES = frozenset({400, 404, 405})
+# What mcpd's own requests to a modern server declare: it answers no input
+# requests itself (an editor's requests carry that editor's capabilities).
+OWN_CAPABILITIES: dict[str, Any] = {}
+# Waits between attempts to reopen a modern server's listen stream.
+LISTEN_RETRY_SECONDS = (1.0, 2.0, 5.0, 15.0, 60.0)
 
 EditorSink = Callable[[bytes], None]
 # Errors that mean the session itself is gone, not just one request.
@@ -132,6 +140,10 @@ class UpstreamSession:
         self._failure: BaseException | None = None
         self._failed = anyio.Event()
         self._reinitializing: anyio.Lock = anyio.Lock()
+        # Modern servers: the scope of each request's POST (closing its stream
+        # cancels it), and of the listen stream.
+        self._streams: dict[int, anyio.CancelScope] = {}
+        self._listening: anyio.CancelScope | None = None
 
     @property
     def connected(self) -> bool:
@@ -140,6 +152,11 @@ class UpstreamSession:
     @property
     def initialize_result(self) -> dict[str, Any] | None:
         return self.mux.initialize_result
+
+    @property
+    def protocol_version(self) -> str | None:
+        """The MCP revision spoken with the server, once connected."""
+        return self.transport.protocol_version if self.transport is not None else None
 
     # --- Connecting ---------------------------------------------------------------
 
@@ -160,6 +177,21 @@ class UpstreamSession:
         self._tg = tg
         self._failure = None
         self._failed = anyio.Event()
+        self.mux.modern = None
+        self.mux.cache.clear()  # new credentials may mean another user's lists
+        stateless = StatelessHttp(self._settings(), self._deliver)
+        stateless.tool_headers = self.mux.tool_headers
+        self.transport = stateless
+        discovered = await self._discover(stateless)
+        if discovered is not None:
+            self.mux.modern = discovered
+            self.mux.initialize_result = modern.legacy_initialize_result(discovered)
+            tg.start_soon(self._listen, stateless)
+            log.info(
+                "session established",
+                extra={"server": self.name, "protocol": modern.MODERN_PROTOCOL},
+            )
+            return
         transport: Transport = StreamableHttp(self._settings(), self._deliver)
         self.transport = transport
         try:
@@ -198,6 +230,74 @@ class UpstreamSession:
                 "transport": type(transport).__name__,
             },
         )
+
+    async def _discover(self, transport: StatelessHttp) -> dict[str, Any] | None:
+        """Probe with `server/discover`: the result when the server speaks the
+        2026-07-28 revision, None when it is an older one (initialize then)."""
+        for _attempt in range(2):
+            try:
+                response = await self._own_exchange(transport, "server/discover", {})
+            except AuthorizationRequired:
+                raise
+            except UpstreamError:
+                # No answer of the revision's (an error status without one, a
+                # stream that ended first, silence): an older server, or a
+                # broken one, which initialize then reports as such.
+                response = None
+            outcome = modern.probe_outcome(response)
+            if not outcome.retry:
+                if outcome.modern and outcome.result is None:
+                    raise UpstreamError(
+                        "the server speaks MCP 2026-07-28 but refused mcpd's discovery "
+                        "request: " + str((response or {}).get("error", {}).get("message"))
+                    )
+                return outcome.result
+        raise UpstreamError("the server refused MCP 2026-07-28, which it says it supports")
+
+    async def _listen(self, transport: StatelessHttp) -> None:
+        """Hold a `subscriptions/listen` stream for the notifications older
+        editors expect (list changes, subscribed resources); reopened when the
+        set of subscribed resources changes, and after a break."""
+        failures = 0
+        while True:
+            assert self.mux.modern is not None
+            capabilities = self.mux.modern.get("capabilities")
+            wanted = modern.listen_filter(
+                capabilities if isinstance(capabilities, dict) else {},
+                self.mux.subscribed_uris(),
+            )
+            if not wanted:
+                self._listening = anyio.CancelScope()
+                with self._listening:
+                    await anyio.sleep_forever()
+                continue
+            with anyio.CancelScope() as self._listening:
+                try:
+                    response = await self._own_exchange(
+                        transport, "subscriptions/listen", {"notifications": wanted}, timeout=0
+                    )
+                except AuthorizationRequired as exc:
+                    self._fail(exc)
+                    return
+                except (UpstreamError, HttpError) as exc:
+                    log.info(
+                        "the listen stream broke",
+                        extra={"server": self.name, "error": describe(exc)},
+                    )
+                    response = None
+                if response is not None and "error" in response:
+                    log.info(
+                        "the server offers no listen stream",
+                        extra={"server": self.name, "error": str(response["error"])[:200]},
+                    )
+                    return
+                if response is not None:
+                    failures = 0  # the server ended it politely: listen again
+            if self._listening.cancel_called:
+                continue  # the subscriptions changed
+            delay = LISTEN_RETRY_SECONDS[min(failures, len(LISTEN_RETRY_SECONDS) - 1)]
+            failures += 1
+            await anyio.sleep(delay)
 
     async def _initialize(self, transport: Transport) -> dict[str, Any]:
         params = dict(self.initialize_params)
@@ -309,6 +409,11 @@ class UpstreamSession:
                 waiter.event.set()
         for message in routing.upstream:
             self._send_soon(message)
+        for upstream_id in routing.cancel:
+            if (scope := self._streams.get(upstream_id)) is not None:
+                scope.cancel()
+        if routing.relisten and self._listening is not None:
+            self._listening.cancel()
 
     async def _post(self, transport: Transport, message: dict[str, Any]) -> None:
         """Post; when the server refuses the access token, get a new one and post once more."""
@@ -330,18 +435,29 @@ class UpstreamSession:
         if transport is None:
             self._answer_unsent(message, "the server is not connected")
             return
+        modern_request = isinstance(transport, StatelessHttp) and jsonrpc.is_request(message)
         try:
             try:
-                await self._post(transport, message)
+                if modern_request:
+                    with anyio.CancelScope() as self._streams[message["id"]]:
+                        await self._post(transport, message)
+                else:
+                    await self._post(transport, message)
             except SessionExpired:
                 assert isinstance(transport, StreamableHttp)
                 await self._reinitialize(transport)
                 await self._post(transport, message)
         except SESSION_FATAL as exc:
-            self._answer_unsent(message, describe(exc))
+            reason = describe(exc)
+            if isinstance(exc, AuthorizationRequired):  # say what fixes it
+                reason += f"; sign in with `mcpctl auth {self.name}`"
+            self._answer_unsent(message, reason)
             self._fail(exc)
         except (UpstreamError, HttpError) as exc:
             self._answer_unsent(message, describe(exc))
+        finally:
+            if modern_request:
+                del self._streams[message["id"]]
 
     def _answer_unsent(self, message: dict[str, Any], reason: str) -> None:
         """A request that cannot be delivered gets its error response right away."""
@@ -362,10 +478,39 @@ class UpstreamSession:
         params: dict[str, Any] | None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        """Send a request of the daemon's and wait for its answer (the config's
-        timeout by default; None waits as long as the server takes)."""
+        """Send a request of the daemon's and wait for its result (the config's
+        timeout by default; 0 waits as long as the server takes). A modern
+        server's requests for input are answered as a client without a user
+        must (nothing declared, so: declined), and the request retried."""
+        response = await self._own_exchange(transport, method, params, timeout)
+        rounds = 0
+        while modern.is_input_required(response) and rounds < MAX_INPUT_ROUNDS:
+            rounds += 1
+            answers = modern.unattended_answers(response["result"])
+            retry = modern.retry_request(
+                jsonrpc.request(0, method, params), 0, response["result"], answers
+            )
+            response = await self._own_exchange(transport, method, retry["params"], timeout)
+        error = response.get("error")
+        if isinstance(error, dict):
+            raise RequestFailed(int(error.get("code", 0)), str(error.get("message", "")))
+        if modern.is_input_required(response):
+            raise UpstreamError(f"the server kept asking for input {MAX_INPUT_ROUNDS} times")
+        result = response.get("result")
+        return result if isinstance(result, dict) else {}
+
+    async def _own_exchange(
+        self,
+        transport: Transport,
+        method: str,
+        params: dict[str, Any] | None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """One request of the daemon's: the server's response message."""
         limit = self.config.timeout if timeout is None else timeout
         message = self.mux.own_request(method, params)
+        if isinstance(transport, StatelessHttp):
+            message = modern.with_meta(message, OWN_CAPABILITIES, CLIENT_INFO)
         upstream_id = message["id"]
         waiter = _Waiter(anyio.Event())
         self._waiters[upstream_id] = waiter
@@ -379,11 +524,7 @@ class UpstreamSession:
             del self._waiters[upstream_id]
             self.mux.forget_own(upstream_id)
         assert waiter.message is not None
-        error = waiter.message.get("error")
-        if isinstance(error, dict):
-            raise RequestFailed(int(error.get("code", 0)), str(error.get("message", "")))
-        result = waiter.message.get("result")
-        return result if isinstance(result, dict) else {}
+        return waiter.message
 
     async def request(
         self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None

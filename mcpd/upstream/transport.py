@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ import anyio
 from ..http import BodyTooLarge, HttpClient, HttpError, Redirects, Response
 from ..urls import origin_of, visible_ascii
 from . import jsonrpc
+from .modern import MODERN_PROTOCOL, request_headers
 from .sse import EventTooLarge, SseDecoder
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,11 @@ DRAIN_SECONDS = 1.0
 # is considered lost.
 MAX_LISTEN_FAILURES = 3
 DEFAULT_RESUME_DELAY = 1.0
+# How much of an error response is read for its message.
+ERROR_BODY_LIMIT = 4096
+_MARKUP = re.compile(
+    r"<!--.*?-->|<(script|style|title|head)\b.*?</\1>|<[^>]*>", re.DOTALL | re.IGNORECASE
+)
 
 Deliver = Callable[[dict[str, Any], int | None], None]
 
@@ -107,9 +114,15 @@ async def _read_limited(response: Response, limit: int, idle: float | None = Non
 
 async def _error_detail(response: Response) -> str:
     try:
-        body = await _read_limited(response, 4096)
+        body = await _read_limited(response, ERROR_BODY_LIMIT)
     except (MessageTooLarge, HttpError):
         return ""
+    return _detail_of(body)
+
+
+def _detail_of(body: bytes) -> str:
+    """A short account of an error body: its JSON-RPC message, else the start
+    of its text (never an HTML page)."""
     text = body.decode("utf-8", errors="replace").strip()
     try:
         message = jsonrpc.decode(body)
@@ -118,7 +131,8 @@ async def _error_detail(response: Response) -> str:
             return str(error["message"])
     except jsonrpc.InvalidMessage:
         pass
-    return text[:200]
+    # An HTML error page says what it says between its tags.
+    return " ".join(_MARKUP.sub(" ", text).split())[:200]
 
 
 def _resumable(decoder: SseDecoder) -> str | None:
@@ -184,6 +198,54 @@ class _HttpTransport:
             head_timeout=self.request_timeout,
         )
 
+    def _deliver_raw(self, data: str | bytes, related: int | None) -> dict[str, Any] | None:
+        if not data.strip():
+            return None  # a priming event: only an id and a retry delay
+        try:
+            message = jsonrpc.decode(data.encode() if isinstance(data, str) else data)
+        except jsonrpc.InvalidMessage as exc:
+            raise UpstreamError(f"the server sent an invalid message: {exc}") from None
+        self.deliver(message, related)
+        return message
+
+    async def _read_stream(
+        self, response: Response, decoder: SseDecoder, related: int | None
+    ) -> bool:
+        """Deliver a stream's messages; True once the response to `related` came."""
+        decoder.reset()  # a new stream: nothing of a broken one carries over
+        answered = False
+        try:
+            chunks = response.aiter_bytes()
+            async for chunk in chunks:
+                for event in decoder.feed(chunk):
+                    if event.event != "message":
+                        continue
+                    message = self._deliver_raw(event.data, related)
+                    answered = answered or (
+                        message is not None
+                        and related is not None
+                        and jsonrpc.is_response(message)
+                        and message.get("id") == related
+                    )
+                if answered:
+                    break
+            if answered:
+                # The server ends the stream after the response: read to that end
+                # (briefly) so that the connection goes back to the pool.
+                with anyio.move_on_after(DRAIN_SECONDS):
+                    async for chunk in chunks:
+                        for event in decoder.feed(chunk):
+                            if event.event == "message":
+                                self._deliver_raw(event.data, related)
+                return True
+        except EventTooLarge as exc:
+            raise MessageTooLarge(str(exc)) from None
+        except HttpError as exc:
+            if _resumable(decoder) is None:
+                raise ConnectionLost(f"the stream broke: {describe(exc)}") from None
+            log.info("SSE stream broke; resuming", extra={"error": describe(exc)})
+        return False
+
 
 class StreamableHttp(_HttpTransport):
     def __init__(self, settings: TransportSettings, deliver: Deliver) -> None:
@@ -238,54 +300,6 @@ class StreamableHttp(_HttpTransport):
             self._deliver_raw(body, related)
         finally:
             await response.aclose()
-
-    def _deliver_raw(self, data: str | bytes, related: int | None) -> dict[str, Any] | None:
-        if not data.strip():
-            return None  # a priming event: only an id and a retry delay
-        try:
-            message = jsonrpc.decode(data.encode() if isinstance(data, str) else data)
-        except jsonrpc.InvalidMessage as exc:
-            raise UpstreamError(f"the server sent an invalid message: {exc}") from None
-        self.deliver(message, related)
-        return message
-
-    async def _read_stream(
-        self, response: Response, decoder: SseDecoder, related: int | None
-    ) -> bool:
-        """Deliver a stream's messages; True once the response to `related` came."""
-        decoder.reset()  # a new stream: nothing of a broken one carries over
-        answered = False
-        try:
-            chunks = response.aiter_bytes()
-            async for chunk in chunks:
-                for event in decoder.feed(chunk):
-                    if event.event != "message":
-                        continue
-                    message = self._deliver_raw(event.data, related)
-                    answered = answered or (
-                        message is not None
-                        and related is not None
-                        and jsonrpc.is_response(message)
-                        and message.get("id") == related
-                    )
-                if answered:
-                    break
-            if answered:
-                # The server ends the stream after the response: read to that end
-                # (briefly) so that the connection goes back to the pool.
-                with anyio.move_on_after(DRAIN_SECONDS):
-                    async for chunk in chunks:
-                        for event in decoder.feed(chunk):
-                            if event.event == "message":
-                                self._deliver_raw(event.data, related)
-                return True
-        except EventTooLarge as exc:
-            raise MessageTooLarge(str(exc)) from None
-        except HttpError as exc:
-            if _resumable(decoder) is None:
-                raise ConnectionLost(f"the stream broke: {describe(exc)}") from None
-            log.info("SSE stream broke; resuming", extra={"error": describe(exc)})
-        return False
 
     async def _resume(self, decoder: SseDecoder, related: int) -> None:
         """The POST stream ended before its response: resume it with Last-Event-ID."""
@@ -372,6 +386,69 @@ class StreamableHttp(_HttpTransport):
             log.info("could not end the session", extra={"error": describe(exc)})
 
 
+class StatelessHttp(_HttpTransport):
+    """Streamable HTTP as the 2026-07-28 revision has it: no session, no GET
+    stream, no resumption; each POST carries the request metadata headers, and
+    an error status with a JSON-RPC answer to the request is that answer."""
+
+    def __init__(self, settings: TransportSettings, deliver: Deliver) -> None:
+        super().__init__(settings, deliver)
+        self.protocol_version = MODERN_PROTOCOL
+        # Per tool: the Mcp-Param-* headers its schema designates (kept by the
+        # session from each tools/list the server answers).
+        self.tool_headers: dict[str, dict[str, tuple[str, ...]]] = {}
+
+    async def post(self, message: dict[str, Any]) -> None:
+        """Send one message; whatever comes back is delivered. For a request,
+        returns once its response came (or the server ended the stream)."""
+        related = message["id"] if jsonrpc.is_request(message) else None
+        headers = {
+            **self._base_headers(),
+            "Accept": ACCEPT,
+            "Content-Type": "application/json",
+            **request_headers(message, self.tool_headers),
+        }
+        response = await self._open("POST", self.url, headers, jsonrpc.encode(message))
+        try:
+            _check_auth(response)
+            if response.status_code >= 400:
+                try:
+                    body = await _read_limited(response, ERROR_BODY_LIMIT, self.request_timeout)
+                except MessageTooLarge:
+                    body = b""
+                if related is not None and (answer := _answer_in(body, related)) is not None:
+                    self.deliver(answer, related)
+                    return
+                raise HttpStatusError(response.status_code, _detail_of(body))
+            if response.status_code >= 300:
+                raise HttpStatusError(response.status_code, "an unexpected redirect")
+            if response.status_code == 202 or related is None:
+                return
+            if response.headers.get("content-type", "").startswith("text/event-stream"):
+                decoder = SseDecoder(self.max_message_size)
+                if not await self._read_stream(response, decoder, related):
+                    raise ConnectionLost("the server closed the stream before answering")
+                return
+            body = await _read_limited(response, self.max_message_size, self.request_timeout)
+            self._deliver_raw(body, related)
+        finally:
+            await response.aclose()
+
+    async def terminate(self) -> None:
+        return None  # no session to end
+
+
+def _answer_in(body: bytes, request_id: int) -> dict[str, Any] | None:
+    """The JSON-RPC response to `request_id` in an error status's body, if that is what it is."""
+    try:
+        message = jsonrpc.decode(body)
+    except jsonrpc.InvalidMessage:
+        return None
+    if jsonrpc.is_response(message) and message.get("id") == request_id:
+        return message
+    return None
+
+
 class LegacySse(_HttpTransport):
     """HTTP+SSE (2024-11-05): messages go by POST to the `endpoint` the stream names."""
 
@@ -443,4 +520,4 @@ class LegacySse(_HttpTransport):
         return None  # the session ends with its stream
 
 
-Transport = StreamableHttp | LegacySse
+Transport = StreamableHttp | StatelessHttp | LegacySse

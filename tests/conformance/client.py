@@ -4,8 +4,9 @@
 
 The suite appends its test server's URL. This starts a real `mcpd` in a
 private XDG tree with that URL as its one server, waits for it to connect (or
-to ask for authorization), lists the tools with `mcpctl tools`, calls the first
-one with `mcpctl call` (arguments made from its input schema), shuts the
+to ask for authorization), lists the tools with `mcpctl tools`, calls each
+with `mcpctl call` (with the arguments the suite names in its context's
+`toolCalls`, else arguments made from the tool's input schema), shuts the
 daemon down (which ends the session with DELETE) and exits 0 only if every
 step worked. Nothing goes around the daemon.
 
@@ -14,7 +15,10 @@ tests/conformance/browser.py, a headless browser that follows the
 authorization server's redirect to the daemon's real loopback listener.
 Whenever a step says the server wants authorization (none yet, or more
 scope), the client signs in and tries again: at most three sign-ins in all. A
-pre-registered client from MCP_CONFORMANCE_CONTEXT goes into the config.
+pre-registered client from MCP_CONFORMANCE_CONTEXT goes into the config; for
+the client credentials scenarios (`auth/client-credentials-*`) with
+`grant = "client_credentials"` and the secret, or the private key written to
+a file of mode 0600 in the user's tree.
 """
 
 from __future__ import annotations
@@ -63,14 +67,35 @@ def arguments_for(schema: dict[str, Any]) -> dict[str, Any]:
     return {name: _sample(properties.get(name, {})) for name in required}
 
 
-def config_for(url: str, context: str | None) -> str:
-    """The daemon's config: the server, with a pre-registered client if the suite gave one."""
+def suite_calls(context: str | None) -> dict[str, dict[str, Any]]:
+    """The arguments the suite wants some tools called with (its `toolCalls`)."""
+    given = json.loads(context) if context else {}
+    calls = given.get("toolCalls") if isinstance(given, dict) else None
+    return {
+        call["name"]: call.get("arguments") or {}
+        for call in calls or []
+        if isinstance(call, dict) and isinstance(call.get("name"), str)
+    }
+
+
+def config_for(url: str, context: str | None, key_dir: Path | None = None) -> str:
+    """The daemon's config: the server, with a pre-registered client if the suite
+    gave one (a private key is written to `key_dir`)."""
     oauth = {"client_metadata_url": CLIENT_METADATA_URL}
     if context:
         given = json.loads(context)
         for key in ("client_id", "client_secret"):
             if isinstance(given.get(key), str):
                 oauth[key] = given[key]
+        pem = given.get("private_key_pem")
+        if str(given.get("name", "")).startswith("auth/client-credentials") or pem:
+            oauth["grant"] = "client_credentials"
+            del oauth["client_metadata_url"]
+        if isinstance(pem, str) and key_dir is not None:
+            path = key_dir / "client-key.pem"
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                f.write(pem)
+            oauth["private_key_file"] = str(path)
     table = ", ".join(f"{key} = {json.dumps(value)}" for key, value in oauth.items())
     return (
         "[daemon]\ncallback_port = 0\n"
@@ -83,7 +108,7 @@ class Daemon:
         (root / "run").mkdir(mode=0o700)
         config = root / "config" / "mcpd" / "config.toml"
         config.parent.mkdir(parents=True)
-        config.write_text(config_for(url, os.environ.get("MCP_CONFORMANCE_CONTEXT")))
+        config.write_text(config_for(url, os.environ.get("MCP_CONFORMANCE_CONTEXT"), config.parent))
         self.sign_ins = 0
         self.env = {
             **os.environ,
@@ -180,12 +205,14 @@ def main(url: str) -> int:
             if listed.returncode != 0:
                 return 1
             tools = json.loads(listed.stdout)["tools"]
-            if tools:
-                tool = tools[0]
-                arguments = arguments_for(tool.get("inputSchema") or {})
+            given = suite_calls(os.environ.get("MCP_CONFORMANCE_CONTEXT"))
+            failed = 0
+            for tool in tools:
+                arguments = given.get(tool["name"]) or arguments_for(tool.get("inputSchema") or {})
                 called = daemon.with_sign_in("call", SERVER, tool["name"], json.dumps(arguments))
-                if called.returncode != 0:
-                    return 1
+                failed += called.returncode != 0
+            if failed:
+                return 1
         finally:
             code = daemon.stop()
     return 0 if code == 0 else 1

