@@ -355,11 +355,13 @@ class ServerRuntime:
 
     def access_expired(self, reason: str) -> None:
         """The access token expired and cannot be refreshed: `needs_auth` now, not at
-        the first refused request. Its sessions end, so that the requests in flight
+        the first refused request. Attached editors are told (a warning log
+        message, which they show), and its sessions end, so that the requests in flight
         and every later one are answered with `reason` and the command to run (the
         sessions opened next are refused until a sign-in, and wait for one)."""
         self.machine.handle(Event.AUTH_REQUIRED, error=reason)
         for keeper in self._keepers():
+            keeper.session.notice(f"server {self.name!r}: {reason}")
             if keeper.connected.is_set():
                 keeper.session.reconnect(reason)
 

@@ -42,15 +42,10 @@ Handler = http.server.BaseHTTPRequestHandler
 SECRET_ENV = {"SVC_SECRET": SECRET}
 
 
-def send(handler: Handler, status: int, body: bytes = b"", **headers: str) -> None:
-    # Closing as asked, and saying so, as real servers do (RFC 9112 9.6).
-    if handler.headers.get("Connection", "").lower() == "close":
-        headers.setdefault("Connection", "close")
-    http_peer.send(handler, status, body, **headers)
-
-
 def send_json(handler: Handler, value: Any, status: int = 200, **headers: str) -> None:
-    send(handler, status, json.dumps(value).encode(), Content_Type="application/json", **headers)
+    http_peer.send(
+        handler, status, json.dumps(value).encode(), Content_Type="application/json", **headers
+    )
 
 
 @dataclass
@@ -96,7 +91,7 @@ class MachinePeer:
         elif path == "/mcp":
             self._mcp(handler)
         else:
-            send(handler, 404)
+            http_peer.send(handler, 404)
 
     # --- The authorization server -------------------------------------------------------
 
@@ -176,20 +171,20 @@ class MachinePeer:
                 self.problems.append("an expired token was used")
         if expires is None or expires <= time.time():
             metadata = f"{self.origin}/.well-known/oauth-protected-resource/mcp"
-            send(handler, 401, WWW_Authenticate=f'Bearer resource_metadata="{metadata}"')
+            http_peer.send(handler, 401, WWW_Authenticate=f'Bearer resource_metadata="{metadata}"')
             return
         if handler.command == "GET":
-            send(handler, 405)
+            http_peer.send(handler, 405)
             return
         if handler.command == "DELETE":
-            send(handler, 200)
+            http_peer.send(handler, 200)
             return
         raw = handler.request_body  # type: ignore[attr-defined]
         message = json.loads(raw) if raw else None
         with self.lock:
             self.mcp_requests += 1
         if not isinstance(message, dict) or "id" not in message:
-            send(handler, 202)
+            http_peer.send(handler, 202)
             return
         method = message.get("method")
         headers: dict[str, str] = {}

@@ -10,6 +10,7 @@ scenarios against the handshake-era peer are in tests/test_upstream.py.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from harness import server_config, status_of, wait_state
@@ -243,3 +244,50 @@ def test_fresh_lists_are_answered_from_the_cache(ts_daemon, ts_peer, editors):
     second.wait_for_notification("notifications/tools/list_changed")
     names = {t["name"] for t in second.request("tools/list")["result"]["tools"]}
     assert "fresh" in names  # the change emptied the cache
+
+
+def modern_params(params: dict[str, Any], capabilities: dict[str, Any]) -> dict[str, Any]:
+    """A 2026-07-28 editor's request parameters: its own declarations in `_meta`."""
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": capabilities,
+        "io.modelcontextprotocol/clientInfo": {"name": "modern-editor", "version": "1"},
+    }
+    return {**params, "_meta": meta}
+
+
+def test_an_editor_speaking_2026_07_28_is_served_statelessly(ts_daemon, ts_peer, editors):
+    editor, older = editors("ts"), editors("ts")
+    older.initialize()
+    discovered = editor.request("server/discover", modern_params({}, {}))["result"]
+    assert "2026-07-28" in discovered["supportedVersions"]
+    assert "tools" in discovered["capabilities"]
+    envelope = editor.request(
+        "tools/call", modern_params({"name": "client_info", "arguments": {}}, {})
+    )["result"]["structuredContent"]
+    assert envelope["clientInfo"]["name"] == "modern-editor"
+    # Its input rounds are its own: the result passes through, and so does its retry.
+    declared = {"elicitation": {}}
+    asked = editor.request(
+        "tools/call", modern_params({"name": "confirm", "arguments": {"action": "z"}}, declared)
+    )["result"]
+    assert asked["resultType"] == "input_required"
+    [key] = asked["inputRequests"]
+    retry = {
+        "name": "confirm",
+        "arguments": {"action": "z"},
+        "inputResponses": {key: {"action": "accept", "content": {"confirm": True}}},
+        "requestState": asked.get("requestState"),
+    }
+    done = editor.request("tools/call", modern_params(retry, declared))["result"]
+    assert done["content"][0]["text"] == "Confirmed: z"
+    # Its listen stream is its own, under its own id.
+    listen_id = editor.request_async(
+        "subscriptions/listen", modern_params({"notifications": {"toolsListChanged": True}}, {})
+    )
+    ack = editor.wait_for_notification("notifications/subscriptions/acknowledged")
+    assert ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == listen_id
+    older.call("add_tool", {"name": "late"})
+    changed = editor.wait_for_notification("notifications/tools/list_changed")
+    assert changed["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == listen_id
+    older.wait_for_notification("notifications/tools/list_changed")

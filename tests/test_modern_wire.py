@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from mcpd.upstream import jsonrpc, modern
-from mcpd.upstream.mux import MAX_INPUT_ROUNDS, Multiplexer
+from mcpd.upstream.mux import MAX_INPUT_ROUNDS, Multiplexer, Routing
 
 DISCOVERED: dict[str, Any] = {
     "resultType": "complete",
@@ -239,18 +239,25 @@ def test_a_fresh_list_answers_editors_until_its_ttl_or_a_change():
     other_page = mux.from_editor(2, jsonrpc.request(10, "tools/list", {"cursor": "2"}))
     assert len(other_page.upstream) == 1  # another key
     mux.from_upstream(jsonrpc.notification("notifications/tools/list_changed"))
-    assert len(mux.from_editor(2, jsonrpc.request(11, "tools/list", {})).upstream) == 1
+    [again] = mux.from_editor(2, jsonrpc.request(11, "tools/list", {})).upstream
+    mux.from_upstream(jsonrpc.result(again["id"], tools))
     clock.now += 10
     assert len(mux.from_editor(1, jsonrpc.request(12, "tools/list", {})).upstream) == 1
 
 
-def test_results_without_a_positive_ttl_are_not_kept():
+def test_results_without_a_positive_ttl_or_asked_before_a_change_are_not_kept():
     cache = modern.ListCache()
+    key = modern.ListCache.key("tools/list", {})
+    assert key is not None
     for ttl in (None, 0, -5, True, "60"):
-        cache.put("tools/list", {}, {"tools": [], "ttlMs": ttl}, 0.0)
-        assert cache.get("tools/list", {}, 0.0) is None
-    cache.put("tools/call", {}, {"ttlMs": 9000}, 0.0)
-    assert cache.get("tools/call", {}, 0.0) is None
+        cache.put(key, {"tools": [], "ttlMs": ttl}, 0.0, cache.generation)
+        assert cache.get(key, 0.0) is None
+    assert modern.ListCache.key("tools/call", {}) is None
+    assert modern.ListCache.key("tools/list", {"filter": "x"}) is None
+    asked_in = cache.generation
+    cache.changed("notifications/tools/list_changed")
+    cache.put(key, {"tools": [], "ttlMs": 9000}, 0.0, asked_in)
+    assert cache.get(key, 0.0) is None
 
 
 # --- Input rounds ----------------------------------------------------------------------
@@ -373,5 +380,83 @@ def test_each_page_is_cached_under_its_own_cursor():
     assert len(mux.from_editor(1, jsonrpc.request(2, "tools/list", {})).upstream) == 1
     own = mux.own_request("tools/list", {"cursor": "3"})
     mux.from_upstream(jsonrpc.result(own["id"], page))
-    assert mux.cache.get("tools/list", {"cursor": "3"}, 100.0) == page
-    assert mux.cache.get("tools/list", None, 100.0) is None
+    assert mux.cache.get(("tools/list", "3"), 100.0) == page
+    assert mux.cache.get(("tools/list", None), 100.0) is None
+
+
+def test_a_notice_reaches_every_initialized_editor_as_a_warning():
+    mux = modern_mux()
+    join(mux, 1)
+    mux.attach(2)  # not initialized: not told
+    routing = mux.notice("server 'x': sign in again")
+    assert routing.editors == [
+        (
+            1,
+            jsonrpc.notification(
+                "notifications/message",
+                {"level": "warning", "logger": "mcpd", "data": "server 'x': sign in again"},
+            ),
+        )
+    ]
+
+
+def test_editors_asking_for_a_list_already_on_its_way_share_its_answer():
+    mux = modern_mux()
+    for editor in (1, 2, 3):
+        join(mux, editor)
+    [sent] = mux.from_editor(1, jsonrpc.request("a", "tools/list", {})).upstream
+    assert mux.from_editor(2, jsonrpc.request("b", "tools/list", {})) == Routing()
+    assert mux.from_editor(3, jsonrpc.request("c", "tools/list", {})) == Routing()
+    tools = {"tools": [{"name": "t"}]}  # no ttlMs: nothing is kept afterwards
+    answered = mux.from_upstream(jsonrpc.result(sent["id"], tools)).editors
+    assert answered == [
+        (1, jsonrpc.result("a", tools)),
+        (2, jsonrpc.result("b", tools)),
+        (3, jsonrpc.result("c", tools)),
+    ]
+    assert len(mux.from_editor(2, jsonrpc.request("d", "tools/list", {})).upstream) == 1
+
+
+def test_when_the_first_asker_leaves_the_next_one_takes_the_list_request_over():
+    mux = modern_mux()
+    for editor in (1, 2, 3):
+        join(mux, editor)
+    [sent] = mux.from_editor(1, jsonrpc.request("a", "tools/list", {})).upstream
+    mux.from_editor(2, jsonrpc.request("b", "tools/list", {}))
+    mux.from_editor(3, jsonrpc.request("c", "tools/list", {}))
+    assert mux.detach(1) == Routing()  # not cancelled upstream: others wait
+    cancel = jsonrpc.notification("notifications/cancelled", {"requestId": "b"})
+    assert mux.from_editor(2, cancel) == Routing()
+    answered = mux.from_upstream(jsonrpc.result(sent["id"], {"tools": []})).editors
+    assert answered == [(3, jsonrpc.result("c", {"tools": []}))]
+
+
+def test_a_cancelled_list_request_is_not_joined_afterwards():
+    mux = modern_mux()
+    join(mux, 1)
+    join(mux, 2)
+    [sent] = mux.from_editor(1, jsonrpc.request("a", "tools/list", {})).upstream
+    cancel = jsonrpc.notification("notifications/cancelled", {"requestId": "a"})
+    assert mux.from_editor(1, cancel).cancel == [sent["id"]]
+    assert len(mux.from_editor(2, jsonrpc.request("b", "tools/list", {})).upstream) == 1
+
+
+def test_a_list_asked_for_before_a_change_is_neither_kept_nor_joined():
+    mux = modern_mux()
+    join(mux, 1)
+    join(mux, 2)
+    [sent] = mux.from_editor(1, jsonrpc.request("a", "tools/list", {})).upstream
+    mux.from_upstream(jsonrpc.notification("notifications/tools/list_changed"))
+    assert len(mux.from_editor(2, jsonrpc.request("b", "tools/list", {})).upstream) == 1
+    mux.from_upstream(jsonrpc.result(sent["id"], {"tools": [], "ttlMs": 60000}))
+    assert mux.cache.get(("tools/list", None), 100.0) is None
+
+
+def test_everyone_waiting_for_a_list_hears_when_the_server_is_lost():
+    mux = modern_mux()
+    join(mux, 1)
+    join(mux, 2)
+    mux.from_editor(1, jsonrpc.request("a", "tools/list", {}))
+    mux.from_editor(2, jsonrpc.request("b", "tools/list", {}))
+    failed = mux.fail_all_pending(jsonrpc.SERVER_UNAVAILABLE, "gone")
+    assert sorted((e, m["id"]) for e, m in failed.editors) == [(1, "a"), (2, "b")]

@@ -50,8 +50,9 @@ def test_configured_headers_go_to_the_servers_origin_only():
     assert "authorization" not in peer.seen[1].headers
     assert peer.seen[1].body == b"a=b"
     assert peer.seen[1].headers["content-type"] == "application/x-www-form-urlencoded"
-    # Requests minutes apart keep no connection open (500 refreshes, 500 sockets).
-    assert peer.seen[1].headers["connection"] == "close"
+    # No `Connection: close`: a server that honours it without saying so would
+    # leave a dead connection in the pool (idle ones close after a few seconds).
+    assert peer.seen[1].headers.get("connection") != "close"
 
 
 def test_an_oversized_answer_is_refused():

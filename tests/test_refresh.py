@@ -233,8 +233,9 @@ def test_tokens_without_a_refresh_token_need_a_sign_in_when_they_expire(
     """The authorization server issues no refresh token (it may: MCP clients must
     not assume one). The server shows `needs_auth` when the access token expires,
     with why and what to run, without waiting for a request to be refused; the
-    change reaches watchers at once and the attached editor's next request gets
-    the reason; a new sign-in brings it back, for the same editor session."""
+    change reaches watchers and the attached editor (a warning message) at once,
+    and the editor's next request gets the reason; a new sign-in brings it
+    back, for the same editor session."""
     with demo_server(tmp_path, token_lifetime=LIFETIME, no_refresh_tokens=True) as peer:
         mcpd_env.write_config("[daemon]\ncallback_port = 0\n" + server_config("demo", peer.url))
         daemon = run_daemon()
@@ -291,6 +292,10 @@ def test_tokens_without_a_refresh_token_need_a_sign_in_when_they_expire(
         assert "issued no refresh token" in error
         assert "mcpctl auth demo" in error
         assert status_of(daemon, "demo")["state"] == "needs_auth"
+        # The attached editor was told, in the one way MCP has to tell a user.
+        notice = editor.wait_for_notification("notifications/message")
+        assert notice["params"]["level"] == "warning"
+        assert "mcpctl auth demo" in notice["params"]["data"]
 
         refused = editor.call("echo", {"text": "after"})
         assert "result" not in refused, refused

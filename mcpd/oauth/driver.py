@@ -51,8 +51,10 @@ async def drive(step: Step[T], reach: Reach) -> T:
 
 
 async def _perform(request: HttpRequest, reach: Reach) -> HttpResponse:
-    # OAuth requests come minutes apart: no connection is kept for them.
-    headers = {**reach.headers_for(request.url), **request.headers, "Connection": "close"}
+    # No `Connection: close`: a server that honours it without saying so in its
+    # answer leaves a dead connection in the pool. An idle one is closed after
+    # the pool's keep-alive time anyway.
+    headers = {**reach.headers_for(request.url), **request.headers}
     body = b""
     if request.form is not None:
         body = urlencode(request.form).encode()

@@ -346,19 +346,26 @@ def unattended_answers(result: dict[str, Any]) -> dict[str, Any]:
 # --- Caching ----------------------------------------------------------------------
 
 
+CacheKey = tuple[str, str | None]
+
+
 class ListCache:
     """List results kept while the server says they are fresh (`ttlMs`).
 
     Keyed by method and cursor; a list-changed notification or new credentials
-    (another authorization context) empties the entries concerned. Counts the
-    upstream requests it saved."""
+    (another authorization context) empties the entries concerned, and a
+    result asked for before such a change is not kept. Counts the upstream
+    requests it saved."""
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[str, str | None], tuple[float, dict[str, Any]]] = {}
+        self._entries: dict[CacheKey, tuple[float, dict[str, Any]]] = {}
         self.hits = 0
+        # Moves on at every change: a result asked for in an older one is stale.
+        self.generation = 0
 
     @staticmethod
-    def _key(method: str, params: Any) -> tuple[str, str | None] | None:
+    def key(method: str, params: Any) -> CacheKey | None:
+        """What identifies a list request's result; None for any other request."""
         if method not in LIST_CHANGES:
             return None
         params = params if isinstance(params, dict) else {}
@@ -367,30 +374,33 @@ class ListCache:
         cursor = params.get("cursor")
         return (method, cursor if isinstance(cursor, str) else None)
 
-    def get(self, method: str, params: Any, now: float) -> dict[str, Any] | None:
-        key = self._key(method, params)
-        entry = self._entries.get(key) if key is not None else None
+    def get(self, key: CacheKey, now: float) -> dict[str, Any] | None:
+        entry = self._entries.get(key)
         if entry is None:
             return None
         expires, result = entry
         if now >= expires:
-            del self._entries[key]  # type: ignore[arg-type]
+            del self._entries[key]
             return None
         self.hits += 1
         return result
 
-    def put(self, method: str, params: Any, result: dict[str, Any], now: float) -> None:
-        key = self._key(method, params)
+    def put(self, key: CacheKey, result: dict[str, Any], now: float, generation: int) -> None:
+        """Keep `result`, asked for in `generation`, for as long as it is fresh."""
         ttl = result.get("ttlMs")
-        if key is None or result.get("resultType", "complete") != "complete":
+        if generation != self.generation or result.get("resultType", "complete") != "complete":
             return
         if not isinstance(ttl, int | float) or isinstance(ttl, bool) or ttl <= 0:
             return
         self._entries[key] = (now + ttl / 1000, result)
 
     def changed(self, notification: str) -> None:
+        if notification not in LIST_CHANGES.values():
+            return
+        self.generation += 1
         for key in [k for k in self._entries if LIST_CHANGES[k[0]] == notification]:
             del self._entries[key]
 
     def clear(self) -> None:
+        self.generation += 1
         self._entries.clear()

@@ -96,8 +96,10 @@ class _Pending:
     # its metadata), for the retry after an input round.
     request: dict[str, Any] | None = None
     rounds: int = 0
-    # Modern servers: a list request's parameters, the key of its cached result.
-    list_params: Any = None
+    # Modern servers, list requests: the key of the result, and the cache's
+    # generation when it was asked for (a result of an older one is not kept).
+    list_key: modern.CacheKey | None = None
+    generation: int = 0
 
 
 @dataclass
@@ -122,8 +124,9 @@ class Multiplexer:
         self._clock = clock
         self._next_id = 0
         self._pending: dict[int, _Pending] = {}
-        # The daemon's own requests in flight: method and parameters.
-        self._own: dict[int, tuple[str, Any]] = {}
+        # The daemon's own requests in flight: method, and for a list its key
+        # and the cache's generation.
+        self._own: dict[int, tuple[str, modern.CacheKey | None, int]] = {}
         # A modern (2026-07-28) server: its server/discover result; else None.
         self.modern: dict[str, Any] | None = None
         self.cache = modern.ListCache()
@@ -131,6 +134,10 @@ class Multiplexer:
         self.tool_headers: dict[str, dict[str, tuple[str, ...]]] = {}
         self._rounds: dict[str, _InputRound] = {}
         self._next_input = 0
+        # Modern servers: the list request in flight for each key, and the
+        # editors (and their ids) that asked the same meanwhile: one answer serves all.
+        self._lists_in_flight: dict[modern.CacheKey, int] = {}
+        self._followers: dict[int, list[tuple[EditorId, Id]]] = {}
         self._server_requests: dict[Id, EditorId] = {}
         self._subscribers: dict[str, set[EditorId]] = {}
 
@@ -145,8 +152,12 @@ class Multiplexer:
         editor = self.editors.pop(editor_id, None)
         if editor is None:
             return routing
+        for followers in self._followers.values():
+            followers[:] = [f for f in followers if f[0] != editor_id]
         for upstream_id in sorted(editor.in_flight):
-            del self._pending[upstream_id]
+            if self._hand_over(upstream_id):
+                continue
+            self._forget(upstream_id)
             routing.upstream.append(
                 jsonrpc.notification(
                     "notifications/cancelled",
@@ -187,7 +198,11 @@ class Multiplexer:
 
     def own_request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         upstream_id = self._allocate()
-        self._own[upstream_id] = (method, params)
+        self._own[upstream_id] = (
+            method,
+            modern.ListCache.key(method, params),
+            self.cache.generation,
+        )
         return jsonrpc.request(upstream_id, method, params)
 
     def forget_own(self, upstream_id: int) -> None:
@@ -202,6 +217,14 @@ class Multiplexer:
     def subscribed_uris(self) -> list[str]:
         return sorted(self._subscribers)
 
+    def notice(self, text: str) -> Routing:
+        """Tell every editor something it should show its user (as a warning
+        log message from mcpd, the one notification MCP has for that)."""
+        message = jsonrpc.notification(
+            "notifications/message", {"level": "warning", "logger": "mcpd", "data": text}
+        )
+        return Routing(editors=[(e.id, message) for e in self.editors.values() if e.initialized])
+
     def fail_all_pending(self, code: int, message: str) -> Routing:
         """The session is gone: every request in flight gets an error."""
         routing = Routing()
@@ -214,16 +237,17 @@ class Multiplexer:
                 )
         for upstream_id in sorted(self._own):
             routing.own.append((upstream_id, jsonrpc.error(upstream_id, code, message)))
-        for round_ in self._rounds.values():
-            pending = round_.pending
-            if pending.editor in self.editors:
-                routing.editors.append(
-                    (pending.editor, jsonrpc.error(pending.original_id, code, message))
-                )
+        waiting = [(r.pending.editor, r.pending.original_id) for r in self._rounds.values()]
+        waiting += [f for followers in self._followers.values() for f in followers]
+        for editor_id, original_id in waiting:
+            if editor_id in self.editors:
+                routing.editors.append((editor_id, jsonrpc.error(original_id, code, message)))
         self._pending.clear()
         self._own.clear()
         self._server_requests.clear()
         self._rounds.clear()
+        self._lists_in_flight.clear()
+        self._followers.clear()
         return routing
 
     # --- Editor to server ---------------------------------------------------------
@@ -324,8 +348,12 @@ class Multiplexer:
                 self._unsubscribe(editor.id, uri, None)
             reply = jsonrpc.result(message["id"], {})
             return Routing(editors=[(editor.id, reply)], relisten=before != self.subscribed_uris())
-        else:
-            reply = self.cache.get(method, params, self._clock())
+        elif (key := modern.ListCache.key(method, params)) is not None:
+            reply = self.cache.get(key, self._clock())
+            leader = self._lists_in_flight.get(key)
+            if reply is None and leader is not None:
+                self._followers.setdefault(leader, []).append((editor.id, message["id"]))
+                return Routing()  # answered with the request already on its way
         if reply is None:
             return None
         return Routing(editors=[(editor.id, jsonrpc.result(message["id"], reply))])
@@ -345,8 +373,11 @@ class Multiplexer:
         self._pending[upstream_id] = _Pending(
             editor.id, original_id, token, method, message if keep else None
         )
-        if self.modern is not None and method in modern.LIST_CHANGES:
-            self._pending[upstream_id].list_params = message.get("params")
+        key = modern.ListCache.key(method, message.get("params"))
+        if self.modern is not None and key is not None:
+            self._pending[upstream_id].list_key = key
+            self._pending[upstream_id].generation = self.cache.generation
+            self._lists_in_flight[key] = upstream_id
         editor.in_flight.add(upstream_id)
         forwarded = {**message, "id": upstream_id}
         if token is not None:
@@ -387,10 +418,14 @@ class Multiplexer:
             for input_id, round_ in list(self._rounds.items()):
                 if round_.pending.editor == editor.id and round_.pending.original_id == original:
                     del self._rounds[input_id]
+            for followers in self._followers.values():
+                followers[:] = [f for f in followers if f != (editor.id, original)]
             for upstream_id in editor.in_flight:
                 if self._pending[upstream_id].original_id == original:
+                    if self._hand_over(upstream_id):
+                        return Routing()  # another editor still waits for it
                     # The server will not answer a cancelled request: forget it now.
-                    del self._pending[upstream_id]
+                    self._forget(upstream_id)
                     editor.in_flight.discard(upstream_id)
                     if self.modern is not None:
                         # The revision cancels by closing the request's stream.
@@ -440,25 +475,30 @@ class Multiplexer:
         if not isinstance(upstream_id, int):
             return Routing()
         if upstream_id in self._own:
-            method, params = self._own.pop(upstream_id)
-            screened, problem = self._screen(method, params, message)
+            method, key, generation = self._own.pop(upstream_id)
+            screened, problem = self._screen(method, key, generation, message)
             return Routing(own=[(upstream_id, screened)], problem=problem)
-        pending = self._pending.pop(upstream_id, None)
+        pending = self._pending.get(upstream_id)
         if pending is None:
             return Routing()  # cancelled, or its editor left
+        followers = self._forget(upstream_id)
         editor = self.editors.get(pending.editor)
         if editor is None:
             return Routing()
         editor.in_flight.discard(upstream_id)
         if pending.request is not None and modern.is_input_required(message):
             return self._input_round(editor, pending, message["result"])
-        message, problem = self._screen(pending.method, pending.list_params, message)
+        message, problem = self._screen(
+            pending.method, pending.list_key, pending.generation, message
+        )
+        askers = [(pending.editor, pending.original_id), *followers]
         return Routing(
-            editors=[(pending.editor, {**message, "id": pending.original_id})], problem=problem
+            editors=[(e, {**message, "id": i}) for e, i in askers if e in self.editors],
+            problem=problem,
         )
 
     def _screen(
-        self, method: str, params: Any, message: dict[str, Any]
+        self, method: str, key: modern.CacheKey | None, generation: int, message: dict[str, Any]
     ) -> tuple[dict[str, Any], str | None]:
         """Modern servers: a list result as editors may see it (tools whose
         header annotations are invalid left out, and said why), remembered
@@ -471,8 +511,32 @@ class Multiplexer:
             result, headers, dropped = modern.screen_tools(result)
             self.tool_headers.update(headers)
             message = {**message, "result": result}
-        self.cache.put(method, params, result, self._clock())
+        if key is not None:
+            self.cache.put(key, result, self._clock(), generation)
         return message, "; ".join(dropped) or None
+
+    def _forget(self, upstream_id: int) -> list[tuple[EditorId, Id]]:
+        """Drop a request in flight; returns who else waits for its answer."""
+        pending = self._pending.pop(upstream_id)
+        key = pending.list_key
+        if key is not None and self._lists_in_flight.get(key) == upstream_id:
+            del self._lists_in_flight[key]
+        return self._followers.pop(upstream_id, [])
+
+    def _hand_over(self, upstream_id: int) -> bool:
+        """The editor that sent a list request no longer wants its answer: the
+        first editor still waiting for the same list takes the request over."""
+        followers = self._followers.get(upstream_id)
+        pending = self._pending[upstream_id]
+        while followers:
+            editor_id, original_id = followers.pop(0)
+            if (editor := self.editors.get(editor_id)) is not None:
+                if (old := self.editors.get(pending.editor)) is not None:
+                    old.in_flight.discard(upstream_id)
+                pending.editor, pending.original_id = editor_id, original_id
+                editor.in_flight.add(upstream_id)
+                return True
+        return False
 
     # --- Input rounds (modern servers, older editors) ------------------------------
 
@@ -663,6 +727,9 @@ class Multiplexer:
         (None: route it as any other)."""
         method = message["method"]
         self.cache.changed(method)
+        if method in modern.LIST_CHANGES.values():
+            for key in [k for k in self._lists_in_flight if modern.LIST_CHANGES[k[0]] == method]:
+                del self._lists_in_flight[key]  # its answer may predate the change
         pending = self._pending.get(related) if related is not None else None
         if pending is not None:
             if pending.editor not in self.editors:

@@ -544,6 +544,10 @@ class UpstreamSession:
             self._fail(exc)
             raise
 
+    def notice(self, text: str) -> None:
+        """Tell every attached editor something its user should know."""
+        self._apply(self.mux.notice(text))
+
     def reconnect(self, reason: str) -> None:
         """End the session (new credentials, say); the keeper opens a new one."""
         self._fail(ConnectionLost(reason))
