@@ -19,6 +19,7 @@ import os
 import selectors
 import sys
 import time
+from pathlib import Path
 from typing import BinaryIO
 
 import msgspec
@@ -49,8 +50,11 @@ def _log(message: str) -> None:
 
 
 class Bridge:
-    def __init__(self, server: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
+    def __init__(
+        self, server: str, stdin: BinaryIO, stdout: BinaryIO, socket: Path | None = None
+    ) -> None:
         self.server = server
+        self.socket = socket  # None: found as every mcpctl finds it (mcpd/paths.py)
         self.stdin = stdin
         self.stdout = stdout
         self.client: DaemonClient | None = None
@@ -66,7 +70,7 @@ class Bridge:
         """Connect and attach, or remember why not (said once on stderr)."""
         self.next_attempt = time.monotonic() + RETRY_SECONDS
         try:
-            client = DaemonClient.connect(client_name=f"mcpctl stdio {self.server}")
+            client = DaemonClient.connect(self.socket, client_name=f"mcpctl stdio {self.server}")
             try:
                 client.request("attach", AttachParams(self.server, self.initialize))
             except BaseException:
@@ -75,7 +79,11 @@ class Bridge:
         except (DaemonUnavailable, DaemonError, OSError) as exc:
             problem = str(exc)
             if isinstance(exc, DaemonError):
-                problem = f"mcpd refused to attach to {self.server!r}: {exc}"
+                # Said with the fix: an editor may show the message without the name.
+                problem = (
+                    f"mcpd refused to attach to {self.server!r}: {exc} (`mcpctl status` "
+                    "lists the servers mcpd has; `mcpctl editors` what each editor launches)"
+                )
             if problem != self.problem:
                 _log(f"{problem} (retrying every {RETRY_SECONDS:g}s)")
                 self.problem = problem
@@ -176,5 +184,6 @@ class Bridge:
                 self.client.close()
 
 
-def run(server: str) -> int:
-    return Bridge(server, sys.stdin.buffer, sys.stdout.buffer).run()
+def run(server: str, socket: str | None = None) -> int:
+    path = Path(socket) if socket else None
+    return Bridge(server, sys.stdin.buffer, sys.stdout.buffer, path).run()

@@ -29,6 +29,8 @@ from mcpd.protocol import (
 )
 
 from .client import DaemonClient, DaemonError, DaemonUnavailable
+from .editors import register as register_editor_commands
+from .manage import add_commands, auth_all, logout_choose
 
 
 def _ago_or_in(seconds: float) -> str:
@@ -59,7 +61,7 @@ def token_column(server: ServerStatus, now: float) -> str:
 
 def render_table(servers: list[ServerStatus], now: float) -> str:
     if not servers:
-        return "no servers configured (add [servers.NAME] tables to the config, then mcpctl reload)"
+        return "no servers configured (add one with: mcpctl add NAME URL)"
     rows = [("NAME", "STATE", "URL", "TOKEN")]
     rows += [(s.name, s.state, s.url or "-", token_column(s, now)) for s in servers]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
@@ -101,6 +103,7 @@ def cmd_reload(client: DaemonClient, args: argparse.Namespace) -> int:
             ("added", result.added),
             ("removed", result.removed),
             ("restarted", result.restarted),
+            ("updated", result.updated),
         )
         if names
     ]
@@ -213,8 +216,10 @@ def cmd_call(client: DaemonClient, args: argparse.Namespace) -> int:
     try:
         result = ToolCall(client, args.name, elicit, info).call(args.tool, arguments)
     except CallFailed as exc:
-        # -32001: the daemon's own word (the server is not connected, and why).
-        prefix = "" if exc.code == SERVER_UNAVAILABLE else "the server answered: "
+        # -32001: the daemon's own word (the server is not connected, and why);
+        # so is the refusal of a tool its config filters out (mcpd/upstream/toolfilter.py).
+        mcpd_said = exc.code == SERVER_UNAVAILABLE or "by mcpd's config" in str(exc)
+        prefix = "" if mcpd_said else "the server answered: "
         print(f"mcpctl: {prefix}{exc}", file=sys.stderr)
         return 1
     failed = bool(result.get("isError"))
@@ -232,6 +237,8 @@ def cmd_call(client: DaemonClient, args: argparse.Namespace) -> int:
 
 
 def cmd_auth(client: DaemonClient, args: argparse.Namespace) -> int:
+    if args.name is None:
+        return auth_all(client, args, cmd_auth)
     started = msgspec.convert(
         client.request("auth", AuthParams(args.name, args.restart)), AuthStarted
     )
@@ -278,6 +285,8 @@ def cmd_auth(client: DaemonClient, args: argparse.Namespace) -> int:
 
 
 def cmd_logout(client: DaemonClient, args: argparse.Namespace) -> int:
+    if args.name is None:
+        return logout_choose(client, args, cmd_logout)
     result = msgspec.convert(
         client.request("logout", LogoutParams(args.name, args.forget_client)), LogoutResult
     )
@@ -308,6 +317,8 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(run=cmd_status)
 
+    add_commands(commands)  # add, remove, enable, disable, list (clients/manage.py)
+
     commands.add_parser("reload", help="re-read the config file").set_defaults(run=cmd_reload)
 
     commands.add_parser(
@@ -334,7 +345,9 @@ def _parser() -> argparse.ArgumentParser:
     call.set_defaults(run=cmd_call)
 
     auth = commands.add_parser("auth", help="sign in to a server (OAuth), for every editor")
-    auth.add_argument("name", help="the server")
+    auth.add_argument(
+        "name", nargs="?", help="the server (none: every server that needs a sign-in)"
+    )
     auth.add_argument("--no-browser", action="store_true", help="print the URL, open nothing")
     auth.add_argument(
         "--restart",
@@ -349,7 +362,9 @@ def _parser() -> argparse.ArgumentParser:
     auth.set_defaults(run=cmd_auth)
 
     logout = commands.add_parser("logout", help="revoke and delete a server's tokens")
-    logout.add_argument("name", help="the server")
+    logout.add_argument(
+        "name", nargs="?", help="the server (none: choose among the signed-in ones)"
+    )
     logout.add_argument(
         "--forget-client", action="store_true", help="also forget the client registration"
     )
@@ -365,7 +380,13 @@ def _parser() -> argparse.ArgumentParser:
         "stdio", help="be the stdio MCP server an editor launches, served by the daemon"
     )
     stdio.add_argument("name", help="the server")
+    stdio.add_argument(
+        "--socket", help="the daemon's socket (default: found as every mcpctl finds it)"
+    )
     stdio.set_defaults(run=None)
+
+    # editors, import, install, uninstall (clients/editors/, imported when run)
+    register_editor_commands(commands)
     return parser
 
 
@@ -375,7 +396,12 @@ def main(argv: list[str] | None = None) -> int:
         from .bridge import run as run_bridge
 
         try:
-            return run_bridge(args.name)
+            return run_bridge(args.name, args.socket)
+        except KeyboardInterrupt:
+            return 130
+    if getattr(args, "run_alone", None) is not None:  # commands that need no daemon
+        try:
+            return int(args.run_alone(args))
         except KeyboardInterrupt:
             return 130
     run: Callable[[DaemonClient, argparse.Namespace], int] = args.run

@@ -17,7 +17,8 @@ from pathlib import Path
 TEMP_MARKER = ".tmp-"
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or removal in `directory` durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -25,13 +26,15 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_temp(path: Path, data: bytes) -> Path:
+def _write_temp(path: Path, data: bytes, mode: int = 0o600) -> Path:
     temp = path.with_name(f".{path.name}{TEMP_MARKER}{secrets.token_hex(8)}")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+        if mode != 0o600:  # a file that is not ours keeps its own mode (an editor's)
+            os.fchmod(fd, mode)
         os.fsync(fd)
     except BaseException:
         temp.unlink(missing_ok=True)
@@ -41,15 +44,16 @@ def _write_temp(path: Path, data: bytes) -> Path:
     return temp
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` atomically and durably."""
-    temp = _write_temp(path, data)
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data` atomically and durably (private, unless `mode`
+    says otherwise: the mode of someone else's file being replaced)."""
+    temp = _write_temp(path, data, mode)
     try:
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def create_private(path: Path, data: bytes) -> None:
@@ -59,7 +63,7 @@ def create_private(path: Path, data: bytes) -> None:
         os.link(temp, path)
     finally:
         temp.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def remove_temporaries(directory: Path, name_pattern: str) -> list[Path]:

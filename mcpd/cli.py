@@ -17,6 +17,7 @@ from .instance import AlreadyRunning, InstanceLock, bind_listener
 from .keys import KeyFileError, open_keyring
 from .oauth.model import CredentialRecord
 from .paths import Paths, UnsafePath
+from .shown import ShownStore
 from .store import CredentialStore
 from .systemd import ActivationError, Notifier, inherited_listener
 
@@ -30,7 +31,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "systemd (see systemd/mcpd.socket) or a terminal keeps it.",
         epilog="`mcpd demo` tries the whole product without an account: a local "
         "OAuth-protected MCP server, a daemon in a temporary directory, the sign-in, and a "
-        "tool called through mcpctl (needs the demo extra: pip install 'mcpd[demo]').",
+        "tool called through mcpctl (needs the demo extra: pip install 'mcpd[demo]'). "
+        "`mcpd service install` runs mcpd as a systemd user service (`mcpd service --help`).",
     )
     parser.add_argument(
         "--config",
@@ -62,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         from .demo.run import main as demo
 
         return demo()
+    if words[:1] == ["service"]:
+        from .units import main as service
+
+        return service(words[1:])
     args = _arguments(argv)
     # Every file and socket the daemon creates is private from its first moment.
     os.umask(0o077)
@@ -102,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     log.info("listening", extra={"socket": listener.getsockname(), "pid": os.getpid()})
     try:
         anyio.run(
-            Daemon(config, store, notifier).run, listener, backend_options={"use_uvloop": True}
+            Daemon(config, store, notifier, ShownStore(paths.shown_dir)).run,
+            listener,
+            backend_options={"use_uvloop": True},
         )
     finally:
         # Remove the socket we bound (not one systemd passed us, which outlives

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from .protocol import DEFAULT_MAX_FRAME_SIZE
+from .upstream.toolfilter import check_patterns
 from .urls import InvalidUrl, checked_url, is_loopback, public_url
 
 MAX_FRAME_TIMEOUT = 3600.0
@@ -97,6 +98,14 @@ class OAuthSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     authorize_params: dict[str, str] = {}
 
 
+class ToolFilterSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """`tools = { allow = [...], deny = [...] }`: tool names or shell-style
+    patterns (upstream/toolfilter.py); allow empty: every tool; deny wins."""
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     url: str
     enabled: bool = True
@@ -111,6 +120,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     verify: bool | str = True
     # Whether `mcpctl token NAME` may hand the access token out (to this user only).
     export_token: bool = False
+    # Which of the server's tools editors see and may call.
+    tools: ToolFilterSettings = ToolFilterSettings()
 
 
 class DaemonSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -118,6 +129,9 @@ class DaemonSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # The loopback port of the OAuth callback (0: any free port, picked per flow).
     callback_port: int = 19876
+    # When an editor needs a sign-in, open the link in a browser from the daemon
+    # itself (its service needs the graphical session's environment for that).
+    open_browser: bool = False
     # Client connections served at once; one more is refused, with the reason.
     # The open-file limit may lower it (see daemon.py).
     max_connections: int = 4096
@@ -275,6 +289,7 @@ def _check(config: ServerConfig) -> ServerConfig:
             oauth = checked_settings(oauth)
     if isinstance(config.verify, str) and not os.path.exists(config.verify):
         raise ValueError(f"verify: no CA bundle at {config.verify}")
+    check_patterns(config.tools.allow, config.tools.deny)
     return msgspec.structs.replace(config, url=url, oauth=oauth)
 
 
@@ -299,6 +314,8 @@ def parse_server(name: str, raw: Any, env: Mapping[str, str]) -> ServerEntry:
         # msgspec names the field ("Expected `bool`, got `str` - at `$.enabled`")
         # and quotes a value only for enum and Literal fields, which hold no secrets.
         detail = str(exc).replace("`$", f"`servers.{name}")
+        if "unknown field" in detail and detail.endswith(f"`servers.{name}.tools`"):
+            detail += "; tools takes allow and deny, lists of tool names or patterns"
         return ServerEntry(name, None, f"{prefix}: {detail}", display_url)
     try:
         config = _check(config)

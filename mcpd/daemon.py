@@ -36,9 +36,11 @@ from .oauth.model import CredentialRecord
 from .operations import Operations
 from .protocol import ErrorCode, Event, ReloadResult, Response, RpcError, StateChanged, encode_frame
 from .server import ServerRuntime
+from .shown import ShownStore
 from .states import State
 from .store import CredentialStore
 from .systemd import Notifier
+from .upstream.toolfilter import only_filter_changed
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +81,16 @@ def client_budget(open_file_limit: int) -> int:
 
 class Daemon:
     def __init__(
-        self, config: Config, store: CredentialStore[CredentialRecord], notifier: Notifier
+        self,
+        config: Config,
+        store: CredentialStore[CredentialRecord],
+        notifier: Notifier,
+        shown: ShownStore | None = None,
     ) -> None:
         self.config = config
         self.store = store
+        # What each server last showed editors (none kept without it).
+        self._shown = shown
         self.notifier = notifier
         self.servers: dict[str, ServerRuntime] = {}
         self.connections: set[ClientConnection] = set()
@@ -322,6 +330,9 @@ class Daemon:
             self.save_record,
             max_message_size,
             pool=self._http_pool,
+            shown=self._shown,
+            links=self.auth.link,
+            open_browser=self.config.daemon.open_browser,
         )
         self.servers[entry.name] = runtime
         if announce:
@@ -353,15 +364,17 @@ class Daemon:
         self.notifier.notify(reloading="1")
         new = await anyio.to_thread.run_sync(config_mod.load, self.config.path)
         old = self.config.servers
+        changed = sorted(n for n in new.servers.keys() & old.keys() if new.servers[n] != old[n])
+        # A change of the tool filter alone is applied in place, without a restart.
+        updated = [n for n in changed if only_filter_changed(old[n], new.servers[n])]
         result = ReloadResult(
             added=sorted(new.servers.keys() - old.keys()),
             removed=sorted(old.keys() - new.servers.keys()),
-            restarted=sorted(
-                n for n in new.servers.keys() & old.keys() if new.servers[n] != old[n]
-            ),
+            restarted=[n for n in changed if n not in updated],
             unchanged=sorted(
                 n for n in new.servers.keys() & old.keys() if new.servers[n] == old[n]
             ),
+            updated=updated,
         )
         self.config = new
         self.auth.callback_port = new.daemon.callback_port
@@ -373,6 +386,8 @@ class Daemon:
             self._stop_server(name)
         for name in result.restarted:
             self._start_server(new.servers[name])
+        for name in result.updated:
+            self.servers[name].update_tools(new.servers[name])
         for name in result.added:
             self._start_server(new.servers[name], announce=True)
         self.notifier.notify(ready="1", status=self._summary())
@@ -407,6 +422,7 @@ def _describe(result: ReloadResult) -> str:
             ("added", result.added),
             ("removed", result.removed),
             ("restarted", result.restarted),
+            ("updated", result.updated),
         )
         if names
     ]

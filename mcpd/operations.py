@@ -111,6 +111,8 @@ class Operations:
 
     async def call(self, server: str, tool: str, arguments: Any) -> Any:
         runtime = self._server(server)
+        if refusal := runtime.tool_filter.refusal(tool):
+            raise ServiceError(ErrorCode.INVALID_PARAMS, refusal)  # never reaches the server
         # No time limit of the daemon's: a tool may run long; the client cancels.
         request = runtime.request("tools/call", {"name": tool, "arguments": arguments}, timeout=0)
         return await _upstream(request)

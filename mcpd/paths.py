@@ -41,15 +41,39 @@ def config_file(env: Mapping[str, str] = os.environ) -> Path:
     return Path(override) if override else config_dir(env) / "config.toml"
 
 
-def runtime_dir(env: Mapping[str, str] = os.environ) -> Path:
-    """$XDG_RUNTIME_DIR/mcpd, else a per-user directory under /tmp.
+RUN_USER = Path("/run/user")
 
-    /tmp is fixed rather than $TMPDIR so that a daemon and a client started
-    with different environments still meet.
+
+def _user_runtime_dir() -> Path | None:
+    """/run/user/UID when it is this user's directory (what systemd-logind makes
+    and sets XDG_RUNTIME_DIR to), else None."""
+    uid = os.getuid()
+    path = RUN_USER / str(uid)
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not stat.S_IMODE(st.st_mode) & 0o022:
+        return path
+    return None
+
+
+def runtime_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """$XDG_RUNTIME_DIR/mcpd; without it, /run/user/UID/mcpd when that directory is
+    the user's; else a per-user directory under /tmp.
+
+    Editors launch `mcpctl stdio` with environments of their own (Codex passes
+    a fixed list of variables, XDG_RUNTIME_DIR not among them): /run/user/UID
+    is where systemd's XDG_RUNTIME_DIR points, so such a bridge still finds a
+    daemon started under systemd. /tmp is fixed rather than $TMPDIR so that a
+    daemon and a client started with different environments still meet.
     """
     xdg = env.get("XDG_RUNTIME_DIR", "")
     if xdg and os.path.isabs(xdg):
         return Path(xdg) / APP
+    user_runtime = _user_runtime_dir()
+    if user_runtime is not None:
+        return user_runtime / APP
     return Path("/tmp") / f"{APP}-{os.getuid()}"  # noqa: S108 - created 0700 and checked
 
 
@@ -72,6 +96,11 @@ class Paths:
     @property
     def credentials_dir(self) -> Path:
         return self.state_dir / "credentials"
+
+    @property
+    def shown_dir(self) -> Path:
+        """What each server last showed editors (mcpd/shown.py): not secret."""
+        return self.state_dir / "shown"
 
     @property
     def lock_file(self) -> Path:

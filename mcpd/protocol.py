@@ -121,6 +121,9 @@ class ServerStatus(msgspec.Struct):
     next_refresh_at: float | None = None
     # The MCP revision spoken with the server while connected (e.g. "2026-07-28").
     protocol: str | None = None
+    # Whether tokens are stored for the server; None where OAuth does not apply
+    # (oauth = false, a configured Authorization) or is not known yet (not started).
+    signed_in: bool | None = None
 
 
 class StatusResult(msgspec.Struct):
@@ -132,6 +135,8 @@ class ReloadResult(msgspec.Struct):
     removed: list[str]
     restarted: list[str]
     unchanged: list[str]
+    # Changed in the tool filter alone: applied in place, not restarted.
+    updated: list[str] = []
 
 
 class SubscribeParams(msgspec.Struct):

@@ -22,15 +22,21 @@ while the server comes and goes.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import shutil
+import subprocess
+import threading
 import time
 import traceback
+import webbrowser
 from collections.abc import Callable
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
-from . import logs
+from . import logs, signed_out
 from .config import ServerEntry
 from .credentials import LoadRecord, SaveRecord
 from .http import HttpClient, HttpPool
@@ -40,11 +46,13 @@ from .oauth.driver import Reach
 from .oauth.flow import union_scope
 from .oauth.messages import OAuthError
 from .protocol import ServerStatus
+from .shown import ShownStore
 from .states import Event, ServerStateMachine, State
 from .upstream import jsonrpc
 from .upstream.keeper import SessionKeeper, backoff_delay
 from .upstream.mux import EditorId
 from .upstream.session import EditorSink, UpstreamSession
+from .upstream.toolfilter import ToolFilter
 from .upstream.transport import AuthorizationRequired, UpstreamError, describe
 from .waiting import first_of
 
@@ -53,8 +61,28 @@ log = logging.getLogger(__name__)
 StateListener = Callable[["ServerRuntime", State], None]
 # A server whose tasks ran this long before failing starts its backoff afresh.
 STABLE_SECONDS = 60.0
+# How long an editor's request waits for a sign-in under way.
+SIGN_IN_WAIT_SECONDS = 600.0
+# A server's sign-in link for editors, and whether it is a new one.
+Links = Callable[["ServerRuntime"], tuple[str, bool]]
 # The longest error text of a fault that status shows.
 FAULT_DETAIL_CHARS = 200
+
+
+def open_in_browser(url: str) -> None:
+    """Open a sign-in link for the user. Under systemd the browser is started
+    through the user manager (`systemd-run --user`): a process of the service
+    itself would inherit restrictions (MemoryDenyWriteExecute=) that browsers'
+    JIT engines do not survive."""
+    runner, opener = shutil.which("systemd-run"), shutil.which("xdg-open")
+    try:
+        if os.environ.get("INVOCATION_ID") and runner and opener:
+            command = [runner, "--user", "--quiet", "--collect", opener, url]
+            subprocess.run(command, check=False, capture_output=True, timeout=30)
+        else:
+            webbrowser.open(url)
+    except (OSError, subprocess.SubprocessError, webbrowser.Error) as exc:
+        log.info("could not open a browser", extra={"error": type(exc).__name__})
 
 
 class Unavailable(Exception):
@@ -71,9 +99,23 @@ class ServerRuntime:
         max_message_size: int,
         *,
         pool: HttpPool | None = None,
+        shown: ShownStore | None = None,
+        links: Links | None = None,
+        open_browser: bool = False,
     ):
         self.entry = entry
         self._pool = pool  # the daemon's connections, shared by its servers
+        # What the server last showed editors, kept for when it cannot be asked;
+        # the daemon's sign-in links; whether to open one in a browser itself.
+        self._shown_store = shown
+        self._shown = shown.load(entry.name, entry.config.url) if shown and entry.config else None
+        self._links = links
+        self._open_browser = open_browser
+        # Editors told to sign in: their URL elicitations, and whether they were
+        # shown kept lists (or none); requests waiting for a sign-in under way.
+        self._told: dict[EditorId, tuple[list[str], bool]] = {}
+        self._waiting: dict[tuple[EditorId, jsonrpc.Id], anyio.CancelScope] = {}
+        self._state_change = anyio.Event()  # set, and replaced, at every transition
         self._on_change = on_change
         self._max_message_size = max_message_size
         config = entry.config
@@ -136,6 +178,8 @@ class ServerRuntime:
             },
         )
         self._on_change(self, previous)
+        changed, self._state_change = self._state_change, anyio.Event()
+        changed.set()
 
     def status(self) -> ServerStatus:
         machine, credentials = self.machine, self.credentials
@@ -160,6 +204,7 @@ class ServerRuntime:
             last_refresh_at=record.last_refresh_at if record else None,
             next_refresh_at=schedule.due,
             protocol=self._protocol(),
+            signed_in=tokens is not None if credentials.applies and credentials.loaded else None,
         )
 
     def _protocol(self) -> str | None:
@@ -218,6 +263,7 @@ class ServerRuntime:
                 await tg.start(self.credentials.run)
                 await self._until_signed_in_again()
                 self.keeper = self._keeper(None, self._connected, self._lost, self._retrying)
+                self.keeper.session.on_listed = lambda tools: self._keep_shown(tools=tools)
                 for editor, sink in self._sinks.items():
                     self._serve_editor(editor, sink)
                 await self.keeper.run()
@@ -302,10 +348,51 @@ class ServerRuntime:
 
     def _connected(self) -> None:
         self.machine.handle(Event.CONNECTED)
+        keeper = self.keeper
+        if keeper is None:
+            return
+        self._keep_shown(initialize=keeper.session.initialize_result)
+        capabilities = (keeper.session.initialize_result or {}).get("capabilities") or {}
+        told, self._told = self._told, {}
+        for editor, (elicitations, shown_lists) in told.items():
+            sink = self._sinks.get(editor)
+            for message in signed_out.after_sign_in(capabilities, elicitations, shown_lists):
+                if sink is not None:
+                    sink(jsonrpc.encode(message))
+
+    def _keep_shown(
+        self, *, initialize: dict[str, Any] | None = None, tools: dict[str, Any] | None = None
+    ) -> None:
+        """Keep what the server showed editors, when it changed."""
+        if self._shown_store is None or self._shown is None:
+            return
+        changed = (initialize is not None and initialize != self._shown.initialize) or (
+            tools is not None and tools != self._shown.tools
+        )
+        if changed:
+            self._shown.initialize = initialize or self._shown.initialize
+            self._shown.tools = tools or self._shown.tools
+            self._shown_store.save(self.name, self._shown)
 
     def stop(self) -> None:
         self._scope.cancel()
         self.machine.handle(Event.STOP)
+
+    @property
+    def tool_filter(self) -> ToolFilter:
+        """The tools editors may see and call (toolfilter.py)."""
+        config = self.entry.config
+        return ToolFilter.of(self.name, config.tools) if config else ToolFilter(self.name)
+
+    def update_tools(self, entry: ServerEntry) -> None:
+        """A reload changed the tool filter and nothing else (toolfilter.py): every
+        session follows the new one from now on, without a restart, and tells its
+        editors that their tool list changed; sessions opened later take it from
+        the entry."""
+        self.entry = entry
+        assert entry.config is not None
+        for keeper in self._keepers():
+            keeper.session.update_tools(entry.config)
 
     # --- Credentials ------------------------------------------------------------------
 
@@ -538,6 +625,9 @@ class ServerRuntime:
     def detach(self, editor: EditorId) -> None:
         self._sinks.pop(editor, None)
         self._initialize_params.pop(editor, None)
+        self._told.pop(editor, None)
+        for key in [key for key in self._waiting if key[0] == editor]:
+            self._waiting.pop(key).cancel()
         if self.keeper is not None:
             self.keeper.session.detach(editor)
         keeper, scope = self._per_client.pop(editor, (None, None))
@@ -557,9 +647,14 @@ class ServerRuntime:
             return
         if message.get("method") == "initialize":
             self._initialize_params[editor] = message.get("params")
+        if self._cancels_a_wait(editor, message):
+            return
         try:
             keeper = await self._keeper_for(editor, message)
         except Unavailable as exc:
+            if self._signed_out() and self._links is not None:
+                self._while_signed_out(editor, message, raw, sink)
+                return
             if jsonrpc.is_request(message) and jsonrpc.is_id(message["id"]):
                 sink(
                     jsonrpc.encode(
@@ -574,15 +669,98 @@ class ServerRuntime:
             return await self._wait_connected(self.keeper)
         entry = self._per_client.get(editor)
         if entry is None:
-            if message.get("method") != "initialize":
+            if message.get("method") != "initialize" and editor not in self._initialize_params:
                 raise Unavailable(
                     f"server {self.name!r} runs one session per editor: send initialize first"
                 )
             await self._wait_connected(self.keeper)  # the server is reachable at all
-            keeper = self._start_per_client(editor, message.get("params"))
+            keeper = self._start_per_client(editor, self._initialize_params.get(editor))
         else:
             keeper = entry[0]
         return await self._wait_connected(keeper, patient=True)
+
+    # --- While the server waits for a sign-in --------------------------------------------
+
+    def _signed_out(self) -> bool:
+        return self.machine.state in (State.NEEDS_AUTH, State.AUTHORIZING)
+
+    def _while_signed_out(
+        self, editor: EditorId, message: dict[str, Any], raw: bytes, sink: EditorSink
+    ) -> None:
+        """Answer an editor while the server needs a sign-in (mcpd/signed_out.py)."""
+        shown = self._shown
+        decision = signed_out.decide(
+            message,
+            shown.initialize if shown else None,
+            self.tool_filter.shown(shown.tools) if shown else None,  # today's filter
+            signing_in=self.machine.state is State.AUTHORIZING,
+        )
+        if isinstance(decision, signed_out.Reply):
+            if decision.initialized:
+                self._told.setdefault(editor, ([], True))
+                if self.keeper is not None and not self._per_client_mode():
+                    self.keeper.session.mux.initialize_editor(
+                        editor, self._initialize_params.get(editor)
+                    )
+            sink(jsonrpc.encode(decision.message))
+        elif isinstance(decision, signed_out.Wait) and self._tg is not None:
+            scope = anyio.CancelScope()
+            self._waiting[(editor, message["id"])] = scope
+            self._tg.start_soon(self._when_signed_in, editor, message, raw, scope)
+        elif isinstance(decision, signed_out.SignIn | signed_out.Wait):
+            sink(jsonrpc.encode(self._ask_to_sign_in(editor, message["id"])))
+
+    def _ask_to_sign_in(self, editor: EditorId, request_id: jsonrpc.Id) -> dict[str, Any]:
+        assert self._links is not None
+        try:
+            link, new = self._links(self)
+        except OAuthError as exc:
+            return jsonrpc.error(request_id, jsonrpc.SERVER_UNAVAILABLE, f"{exc}")
+        if new and self._open_browser:
+            # Opened from a thread: a browser launcher may take its time.
+            threading.Thread(target=open_in_browser, args=(link,), daemon=True).start()
+        elicitation_id = None
+        elicitations, shown_lists = self._told.get(editor, ([], True))
+        if signed_out.declares_url_elicitation(self._initialize_params.get(editor)):
+            elicitation_id = secrets.token_urlsafe(12)
+            elicitations.append(elicitation_id)
+        self._told[editor] = (elicitations, shown_lists)
+        return signed_out.sign_in_error(request_id, self.name, link, elicitation_id)
+
+    async def _when_signed_in(
+        self, editor: EditorId, message: dict[str, Any], raw: bytes, scope: anyio.CancelScope
+    ) -> None:
+        """A request that came during the sign-in: sent once the server is connected
+        (bounded; the editor may cancel it meanwhile, and then it is never sent)."""
+        key = (editor, message["id"])
+        try:
+            with scope, anyio.move_on_after(SIGN_IN_WAIT_SECONDS):
+                while self.machine.state in (State.AUTHORIZING, State.CONNECTING):
+                    await self._state_change.wait()
+        finally:
+            self._waiting.pop(key, None)
+        if scope.cancel_called:
+            return  # the editor cancelled it: never sent
+        if self.machine.state is State.CONNECTED:
+            await self.from_editor(editor, raw)
+        elif (sink := self._sinks.get(editor)) is not None:
+            # The sign-in failed, or took too long: said as for any request.
+            error = jsonrpc.error(
+                message["id"], jsonrpc.SERVER_UNAVAILABLE, str(self._unavailable())
+            )
+            sink(jsonrpc.encode(error))
+
+    def _cancels_a_wait(self, editor: EditorId, message: dict[str, Any]) -> bool:
+        """An editor's cancellation of a request that waits for a sign-in."""
+        if message.get("method") != "notifications/cancelled":
+            return False
+        params = message.get("params")
+        request_id = params.get("requestId") if isinstance(params, dict) else None
+        scope = self._waiting.pop((editor, request_id), None) if jsonrpc.is_id(request_id) else None
+        if scope is None:
+            return False
+        scope.cancel()
+        return True
 
     def _start_per_client(self, editor: EditorId, params: Any) -> SessionKeeper:
         """An editor's own session, initialized with the editor's own parameters;
@@ -592,6 +770,7 @@ class ServerRuntime:
         keeper = self._keeper(
             params if isinstance(params, dict) else None, lambda: None, self._editor_lost
         )
+        keeper.session.on_listed = lambda tools: self._keep_shown(tools=tools)
         keeper.session.attach(editor, self._sinks[editor])
         scope = anyio.CancelScope()
         self._per_client[editor] = (keeper, scope)

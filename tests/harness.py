@@ -565,3 +565,21 @@ def callback_port(url: str) -> int:
     port = urlsplit(redirect).port
     assert port is not None
     return port
+
+
+def imported_modules(env: McpdEnv, *command: str, check: bool = True) -> tuple[set[str], str]:
+    """The modules `mcpctl COMMAND` imports (`python -X importtime`), and its stdout."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", MCPCTL, *command],
+        env=env.vars,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=check,
+    )
+    imported = {
+        line.split("|")[-1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    return imported, result.stdout

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
-from harness import MCPCTL
+from harness import MCPCTL, imported_modules
 
 # Servers that stay `connecting` (see SilentServer), and one disabled.
 CONFIG = """
@@ -92,24 +91,12 @@ def test_mcpctl_never_imports_the_daemons_dependencies(mcpd_env, run_daemon, sil
     mcpd_env.write_config(_config(silent))
     mcpd_env.vars["MCP_API_KEY"] = "k"
     run_daemon()
-    result = subprocess.run(
-        [sys.executable, "-X", "importtime", MCPCTL, "status"],
-        env=mcpd_env.vars,
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    )
-    imported = {
-        line.split("|")[-1].strip()
-        for line in result.stderr.splitlines()
-        if line.startswith("import time:") and "|" in line
-    }
+    imported, stdout = imported_modules(mcpd_env, "status")
     assert "msgspec" in imported
     assert "mcpd.protocol" in imported
     heavy = {"anyio", "cryptography", "httpx", "h11", "asyncio", "mcpd.daemon", "mcpd.store"}
     assert not imported & heavy, f"mcpctl imported {imported & heavy}"
-    assert "linear" in result.stdout
+    assert "linear" in stdout
 
 
 def test_watch_prints_state_changes(mcpd_env, run_daemon, silent):

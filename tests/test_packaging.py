@@ -22,7 +22,14 @@ def test_wheel_installs_two_commands_and_no_generic_top_level_module(tmp_path):
     top_level = {name.split("/")[0] for name in names if not name.startswith("mcpd-")}
     assert top_level == {"mcpd", "mcpctl"}
     assert "mcpctl/cli.py" in names
+    assert "mcpctl/editors/jsonc.py" in names
     assert "mcpd/protocol.py" in names
+    # The unit templates of `mcpd service install`, from systemd/.
+    for unit in ("mcpd.service", "mcpd.socket"):
+        assert (
+            zipfile.ZipFile(wheel).read(f"mcpd/unitfiles/{unit}")
+            == (REPO / "systemd" / unit).read_bytes()
+        )
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "mcpd = mcpd.cli:main" in scripts

@@ -11,6 +11,7 @@ import stat
 import time
 
 import msgspec
+import pytest
 from harness import McpdEnv, launch, wait_state
 
 from mcpd.keys import open_keyring
@@ -163,6 +164,10 @@ def test_live_socket_of_another_process_is_never_removed(mcpd_env):
 
 
 def test_runtime_dir_fallback_is_created_private(mcpd_env, run_daemon):
+    from mcpd import paths
+
+    if str(paths.runtime_dir({})) != f"/tmp/mcpd-{os.getuid()}":
+        pytest.skip("/run/user/UID is this user's here: it comes before /tmp")
     del mcpd_env.vars["XDG_RUNTIME_DIR"]
     fallback = f"/tmp/mcpd-{os.getuid()}"
     existed = os.path.exists(fallback)

@@ -1,6 +1,10 @@
 """The loopback redirect target of the authorization flow, on h11.
 
-`http://127.0.0.1:PORT/callback`, listening only while a flow waits for it.
+`http://127.0.0.1:PORT/callback`, listening only while a flow waits for it
+or a sign-in link is outstanding. A link, `/connect/<nonce>`, is what an
+editor is given to show its user: the listener redirects it to the
+authorization URL of the server's sign-in (started, or joined, at the
+click), so the editor never holds the flow's `state` or PKCE challenge.
 Requests are small GETs from the user's own browser; anything else is refused
 quickly and can neither stop the listener nor keep the browser out:
 
@@ -38,6 +42,7 @@ from anyio.abc import SocketListener, SocketStream, TaskGroup
 log = logging.getLogger(__name__)
 
 CALLBACK_PATH = "/callback"
+CONNECT_PATH = "/connect/"
 MAX_REQUEST_HEAD = 16 * 1024
 READ_TIMEOUT_SECONDS = 10.0
 SEND_TIMEOUT_SECONDS = 5.0
@@ -49,6 +54,9 @@ RECEIVE_SIZE = 16 * 1024
 
 # Takes the query string; returns (succeeded, what to tell the user).
 Deliver = Callable[[str], Awaitable[tuple[bool, str]]]
+# Takes a sign-in link's nonce; returns the authorization URL to send the
+# browser to, or why not (a used, expired or unknown link).
+Connect = Callable[[str], Awaitable[tuple[str | None, str]]]
 
 
 def redirect_uri(port: int) -> str:
@@ -89,9 +97,12 @@ class _Answer:
 
 
 class CallbackListener:
-    def __init__(self, port: int, deliver: Deliver, answered: Callable[[], None]) -> None:
+    def __init__(
+        self, port: int, deliver: Deliver, answered: Callable[[], None], connect: Connect
+    ) -> None:
         self.port = port
         self.deliver = deliver
+        self.connect = connect
         self.answered = answered  # after each answer: the owner may stop listening now
         self._open: list[_Connection] = []  # oldest first
         self.counts = ListenerCounts()
@@ -242,6 +253,12 @@ class CallbackListener:
             target = urlsplit(request.target.decode("ascii", errors="replace"))
         except ValueError:
             return _Answer(400, _page("Bad request", "That address does not parse."))
+        if target.path.startswith(CONNECT_PATH):
+            location, problem = await self.connect(target.path.removeprefix(CONNECT_PATH))
+            if location is None:
+                return _Answer(404, _page("This link cannot be used", problem))
+            page = _page("Signing in", "Continue to the sign-in page.")
+            return _Answer(303, page, [("Location", location)])
         if target.path != CALLBACK_PATH:
             return _Answer(404, _page("Not found", "Nothing here."))
         succeeded, message = await self.deliver(target.query)

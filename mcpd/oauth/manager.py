@@ -16,13 +16,22 @@ expired (ten minutes), cancelled, replaced (`--restart`), or with
 unexpected exception in it ends that flow, with an error that says so, and
 nothing else.
 
-The loopback listener runs only while some flow waits for its callback.
-Tokens are written to the encrypted store before the server uses them.
+Editors that need a sign-in are given a link (`link`): a single-use
+`/connect/<nonce>` on the loopback listener, valid an hour, which starts
+(or joins) the server's flow when the user opens it and redirects to its
+authorization URL. One link per server is outstanding at a time.
+
+The loopback listener runs only while some flow waits for its callback or a
+link is outstanding. Tokens are written to the encrypted store before the
+server uses them.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
+import secrets
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -34,7 +43,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .. import logs, machine_credentials
 from ..waiting import first_of
-from .callback import CallbackListener, redirect_uri
+from .callback import CONNECT_PATH, CallbackListener, redirect_uri
 from .discovery import discover
 from .driver import drive
 from .flow import (
@@ -62,6 +71,18 @@ log = logging.getLogger(__name__)
 FORGET_CLIENT_ON = frozenset({"invalid_client", "unauthorized_client"})
 # Callbacks (and pastes) a flow holds before it has looked at the first.
 MAX_QUEUED_CALLBACKS = 16
+# A link not used by then is dropped: long enough that a link opened late (after
+# a flow it would have joined expired) still starts a fresh one.
+LINK_LIFETIME_SECONDS = 3600.0
+
+
+@dataclass(eq=False)
+class _Link:
+    """A sign-in link given to editors: opening it starts the server's flow."""
+
+    runtime: ServerRuntime
+    nonce: str = field(repr=False)
+    expires: float
 
 
 @dataclass
@@ -124,12 +145,16 @@ class AuthManager:
         self._tg: TaskGroup | None = None
         self._listener: CallbackListener | None = None
         self._port: int | None = None
+        # The outstanding sign-in link of each server, by server name.
+        self._links: dict[str, _Link] = {}
         logs.redact_from(self)
 
     def secrets(self) -> list[str]:
-        """The state and verifier of every flow under way (see logs.redact_from)."""
+        """The state and verifier of every flow under way, and the links' nonces
+        (see logs.redact_from)."""
         pending = [flow.pending for flow in self.flows.values() if flow.pending is not None]
-        return [value for p in pending for value in (p.state, p.verifier)]
+        nonces = [link.nonce for link in self._links.values()]
+        return [value for p in pending for value in (p.state, p.verifier)] + nonces
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The manager's own task group, for its flows and its listener, until cancelled."""
@@ -167,7 +192,7 @@ class AuthManager:
         assert self._tg is not None
         if self._port is None:
             listener = CallbackListener(
-                self.callback_port, self._callback, self._stop_listener_if_idle
+                self.callback_port, self._callback, self._stop_listener_if_idle, self._connect
             )
             try:
                 self._port = listener.bind()
@@ -182,9 +207,56 @@ class AuthManager:
         return self._port
 
     def _stop_listener_if_idle(self) -> None:
-        if self._listener is not None and not any(flow.waiting for flow in self.flows.values()):
+        waiting = any(flow.waiting for flow in self.flows.values()) or self._links
+        if self._listener is not None and not waiting:
             self._listener.stop()
             self._listener, self._port = None, None
+
+    # --- Sign-in links for editors --------------------------------------------------------
+
+    def link(self, runtime: ServerRuntime) -> tuple[str, bool]:
+        """The server's sign-in link (a new one unless one is outstanding), and
+        whether it is new; OAuthError if the listener cannot run."""
+        assert self._tg is not None
+        now = time.monotonic()
+        port = self._ensure_listener()
+        current = self._links.get(runtime.name)
+        if current is not None and current.runtime is runtime and current.expires > now:
+            return self._url(port, current), False
+        link = _Link(runtime, secrets.token_urlsafe(24), now + LINK_LIFETIME_SECONDS)
+        self._links[runtime.name] = link
+        self._tg.start_soon(self._expire, link)
+        return self._url(port, link), True
+
+    @staticmethod
+    def _url(port: int, link: _Link) -> str:
+        return f"http://127.0.0.1:{port}{CONNECT_PATH}{link.nonce}"
+
+    async def _expire(self, link: _Link) -> None:
+        await anyio.sleep(max(0.0, link.expires - time.monotonic()))
+        if self._links.get(link.runtime.name) is link:
+            del self._links[link.runtime.name]
+        self._stop_listener_if_idle()
+
+    async def _connect(self, nonce: str) -> tuple[str | None, str]:
+        """A link opened: start (or join) its server's flow; where to send the browser."""
+        found = next(
+            (link for link in self._links.values() if hmac.compare_digest(link.nonce, nonce)),
+            None,
+        )
+        if found is None or found.expires <= time.monotonic():
+            return None, (
+                "This sign-in link was already used or has expired. Ask again from the "
+                "editor, or run `mcpctl auth NAME` in a terminal."
+            )
+        del self._links[found.runtime.name]  # single use
+        try:
+            flow, _joined = await self.start(found.runtime)
+        except OAuthError as exc:
+            return None, str(exc)
+        if flow.url is None:
+            return None, flow.error or "The sign-in could not start."
+        return flow.url, ""
 
     # --- Flows ----------------------------------------------------------------------------
 
@@ -236,6 +308,8 @@ class AuthManager:
         finally:
             flow.finish("the sign-in was cancelled")
             flow.inbox.close()
+            if flow.error is None:
+                self._links.pop(runtime.name, None)  # signed in: its link has no use
             self._stop_listener_if_idle()
 
     async def _sign_in(self, flow: Flow, restart: bool) -> None:

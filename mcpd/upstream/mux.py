@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import jsonrpc, modern
+from . import jsonrpc, modern, toolfilter
 from .jsonrpc import Id
 
 EditorId = int
@@ -77,6 +77,9 @@ class Routing:
     # resources changed (the listen stream is opened anew).
     cancel: list[int] = field(default_factory=list)
     relisten: bool = False
+    # The first page of a tool list as editors were shown it (the daemon keeps
+    # it for when the server cannot be asked).
+    listed: dict[str, Any] | None = None
 
     def extend(self, other: Routing) -> None:
         self.upstream += other.upstream
@@ -84,6 +87,7 @@ class Routing:
         self.own += other.own
         self.cancel += other.cancel
         self.relisten = self.relisten or other.relisten
+        self.listed = other.listed or self.listed
 
 
 @dataclass
@@ -100,6 +104,8 @@ class _Pending:
     # generation when it was asked for (a result of an older one is not kept).
     list_key: modern.CacheKey | None = None
     generation: int = 0
+    # A modern editor's `subscriptions/listen` that asked for tool list changes.
+    tools_listener: bool = False
 
 
 @dataclass
@@ -132,6 +138,8 @@ class Multiplexer:
         self.cache = modern.ListCache()
         # Per tool of a modern server: the Mcp-Param-* headers it designates.
         self.tool_headers: dict[str, dict[str, tuple[str, ...]]] = {}
+        # The tools editors may see and call (toolfilter.py); all by default.
+        self.tool_filter = toolfilter.ToolFilter()
         self._rounds: dict[str, _InputRound] = {}
         self._next_input = 0
         # Modern servers: the list request in flight for each key, and the
@@ -225,6 +233,25 @@ class Multiplexer:
         )
         return Routing(editors=[(e.id, message) for e in self.editors.values() if e.initialized])
 
+    def set_tool_filter(self, tool_filter: toolfilter.ToolFilter) -> Routing:
+        """A new tool filter (a reload): later lists and calls follow it, and the
+        editors are told that their tool list changed (older editors plainly; a
+        2026-07-28 editor on each listen stream of its that asked for that)."""
+        if tool_filter == self.tool_filter:
+            return Routing()
+        self.tool_filter = tool_filter
+        changed = jsonrpc.notification("notifications/tools/list_changed")
+        routing = Routing(
+            editors=[
+                (e.id, changed) for e in self.editors.values() if e.initialized and not e.modern
+            ]
+        )
+        for pending in self._pending.values():
+            if pending.tools_listener and pending.editor in self.editors:
+                meta = {modern.META_SUBSCRIPTION: pending.original_id}
+                routing.editors.append((pending.editor, {**changed, "params": {"_meta": meta}}))
+        return routing
+
     def fail_all_pending(self, code: int, message: str) -> Routing:
         """The session is gone: every request in flight gets an error."""
         routing = Routing()
@@ -287,21 +314,15 @@ class Multiplexer:
         if method == "initialize":
             params = message.get("params")
             self.initialize_editor(editor.id, params)
-            result = dict(self.initialize_result or {})
-            requested = params.get("protocolVersion") if isinstance(params, dict) else None
-            # An editor that asks for an older revision than the session speaks
-            # gets that one: the newer revisions only add to the older ones.
-            if (
-                isinstance(requested, str)
-                and requested in KNOWN_PROTOCOLS
-                and requested < str(result.get("protocolVersion", ""))
-            ):
-                result["protocolVersion"] = requested
+            result = negotiated(self.initialize_result or {}, params)
             return Routing(editors=[(editor.id, jsonrpc.result(message["id"], result))])
         if method == "ping":
             return Routing(editors=[(editor.id, jsonrpc.result(message["id"], {}))])
         if method == "server/discover":
             return self._discover(editor, message)
+        if (refusal := toolfilter.refused_call(self.tool_filter, message)) is not None:
+            error = jsonrpc.error(message["id"], jsonrpc.INVALID_PARAMS, refusal)
+            return Routing(editors=[(editor.id, error)])  # never reaches the server
         if self.modern is not None:
             local = self._answer_locally(editor, message)
             if local is not None:
@@ -356,7 +377,8 @@ class Multiplexer:
                 return Routing()  # answered with the request already on its way
         if reply is None:
             return None
-        return Routing(editors=[(editor.id, jsonrpc.result(message["id"], reply))])
+        reply = toolfilter.shown(self.tool_filter, method, jsonrpc.result(message["id"], reply))
+        return Routing(editors=[(editor.id, reply)])
 
     def _forward(self, editor: Editor, message: dict[str, Any]) -> dict[str, Any]:
         if self.modern is not None:
@@ -373,9 +395,10 @@ class Multiplexer:
         self._pending[upstream_id] = _Pending(
             editor.id, original_id, token, method, message if keep else None
         )
+        self._pending[upstream_id].tools_listener = toolfilter.listens_for_tools(message)
         key = modern.ListCache.key(method, message.get("params"))
+        self._pending[upstream_id].list_key = key
         if self.modern is not None and key is not None:
-            self._pending[upstream_id].list_key = key
             self._pending[upstream_id].generation = self.cache.generation
             self._lists_in_flight[key] = upstream_id
         editor.in_flight.add(upstream_id)
@@ -476,8 +499,10 @@ class Multiplexer:
             return Routing()
         if upstream_id in self._own:
             method, key, generation = self._own.pop(upstream_id)
-            screened, problem = self._screen(method, key, generation, message)
-            return Routing(own=[(upstream_id, screened)], problem=problem)
+            screened, problem, valid = self._screen(method, key, generation, message)
+            return Routing(
+                own=[(upstream_id, screened)], problem=problem, listed=_first_tools(key, valid)
+            )
         pending = self._pending.get(upstream_id)
         if pending is None:
             return Routing()  # cancelled, or its editor left
@@ -488,24 +513,27 @@ class Multiplexer:
         editor.in_flight.discard(upstream_id)
         if pending.request is not None and modern.is_input_required(message):
             return self._input_round(editor, pending, message["result"])
-        message, problem = self._screen(
+        message, problem, valid = self._screen(
             pending.method, pending.list_key, pending.generation, message
         )
         askers = [(pending.editor, pending.original_id), *followers]
         return Routing(
             editors=[(e, {**message, "id": i}) for e, i in askers if e in self.editors],
             problem=problem,
+            listed=_first_tools(pending.list_key, valid),
         )
 
     def _screen(
         self, method: str, key: modern.CacheKey | None, generation: int, message: dict[str, Any]
-    ) -> tuple[dict[str, Any], str | None]:
-        """Modern servers: a list result as editors may see it (tools whose
-        header annotations are invalid left out, and said why), remembered
-        while fresh."""
+    ) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+        """A list result as editors may see it: without the tools the config
+        filters out (toolfilter.py); modern servers: also without the tools whose
+        header annotations are invalid (and said why), and remembered while
+        fresh (before the filter, so that it applies to cached pages too). Also
+        the result before the filter, which the daemon keeps (mcpd/shown.py)."""
         result = message.get("result")
         if self.modern is None or not isinstance(result, dict):
-            return message, None
+            return toolfilter.shown(self.tool_filter, method, message), None, message
         dropped: list[str] = []
         if method == "tools/list":
             result, headers, dropped = modern.screen_tools(result)
@@ -513,7 +541,8 @@ class Multiplexer:
             message = {**message, "result": result}
         if key is not None:
             self.cache.put(key, result, self._clock(), generation)
-        return message, "; ".join(dropped) or None
+        shown = toolfilter.shown(self.tool_filter, method, message)
+        return shown, "; ".join(dropped) or None, message
 
     def _forget(self, upstream_id: int) -> list[tuple[EditorId, Id]]:
         """Drop a request in flight; returns who else waits for its answer."""
@@ -760,6 +789,26 @@ def _for_listener(message: dict[str, Any], pending: _Pending) -> dict[str, Any]:
     if isinstance(meta, dict) and modern.META_SUBSCRIPTION in meta:
         params["_meta"] = {**meta, modern.META_SUBSCRIPTION: pending.original_id}
     return {**message, "params": params}
+
+
+def negotiated(result: dict[str, Any], params: Any) -> dict[str, Any]:
+    """The server's initialize result as an editor gets it: an editor that asks
+    for an older revision than the server's gets that one (the newer revisions
+    only add to the older ones)."""
+    result = dict(result)
+    requested = params.get("protocolVersion") if isinstance(params, dict) else None
+    if (
+        isinstance(requested, str)
+        and requested in KNOWN_PROTOCOLS
+        and requested < str(result.get("protocolVersion", ""))
+    ):
+        result["protocolVersion"] = requested
+    return result
+
+
+def _first_tools(key: modern.CacheKey | None, message: dict[str, Any]) -> dict[str, Any] | None:
+    result = message.get("result")
+    return result if key == ("tools/list", None) and isinstance(result, dict) else None
 
 
 def _is_cancel(message: dict[str, Any]) -> bool:

@@ -28,6 +28,7 @@ from ..http import HttpClient, HttpError
 from ..waiting import first_of
 from . import jsonrpc, modern
 from .mux import MAX_INPUT_ROUNDS, EditorId, Multiplexer, Routing
+from .toolfilter import ToolFilter
 from .transport import (
     LATEST_PROTOCOL,
     LEGACY_PROTOCOL,
@@ -133,6 +134,7 @@ class UpstreamSession:
             "clientInfo": CLIENT_INFO,
         }
         self.mux = Multiplexer()
+        self.mux.tool_filter = ToolFilter.of(name, config.tools)
         self.sinks: dict[EditorId, EditorSink] = {}
         self.transport: Transport | None = None
         self._tg: TaskGroup | None = None
@@ -144,6 +146,8 @@ class UpstreamSession:
         # cancels it), and of the listen stream.
         self._streams: dict[int, anyio.CancelScope] = {}
         self._listening: anyio.CancelScope | None = None
+        # Told the first page of each tool list the server gives (the owner keeps it).
+        self.on_listed: Callable[[dict[str, Any]], None] = lambda result: None
 
     @property
     def connected(self) -> bool:
@@ -414,6 +418,8 @@ class UpstreamSession:
                 scope.cancel()
         if routing.relisten and self._listening is not None:
             self._listening.cancel()
+        if routing.listed is not None:
+            self.on_listed(routing.listed)
 
     async def _post(self, transport: Transport, message: dict[str, Any]) -> None:
         """Post; when the server refuses the access token, get a new one and post once more."""
@@ -547,6 +553,12 @@ class UpstreamSession:
     def notice(self, text: str) -> None:
         """Tell every attached editor something its user should know."""
         self._apply(self.mux.notice(text))
+
+    def update_tools(self, config: ServerConfig) -> None:
+        """The config changed in its tool filter alone: applied from now on, and
+        the attached editors are told their tool list changed."""
+        self.config = config
+        self._apply(self.mux.set_tool_filter(ToolFilter.of(self.name, config.tools)))
 
     def reconnect(self, reason: str) -> None:
         """End the session (new credentials, say); the keeper opens a new one."""
