@@ -829,3 +829,36 @@ def stateless_server(
 
     with _run("stateless-server", launch, log_dir, port=port) as peer:
         yield StatelessPeer(peer)
+
+
+# --- editors, whose own MCP clients tests/test_real_editors.py runs offline ------
+
+EDITOR_PROGRAMS = ("claude", "gemini", "opencode", "codex")
+
+
+def editor_versions() -> list[str]:
+    """The editors install.sh installs (its `editor_packages`), `name@version` each."""
+    listed = re.search(r"^editor_packages=\(\n(.*?)^\)", INSTALL_SH.read_text(), re.M | re.S)
+    if listed is None:
+        raise AssertionError(f"{INSTALL_SH} no longer has editor_packages=(...)")
+    return re.findall(r'"([^"]+)"', listed.group(1))
+
+
+def editors_bin() -> Path:
+    """The directory of the editors' programs, `claude`, `gemini`, `opencode` and
+    `codex` (EDITOR_PROGRAMS), after checking they are the versions install.sh
+    lists. Gemini CLI and Codex's launcher are Node scripts: put `node22()`'s
+    directory first on PATH to run them."""
+    prefix = peers_cache() / "editors"
+    marker = prefix / "installed-versions"
+    if not marker.is_file():
+        raise _not_installed(f"the editors are not installed ({marker} is missing)")
+    if marker.read_text().split() != editor_versions():
+        raise _not_installed(
+            f"the editors in {prefix} are {marker.read_text().split()}, not {editor_versions()}"
+        )
+    programs = prefix / "node_modules" / ".bin"
+    for program in EDITOR_PROGRAMS:
+        if not os.access(programs / program, os.X_OK):
+            raise _not_installed(f"{programs / program} is missing")
+    return programs

@@ -4,7 +4,10 @@
 # TypeScript SDK 1.x (for its example servers) and v2 (server, client and the
 # Node adapter, for tests/peers/stateless_server.mjs), server-everything,
 # mcp-remote and oidc-provider (for tests/peers/oidc_provider.mjs), at exact
-# versions, into a cache directory outside the work tree.
+# versions, into a cache directory outside the work tree; and, in a prefix of
+# their own ($cache/editors, ~1.3 GB), the editors whose own MCP clients
+# tests/test_real_editors.py runs offline: Claude Code, Gemini CLI, opencode
+# and Codex.
 #
 #   bash tests/peers/install.sh        # MCPD_PEERS_CACHE overrides the cache
 #
@@ -30,6 +33,16 @@ packages=(
     "@modelcontextprotocol/server-everything@2026.8.31"
     "mcp-remote@0.15.1"
     "oidc-provider@9.13.3"
+)
+# The editors, apart (their own package.json and marker): large, and needed by
+# one test file only. Their install scripts (Claude Code's and opencode's) only
+# link the platform binary npm brought (`@anthropic-ai/claude-code-linux-x64`,
+# `opencode-linux-x64`; Codex's comes in `@openai/codex-linux-x64`).
+editor_packages=(
+    "@anthropic-ai/claude-code@2.1.332"
+    "@google/gemini-cli@0.61.0"
+    "opencode-ai@1.18.33"
+    "@openai/codex@0.171.0"
 )
 
 marker="$cache/installed-versions"
@@ -80,9 +93,72 @@ works() {
         "$node22" "$conformance_next" --version >/dev/null
 }
 
+editors="$cache/editors"
+editors_marker="$editors/installed-versions"
+editors_wanted=$(printf '%s\n' "${editor_packages[@]}")
+
+# Every editor at its version, and the programs tests/real_peers.py runs there.
+editors_work() {
+    local version_check_home=""
+    node_is_22 &&
+        "$node22" -e '
+            const [dir, ...specs] = process.argv.slice(1);
+            for (const spec of specs) {
+                const at = spec.lastIndexOf("@");
+                const found = require(`${dir}/node_modules/${spec.slice(0, at)}/package.json`);
+                if (found.version !== spec.slice(at + 1))
+                    throw new Error(`${found.name} is at ${found.version}, not ${spec}`);
+            }' "$editors" "${editor_packages[@]}" &&
+        for program in claude gemini opencode codex; do
+            [ -x "$editors/node_modules/.bin/$program" ] || return 1
+        done &&
+        version_check_home=$(mktemp -d) &&
+        HOME=$version_check_home XDG_CONFIG_HOME= XDG_DATA_HOME= XDG_CACHE_HOME= \
+            XDG_STATE_HOME= sh -c '"$1" --version && "$2" --version' _ \
+            "$editors/node_modules/.bin/claude" "$editors/node_modules/.bin/opencode" >/dev/null
+    local status=$?
+    [ -z "$version_check_home" ] || rm -rf "$version_check_home"
+    return $status
+}
+
+install_editors() {
+    if [ -f "$editors_marker" ] && [ "$(cat "$editors_marker")" = "$editors_wanted" ] &&
+        editors_work 2>/dev/null; then
+        echo "editors: up to date in $editors"
+        return
+    fi
+    echo "editors: installing into $editors"
+    mkdir -p "$editors"
+    rm -f "$editors_marker"
+    {
+        echo '{'
+        echo '  "name": "mcpd-test-editors",'
+        echo '  "private": true,'
+        echo '  "description": "written by mcpd tests/peers/install.sh",'
+        echo '  "dependencies": {'
+        for i in "${!editor_packages[@]}"; do
+            spec=${editor_packages[$i]}
+            separator=","
+            [ "$i" -eq $((${#editor_packages[@]} - 1)) ] && separator=""
+            echo "    \"${spec%@*}\": \"${spec##*@}\"$separator"
+        done
+        echo '  }'
+        echo '}'
+    } >"$editors/package.json"
+    PATH="$(dirname "$node22"):$PATH" npm install --prefix "$editors" "${npm_flags[@]}"
+    if ! editors_work; then
+        echo "install.sh: an editor is not at its version, or does not start, in $editors" >&2
+        exit 1
+    fi
+    echo "$editors_wanted" >"$editors_marker"
+}
+
+npm_flags=(--no-audit --no-fund --no-update-notifier --loglevel=warn)
+
 if [ -f "$marker" ] && [ "$(cat "$marker")" = "$wanted" ] && works 2>/dev/null; then
     echo "mcpd test peers: up to date in $cache"
     echo "node 22: $node22"
+    install_editors
     exit 0
 fi
 
@@ -94,7 +170,6 @@ fi
 echo "mcpd test peers: installing into $cache"
 mkdir -p "$cache"
 rm -f "$marker"
-npm_flags=(--no-audit --no-fund --no-update-notifier --loglevel=warn)
 
 # Node 22 first, in a prefix of its own, so that npm itself (a script run by
 # whichever `node` is first on PATH) installs the rest under Node 22 and checks
@@ -135,3 +210,4 @@ if ! works; then
 fi
 echo "$wanted" >"$marker"
 echo "node 22: $node22"
+install_editors
