@@ -725,7 +725,8 @@ class ServerRuntime:
             elicitation_id = secrets.token_urlsafe(12)
             elicitations.append(elicitation_id)
         self._told[editor] = (elicitations, shown_lists)
-        return signed_out.sign_in_error(request_id, self.name, link, elicitation_id)
+        reason = self.machine.error
+        return signed_out.sign_in_error(request_id, self.name, link, elicitation_id, reason)
 
     async def _when_signed_in(
         self, editor: EditorId, message: dict[str, Any], raw: bytes, scope: anyio.CancelScope

@@ -99,13 +99,19 @@ def declares_url_elicitation(initialize_params: Any) -> bool:
 
 
 def sign_in_error(
-    request_id: jsonrpc.Id, server: str, link: str, elicitation_id: str | None
+    request_id: jsonrpc.Id,
+    server: str,
+    link: str,
+    elicitation_id: str | None,
+    reason: str | None = None,
 ) -> dict[str, Any]:
     """The error that asks the user to sign in: a URL elicitation (-32042) when
     `elicitation_id` is given (the editor declared URL mode), else a message
-    that holds the link itself. Useful without the server's name."""
+    that holds the link itself; with why a sign-in is needed, if known. Useful
+    without the server's name."""
+    why = f" ({reason})" if reason else ""
     text = (
-        f"Sign in to use this server: open {link} in a browser "
+        f"Sign in to use this server{why}: open {link} in a browser "
         f"(or run `mcpctl auth {server}` in a terminal), then try again."
     )
     if elicitation_id is None:

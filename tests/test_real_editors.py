@@ -409,7 +409,8 @@ def test_the_other_editors_show_a_signed_out_server_as_failed(signed_out):
     output = signed_out.run("opencode", "mcp", "list")
     failed = re.search(r"^●\s+✗ demo failed\n│\s+(.*)$", output, re.MULTILINE)
     assert failed is not None, output
-    assert failed.group(1).startswith("MCP error -32001: Sign in to use this server: open ")
+    assert failed.group(1).startswith("MCP error -32001: Sign in to use this server (")
+    assert ": open http://127.0.0.1:" in failed.group(1)
     [link] = LINK.findall(failed.group(1))
     assert "mcpctl auth demo" in failed.group(1)
     assert re.search(r"^●\s+✓ python connected$", output, re.MULTILINE), output

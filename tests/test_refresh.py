@@ -300,7 +300,8 @@ def test_tokens_without_a_refresh_token_need_a_sign_in_when_they_expire(
         refused = editor.call("echo", {"text": "after"})
         assert "result" not in refused, refused
         message = refused["error"]["message"]
-        assert "needs_auth" in message
+        assert "Sign in to use this server" in message
+        assert "/connect/" in message  # the link, to sign in from the editor
         assert "issued no refresh token" in message
         assert "mcpctl auth demo" in message
         cli = daemon.mcpctl("call", "demo", "echo", '{"text": "cli"}')

@@ -57,6 +57,8 @@ def test_the_sign_in_error_carries_the_link_one_way_or_the_other():
     assert plain["error"]["code"] == jsonrpc.SERVER_UNAVAILABLE
     assert link in plain["error"]["message"]
     assert "mcpctl auth demo" in plain["error"]["message"]
+    why = signed_out.sign_in_error(7, "demo", link, None, "the token expired")
+    assert "(the token expired)" in why["error"]["message"]
     elicited = signed_out.sign_in_error(8, "demo", link, "e1")
     assert elicited["error"]["code"] == -32042
     [elicitation] = elicited["error"]["data"]["elicitations"]
