@@ -10,6 +10,7 @@ browser whose user clicked "allow" would.
 from __future__ import annotations
 
 import json
+import sys
 from urllib.error import URLError
 from urllib.parse import urlsplit
 
@@ -136,3 +137,30 @@ def test_the_kept_description_holds_nothing_secret(signed_out, mcpd_env):
     assert "echo" in {tool["name"] for tool in shown["tools"]["tools"]}
     assert oct(kept.stat().st_mode & 0o777) == "0o600"
     assert status_of(daemon, "demo")["state"] == "needs_auth"
+
+
+def test_with_open_browser_the_daemon_opens_the_link_itself(
+    mcpd_env, run_daemon, editors, tmp_path
+):
+    """`[daemon] open_browser = true`: the daemon opens the sign-in link in the
+    browser itself (here `$BROWSER`, a headless one that says yes), once, and
+    the editor's retried call goes through."""
+    mcpd_env.vars.pop("INVOCATION_ID", None)  # not under systemd: Python's webbrowser
+    opened = tmp_path / "opened"
+    mcpd_env.vars["BROWSER"] = (
+        f'sh -c \'echo "$1" >> {opened}; exec {sys.executable} -m mcpd.demo.browser "$1"\' - %s'
+    )
+    with demo_server(tmp_path) as peer:
+        mcpd_env.write_config(
+            "[daemon]\ncallback_port = 0\nopen_browser = true\n" + server_config("demo", peer.url)
+        )
+        daemon = run_daemon()
+        wait_state(daemon, "demo", "needs_auth")
+        editor = editors("demo")
+        asked = editor.initialize(URL_CAPABLE)["error"]
+        assert "/connect/" in asked["message"]
+        wait_state(daemon, "demo", "connected")
+        [link] = opened.read_text().split()
+        assert link == link_of(asked)
+        assert editor.initialize(URL_CAPABLE)["result"]["serverInfo"]
+        assert editor.call("echo", {"text": "opened"})["result"]["content"][0]["text"] == "opened"
