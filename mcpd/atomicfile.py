@@ -26,7 +26,7 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_temp(path: Path, data: bytes, mode: int = 0o600) -> Path:
+def _write_temp(path: Path, data: bytes, mode: int = 0o600, durable: bool = True) -> Path:
     temp = path.with_name(f".{path.name}{TEMP_MARKER}{secrets.token_hex(8)}")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
@@ -35,7 +35,8 @@ def _write_temp(path: Path, data: bytes, mode: int = 0o600) -> Path:
             view = view[os.write(fd, view) :]
         if mode != 0o600:  # a file that is not ours keeps its own mode (an editor's)
             os.fchmod(fd, mode)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
@@ -44,16 +45,18 @@ def _write_temp(path: Path, data: bytes, mode: int = 0o600) -> Path:
     return temp
 
 
-def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` with `data` atomically and durably (private, unless `mode`
-    says otherwise: the mode of someone else's file being replaced)."""
-    temp = _write_temp(path, data, mode)
+def write_private(path: Path, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Replace `path` with `data` atomically and (unless not `durable`: a cache,
+    say) durably; private, unless `mode` says otherwise: the mode of someone
+    else's file being replaced."""
+    temp = _write_temp(path, data, mode, durable)
     try:
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def create_private(path: Path, data: bytes) -> None:

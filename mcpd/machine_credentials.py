@@ -103,7 +103,11 @@ class MachineCredentials(Credentials):
     async def _request(self, *, rediscover: bool) -> CredentialRecord:
         settings = self.client_settings
         path = settings.private_key_file
-        key = machine.load_private_key(path) if path is not None else None
+        key = None
+        if path is not None:
+            from .oauth.assertion import load_private_key  # cryptography: only for a key
+
+            key = load_private_key(path)
         step = machine.obtain(
             settings,
             key,

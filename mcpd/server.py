@@ -29,7 +29,6 @@ import subprocess
 import threading
 import time
 import traceback
-import webbrowser
 from collections.abc import Callable
 from typing import Any
 
@@ -74,6 +73,8 @@ def open_in_browser(url: str) -> None:
     through the user manager (`systemd-run --user`): a process of the service
     itself would inherit restrictions (MemoryDenyWriteExecute=) that browsers'
     JIT engines do not survive."""
+    import webbrowser  # here: importing it costs the daemon 1.5 MB for an option
+
     runner, opener = shutil.which("systemd-run"), shutil.which("xdg-open")
     try:
         if os.environ.get("INVOCATION_ID") and runner and opener:
@@ -115,7 +116,8 @@ class ServerRuntime:
         # shown kept lists (or none); requests waiting for a sign-in under way.
         self._told: dict[EditorId, tuple[list[str], bool]] = {}
         self._waiting: dict[tuple[EditorId, jsonrpc.Id], anyio.CancelScope] = {}
-        self._state_change = anyio.Event()  # set, and replaced, at every transition
+        # Set at the next transition, for whoever waits for one (made only then).
+        self._state_change: anyio.Event | None = None
         self._on_change = on_change
         self._max_message_size = max_message_size
         config = entry.config
@@ -178,8 +180,9 @@ class ServerRuntime:
             },
         )
         self._on_change(self, previous)
-        changed, self._state_change = self._state_change, anyio.Event()
-        changed.set()
+        changed, self._state_change = self._state_change, None
+        if changed is not None:
+            changed.set()
 
     def status(self) -> ServerStatus:
         machine, credentials = self.machine, self.credentials
@@ -263,7 +266,8 @@ class ServerRuntime:
                 await tg.start(self.credentials.run)
                 await self._until_signed_in_again()
                 self.keeper = self._keeper(None, self._connected, self._lost, self._retrying)
-                self.keeper.session.on_listed = lambda tools: self._keep_shown(tools=tools)
+                self.keeper.session.on_listed = self._keep_listed
+                self.keeper.session.era_hint = self._shown.protocol if self._shown else None
                 for editor, sink in self._sinks.items():
                     self._serve_editor(editor, sink)
                 await self.keeper.run()
@@ -351,7 +355,9 @@ class ServerRuntime:
         keeper = self.keeper
         if keeper is None:
             return
-        self._keep_shown(initialize=keeper.session.initialize_result)
+        self._keep_shown(
+            initialize=keeper.session.initialize_result, protocol=keeper.session.protocol_version
+        )
         capabilities = (keeper.session.initialize_result or {}).get("capabilities") or {}
         told, self._told = self._told, {}
         for editor, (elicitations, shown_lists) in told.items():
@@ -360,19 +366,30 @@ class ServerRuntime:
                 if sink is not None:
                     sink(jsonrpc.encode(message))
 
+    def _keep_listed(self, tools: dict[str, Any]) -> None:
+        self._keep_shown(tools=tools)
+
     def _keep_shown(
-        self, *, initialize: dict[str, Any] | None = None, tools: dict[str, Any] | None = None
+        self,
+        *,
+        initialize: dict[str, Any] | None = None,
+        tools: dict[str, Any] | None = None,
+        protocol: str | None = None,
     ) -> None:
         """Keep what the server showed editors, when it changed."""
-        if self._shown_store is None or self._shown is None:
+        shown = self._shown
+        if self._shown_store is None or shown is None:
             return
-        changed = (initialize is not None and initialize != self._shown.initialize) or (
-            tools is not None and tools != self._shown.tools
+        changed = (
+            (initialize is not None and initialize != shown.initialize)
+            or (tools is not None and tools != shown.tools)
+            or (protocol is not None and protocol != shown.protocol)
         )
         if changed:
-            self._shown.initialize = initialize or self._shown.initialize
-            self._shown.tools = tools or self._shown.tools
-            self._shown_store.save(self.name, self._shown)
+            shown.initialize = initialize or shown.initialize
+            shown.tools = tools or shown.tools
+            shown.protocol = protocol or shown.protocol
+            self._shown_store.save(self.name, shown)
 
     def stop(self) -> None:
         self._scope.cancel()
@@ -737,6 +754,8 @@ class ServerRuntime:
         try:
             with scope, anyio.move_on_after(SIGN_IN_WAIT_SECONDS):
                 while self.machine.state in (State.AUTHORIZING, State.CONNECTING):
+                    if self._state_change is None:
+                        self._state_change = anyio.Event()
                     await self._state_change.wait()
         finally:
             self._waiting.pop(key, None)
@@ -771,7 +790,8 @@ class ServerRuntime:
         keeper = self._keeper(
             params if isinstance(params, dict) else None, lambda: None, self._editor_lost
         )
-        keeper.session.on_listed = lambda tools: self._keep_shown(tools=tools)
+        keeper.session.on_listed = self._keep_listed
+        keeper.session.era_hint = self._shown.protocol if self._shown else None
         keeper.session.attach(editor, self._sinks[editor])
         scope = anyio.CancelScope()
         self._per_client[editor] = (keeper, scope)

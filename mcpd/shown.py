@@ -5,9 +5,10 @@ A server that needs a sign-in cannot answer an editor's `initialize` or
 see the sign-in link. So the daemon keeps, per server, the last answer it saw
 to each (the handshake's result, or the one mcpd made from `server/discover`,
 and the first page of the tool list) in its state directory, and answers from
-them while the server waits for its user. Nothing in them is secret (a
-server's own description of itself), so they live outside the credential
-store, in files private to the user all the same.
+them while the server waits for its user. The revision it spoke is kept too,
+so that a server of an older one is not probed for the newest at every start.
+Nothing in them is secret (a server's own description of itself), so they
+live outside the credential store, in files private to the user all the same.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class Shown(msgspec.Struct, kw_only=True):
     url: str
     initialize: dict[str, Any] | None = None
     tools: dict[str, Any] | None = None
+    # The MCP revision it spoke: a server of an older one is not probed again.
+    protocol: str | None = None
 
 
 class ShownStore:
@@ -54,6 +57,8 @@ class ShownStore:
         """Keep it; a failure (a full disk, say) is logged, and nothing else."""
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_private(self._path(name), msgspec.json.encode(shown))
+            # Atomic, not durable: losing it to a crash costs nothing but a
+            # sign-in prompt without the tools listed.
+            write_private(self._path(name), msgspec.json.encode(shown), durable=False)
         except OSError as exc:
             log.warning("could not keep a server description", extra={"error": str(exc)})

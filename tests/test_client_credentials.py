@@ -25,17 +25,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from mcpd.config import OAuthSettings, parse
 from mcpd.oauth import machine
+from mcpd.oauth.assertion import ASSERTION_LIFETIME_SECONDS, load_private_key, signing_algorithm
 from mcpd.oauth.discovery import discover
 from mcpd.oauth.flow import ServerRefused
-from mcpd.oauth.machine import (
-    ASSERTION_LIFETIME_SECONDS,
-    JWT_BEARER,
-    KeyFileError,
-    Unacceptable,
-    load_private_key,
-    obtain,
-    signing_algorithm,
-)
+from mcpd.oauth.machine import JWT_BEARER, KeyFileError, Unacceptable, obtain
 from mcpd.oauth.messages import HttpRequest, HttpResponse, OAuthError, Step
 from mcpd.oauth.model import CredentialRecord, TokenSet
 from mcpd.oauth.refresh import refresh_at

@@ -291,3 +291,27 @@ def test_an_editor_speaking_2026_07_28_is_served_statelessly(ts_daemon, ts_peer,
     changed = editor.wait_for_notification("notifications/tools/list_changed")
     assert changed["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == listen_id
     older.wait_for_notification("notifications/tools/list_changed")
+
+
+def test_a_server_known_to_be_older_is_not_probed_until_that_fails(mcpd_env, run_daemon, tmp_path):
+    """The revision found is kept across restarts (the 2026-07-28 revision
+    allows it): a handshake-era server is not probed again at the next start;
+    when the server at that URL has moved on to 2026-07-28 only, the attempt
+    that fails clears what was kept, and the next one probes and finds it."""
+    with python_server(tmp_path) as older:
+        mcpd_env.write_config(server_config("py", older.url))
+        daemon = run_daemon()
+        wait_state(daemon, "py", "connected")
+        assert status_of(daemon, "py")["protocol"] == "2025-11-25"
+        assert older.log.count("refused: a 2026-07-28 request") == 1  # the probe
+        assert daemon.stop() == 0
+        daemon = run_daemon()
+        wait_state(daemon, "py", "connected")
+        assert older.log.count("refused: a 2026-07-28 request") == 1  # not probed again
+        assert daemon.stop() == 0
+        port = older.port
+    with stateless_server(tmp_path, port=port, legacy="reject") as newer:
+        daemon = run_daemon()
+        wait_state(daemon, "py", "connected", timeout=30)
+        assert status_of(daemon, "py")["protocol"] == "2026-07-28"
+        assert "server/discover" in rpc_methods(newer)

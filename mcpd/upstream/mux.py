@@ -51,7 +51,7 @@ CAPABILITY_OF = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Editor:
     id: EditorId
     capabilities: dict[str, Any] = field(default_factory=dict)
@@ -65,7 +65,7 @@ class Editor:
     modern: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class Routing:
     upstream: list[dict[str, Any]] = field(default_factory=list)
     editors: list[tuple[EditorId, dict[str, Any]]] = field(default_factory=list)
@@ -90,7 +90,7 @@ class Routing:
         self.listed = other.listed or self.listed
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     editor: EditorId
     original_id: Id

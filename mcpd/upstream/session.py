@@ -146,8 +146,10 @@ class UpstreamSession:
         # cancels it), and of the listen stream.
         self._streams: dict[int, anyio.CancelScope] = {}
         self._listening: anyio.CancelScope | None = None
+        # The revision the server spoke last time (its owner keeps it), if known.
+        self.era_hint: str | None = None
         # Told the first page of each tool list the server gives (the owner keeps it).
-        self.on_listed: Callable[[dict[str, Any]], None] = lambda result: None
+        self.on_listed: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -186,7 +188,11 @@ class UpstreamSession:
         stateless = StatelessHttp(self._settings(), self._deliver)
         stateless.tool_headers = self.mux.tool_headers
         self.transport = stateless
-        discovered = await self._discover(stateless)
+        # A server known to speak an older revision is not probed (the revision
+        # allows keeping what a probe found across restarts); if it then fails
+        # to connect, the next attempt probes again.
+        known_older = self.era_hint is not None and self.era_hint != modern.MODERN_PROTOCOL
+        discovered = None if known_older else await self._discover(stateless)
         if discovered is not None:
             self.mux.modern = discovered
             self.mux.initialize_result = modern.legacy_initialize_result(discovered)
@@ -196,6 +202,15 @@ class UpstreamSession:
                 extra={"server": self.name, "protocol": modern.MODERN_PROTOCOL},
             )
             return
+        try:
+            await self._open_older(tg)
+        except Exception:
+            self.era_hint = None
+            raise
+
+    async def _open_older(self, tg: TaskGroup) -> None:
+        """A session of a revision with an initialize handshake: Streamable HTTP,
+        else the legacy HTTP+SSE transport."""
         transport: Transport = StreamableHttp(self._settings(), self._deliver)
         self.transport = transport
         try:
@@ -418,7 +433,7 @@ class UpstreamSession:
                 scope.cancel()
         if routing.relisten and self._listening is not None:
             self._listening.cancel()
-        if routing.listed is not None:
+        if routing.listed is not None and self.on_listed is not None:
             self.on_listed(routing.listed)
 
     async def _post(self, transport: Transport, message: dict[str, Any]) -> None:

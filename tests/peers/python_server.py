@@ -588,6 +588,7 @@ def era_gate(app: Any, modern: bool) -> Any:
             )
             await app(scope, receive, send)
             return
+        print("refused: a 2026-07-28 request", flush=True)
         refusal = (
             b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,'
             b'"message":"Bad Request: this server speaks MCP 2025-11-25; initialize first"}}'
