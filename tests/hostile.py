@@ -189,3 +189,60 @@ def closing_listener(*, reset: bool) -> Iterator[str]:
         yield f"https://127.0.0.1:{listener.getsockname()[1]}/mcp"
     finally:
         listener.close()
+
+
+# A server of the 2026-07-28 revision that answers each request in a way that
+# once could have looped, crashed or misrouted: its tools name what they do.
+HOSTILE_TOOLS: list[Any] = [
+    {"name": "list_inputs", "inputSchema": {"type": "object"}},
+    {"name": "unknown_input", "inputSchema": {"type": "object"}},
+    {"name": "asks_forever", "inputSchema": {"type": "object"}},
+    {"name": "bad_header", "inputSchema": {"type": "object", "x-mcp-header": "Root"}},
+    "not a tool",
+    {"name": "bad_header_value", "inputSchema": {"properties": {"p": {"x-mcp-header": "a b"}}}},
+]
+
+
+@dataclass
+class FakeModern:
+    """Counts what it is asked: `listens` (subscriptions/listen), `retries`."""
+
+    listens: int = 0
+    retries: int = 0
+
+    def route(self, handler: Handler) -> None:
+        message = _body(handler)
+        if not isinstance(message, dict) or "id" not in message:
+            send(handler, 202)
+            return
+        method, params = message.get("method"), message.get("params") or {}
+        result: Any
+        if method == "server/discover":
+            result = {
+                "resultType": "complete",
+                "supportedVersions": ["2026-07-28"],
+                "capabilities": {"tools": {"listChanged": True}},
+                "ttlMs": -5,
+            }
+        elif method == "subscriptions/listen":
+            self.listens += 1  # ended at once, every time: no hot loop may follow
+            result = {"resultType": "complete"}
+        elif method == "tools/list":
+            result = {"tools": HOSTILE_TOOLS, "ttlMs": 10**30, "cacheScope": ["nonsense"]}
+        elif method == "tools/call":
+            self.retries += "requestState" in params or "inputResponses" in params
+            asked: Any = {
+                "list_inputs": [{"method": "elicitation/create"}],
+                "unknown_input": {"a": {"method": "shell/exec", "params": {"cmd": "rm"}}},
+                "asks_forever": {},
+            }.get(params.get("name"), "not an object")
+            result = {"resultType": "input_required", "inputRequests": asked, "requestState": 7}
+        else:
+            result = {"resultType": "bogus"}
+        send_json(handler, {"jsonrpc": "2.0", "id": message["id"], "result": result})
+
+
+@contextmanager
+def fake_modern(server: FakeModern) -> Iterator[Peer]:
+    with http_peer(server.route) as peer:
+        yield peer

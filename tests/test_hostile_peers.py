@@ -22,10 +22,12 @@ import leakcheck
 from harness import browse, finish, start_auth, status_of, wait_state
 from hostile import (
     FakeMcp,
+    FakeModern,
     Handler,
     closing_listener,
     fake_authorization_server,
     fake_mcp,
+    fake_modern,
     recording_listener,
     send,
     send_json,
@@ -34,6 +36,8 @@ from real_peers import python_server
 from reliability import record
 from test_bad_servers import MIN_HEALTHY_CALLS, calling_all_along
 from test_tls import make_pki
+
+from mcpd.upstream.mux import MAX_INPUT_ROUNDS
 
 HEADER_SECRET = "hostile-api-key-6d1f0e9a"
 CLIENT_SECRET = "hostile-client-secret-51c7"
@@ -281,3 +285,47 @@ def test_hostile_authorization_servers_each_fail_their_sign_in_alone(
             assert [s.path for s in peer.seen].count("/token") == 1, name
         assert CLIENT_SECRET not in daemon.log
         assert daemon.process.poll() is None
+
+
+def test_a_hostile_2026_07_28_server_harms_nothing_else(mcpd_env, run_daemon, editors, tmp_path):
+    """A server of the 2026-07-28 revision whose every answer is wrong in a new
+    way (input requests as a list, an unknown input, input asked for without
+    end, a requestState that is not a string, tools with bad header
+    annotations or not tools at all, absurd cache hints, a listen stream that
+    ends at once), beside a healthy server: the healthy one answers all along,
+    the editor of the hostile one gets errors promptly, nothing loops, and the
+    daemon is still up."""
+    hostile = FakeModern()
+    with python_server(tmp_path) as good, fake_modern(hostile) as bad:
+        mcpd_env.write_config(
+            f'[servers.good]\nurl = "{good.url}"\n[servers.modern]\nurl = "{bad.url}/mcp"\n'
+        )
+        daemon = run_daemon()
+        wait_state(daemon, "good", "connected")
+        wait_state(daemon, "modern", "connected")
+        assert status_of(daemon, "modern")["protocol"] == "2026-07-28"
+        with calling_all_along(editors, "good") as healthy:
+            editor = editors("modern")
+            editor.initialize({"elicitation": {}})
+            listed = editor.request("tools/list")["result"]["tools"]
+            # Only well-formed tools with valid annotations are shown.
+            assert [tool["name"] for tool in listed] == [
+                "list_inputs",
+                "unknown_input",
+                "asks_forever",
+            ]
+            for name in ("list_inputs", "unknown_input", "asks_forever", "missing"):
+                asked = time.monotonic()
+                reply = editor.call(name)
+                assert "error" in reply, (name, reply)
+                assert time.monotonic() - asked < 5, name
+            listens_before = hostile.listens
+            healthy.wait_for(MIN_HEALTHY_CALLS)
+            time.sleep(3)  # measuring a rate: how many listens in a fixed window
+            assert hostile.listens - listens_before <= 3, hostile.listens
+        healthy.check()
+        # Bounded input rounds, for the three calls that are retried (an unknown
+        # input ends its call at once).
+        assert hostile.retries <= 3 * MAX_INPUT_ROUNDS
+        assert daemon.process.poll() is None
+        assert status_of(daemon, "good")["state"] == "connected"
