@@ -583,3 +583,29 @@ def imported_modules(env: McpdEnv, *command: str, check: bool = True) -> tuple[s
         if line.startswith("import time:") and "|" in line
     }
     return imported, result.stdout
+
+
+def stdio_session(
+    argv: list[str], env: dict[str, str], requests: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], str, int]:
+    """Run a stdio MCP server command as an editor does: send `requests` in turn,
+    reading the answer to each one that has an id; then close its input (which
+    ends a bridge). The answers, its stderr and its exit code."""
+    process = subprocess.Popen(
+        argv,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    replies = []
+    for request in requests:
+        process.stdin.write(json.dumps(request) + "\n")
+        process.stdin.flush()
+        if "id" in request:
+            replies.append(json.loads(process.stdout.readline()))
+    _, stderr = process.communicate(timeout=10)
+    return replies, stderr, process.returncode

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
@@ -649,16 +649,12 @@ def json_lines(text: str, key: str) -> list[dict[str, Any]]:
 
 
 @dataclass
-class OidcPeer:
-    """tests/peers/oidc_provider.mjs running: oidc-provider at `issuer` and the
-    MCP server it protects at `url` (`peer`, whose log holds both's events)."""
+class LoggingPeer:
+    """A peer of tests/peers/*.mjs that logs its events as JSON lines, each
+    marked with its kind under the key EVENT_KEY."""
 
+    EVENT_KEY: ClassVar[str]
     peer: Peer
-    issuer: str
-    resource_server_secret: str
-    secrets_path: Path
-    access_token_ttl: int
-    access_token_format: str
 
     @property
     def url(self) -> str:
@@ -669,9 +665,22 @@ class OidcPeer:
         return self.peer.log
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
-        """The logged events (`{"oidc": KIND, ...}`), all or those of one kind."""
-        entries = json_lines(self.peer.log, "oidc")
-        return [e for e in entries if kind is None or e["oidc"] == kind]
+        """The logged events, all or those of one kind."""
+        entries = json_lines(self.peer.log, self.EVENT_KEY)
+        return [e for e in entries if kind is None or e[self.EVENT_KEY] == kind]
+
+
+@dataclass
+class OidcPeer(LoggingPeer):
+    """tests/peers/oidc_provider.mjs running: oidc-provider at `issuer` and the
+    MCP server it protects at `url` (`peer`, whose log holds both's events)."""
+
+    EVENT_KEY = "oidc"
+    issuer: str
+    resource_server_secret: str
+    secrets_path: Path
+    access_token_ttl: int
+    access_token_format: str
 
     def tokens(self, grant_type: str | None = None) -> list[dict[str, Any]]:
         """Every successful token response, in order (`grant_type`: only those)."""
@@ -778,23 +787,10 @@ def oidc_provider(
 
 
 @dataclass
-class StatelessPeer:
+class StatelessPeer(LoggingPeer):
     """tests/peers/stateless_server.mjs running (TypeScript SDK v2, MCP 2026-07-28)."""
 
-    peer: Peer
-
-    @property
-    def url(self) -> str:
-        return self.peer.url
-
-    @property
-    def log(self) -> str:
-        return self.peer.log
-
-    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
-        """The logged events (`{"stateless": KIND, ...}`), all or those of one kind."""
-        entries = json_lines(self.peer.log, "stateless")
-        return [e for e in entries if kind is None or e["stateless"] == kind]
+    EVENT_KEY = "stateless"
 
     def requests(self) -> list[dict[str, Any]]:
         """Every HTTP request it received: method, Mcp-Method/Mcp-Name headers,

@@ -8,13 +8,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import MCPCTL, wait_state
+from harness import MCPCTL, stdio_session, wait_state
 from real_peers import python_server
 
 FIXTURES = Path(__file__).parent / "fixtures" / "editors"
@@ -127,23 +126,7 @@ def _talk(argv: list[str], env: dict[str, str]) -> tuple[list[dict[str, Any]], s
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
         {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
     ]
-    process = subprocess.Popen(
-        argv,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdin is not None
-    assert process.stdout is not None
-    replies = []
-    for request in requests:
-        process.stdin.write(json.dumps(request) + "\n")
-        process.stdin.flush()
-        if "id" in request:
-            replies.append(json.loads(process.stdout.readline()))
-    _, stderr = process.communicate(timeout=10)  # closes stdin: the bridge ends
+    replies, stderr, _ = stdio_session(argv, env, requests)
     return replies, stderr
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import MCPCTL, MCPD, DaemonProcess, McpdEnv, Notifications, wait_state
+from harness import MCPCTL, MCPD, DaemonProcess, McpdEnv, Notifications, stdio_session, wait_state
 from real_peers import python_server, server_everything
 from test_service_install import FAKE_SYSTEMCTL
 
@@ -183,24 +183,9 @@ def launch_as_claude_code(entry: dict[str, Any], env: dict[str, str]) -> list[di
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
         {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}},
     ]
-    process = subprocess.Popen(
-        [entry["command"], *entry["args"]],
-        env={**env, **entry.get("env", {})},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdin is not None
-    assert process.stdout is not None
-    replies = []
-    for request in requests:
-        process.stdin.write(json.dumps(request) + "\n")
-        process.stdin.flush()
-        if "id" in request:
-            replies.append(json.loads(process.stdout.readline()))
-    _, stderr = process.communicate(timeout=10)  # the end of its input ends the bridge
-    assert process.returncode == 0, stderr
+    argv = [entry["command"], *entry["args"]]
+    replies, stderr, returncode = stdio_session(argv, {**env, **entry.get("env", {})}, requests)
+    assert returncode == 0, stderr
     return replies
 
 

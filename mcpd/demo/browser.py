@@ -21,12 +21,14 @@ from urllib.parse import urlsplit
 TIMEOUT_SECONDS = 30
 
 
-def _without_query(url: str) -> str:
+def without_query(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
-class _Recorder(urllib.request.HTTPRedirectHandler):
+class Recorder(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, noting each hop without its query."""
+
     def __init__(self) -> None:
         self.hops: list[str] = []
 
@@ -39,7 +41,7 @@ class _Recorder(urllib.request.HTTPRedirectHandler):
         headers: HTTPMessage,
         newurl: str,
     ) -> urllib.request.Request | None:
-        self.hops.append(f"{code} -> {_without_query(newurl)}")
+        self.hops.append(f"{code} -> {without_query(newurl)}")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m mcpd.demo.browser URL", file=sys.stderr)
         return 2
     url = args[0]
-    recorder = _Recorder()
+    recorder = Recorder()
     opener = urllib.request.build_opener(recorder)
     try:
         with opener.open(url, timeout=TIMEOUT_SECONDS) as response:
@@ -57,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     except urllib.error.HTTPError as exc:
         status = exc.code
     except (urllib.error.URLError, OSError) as exc:
-        print(f"browser: cannot open {_without_query(url)}: {exc}", flush=True)
+        print(f"browser: cannot open {without_query(url)}: {exc}", flush=True)
         return 1
     hops = "".join(f", {hop}" for hop in recorder.hops)
-    print(f"browser: GET {_without_query(url)}{hops}: {status}", flush=True)
+    print(f"browser: GET {without_query(url)}{hops}: {status}", flush=True)
     return 0
 
 

@@ -22,35 +22,16 @@ import http.cookiejar
 import sys
 import urllib.error
 import urllib.request
-from http.client import HTTPMessage
-from typing import IO
-from urllib.parse import urlsplit
+
+from mcpd.demo import browser
+from mcpd.demo.browser import without_query
 
 TIMEOUT_SECONDS = 30
 
 
-def without_query(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
-
-
-class Recorder(urllib.request.HTTPRedirectHandler):
+class Recorder(browser.Recorder):
+    # oidc-provider's interaction takes more hops than urllib's default allows.
     max_redirections = 20
-
-    def __init__(self) -> None:
-        self.hops: list[str] = []
-
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: IO[bytes],
-        code: int,
-        msg: str,
-        headers: HTTPMessage,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        self.hops.append(f"{code} -> {without_query(newurl)}")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def main(argv: list[str]) -> int:
