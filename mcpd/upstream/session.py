@@ -185,28 +185,34 @@ class UpstreamSession:
         self._failed = anyio.Event()
         self.mux.modern = None
         self.mux.cache.clear()  # new credentials may mean another user's lists
-        stateless = StatelessHttp(self._settings(), self._deliver)
-        stateless.tool_headers = self.mux.tool_headers
-        self.transport = stateless
         # A server known to speak an older revision is not probed (the revision
         # allows keeping what a probe found across restarts); if it then fails
         # to connect, the next attempt probes again.
-        known_older = self.era_hint is not None and self.era_hint != modern.MODERN_PROTOCOL
-        discovered = None if known_older else await self._discover(stateless)
-        if discovered is not None:
-            self.mux.modern = discovered
-            self.mux.initialize_result = modern.legacy_initialize_result(discovered)
-            tg.start_soon(self._listen, stateless)
-            log.info(
-                "session established",
-                extra={"server": self.name, "protocol": modern.MODERN_PROTOCOL},
-            )
-            return
+        if self.era_hint is None or self.era_hint == modern.MODERN_PROTOCOL:
+            stateless = StatelessHttp(self._settings(), self._deliver)
+            stateless.tool_headers = self.mux.tool_headers
+            self.transport = stateless
+            if (discovered := await self._discover(stateless)) is not None:
+                self._open_modern(tg, stateless, discovered)
+                return
         try:
             await self._open_older(tg)
         except Exception:
             self.era_hint = None
             raise
+
+    def _open_modern(
+        self, tg: TaskGroup, stateless: StatelessHttp, discovered: dict[str, Any]
+    ) -> None:
+        """A session of the 2026-07-28 revision: nothing to set up but the listen
+        stream, and the answer older editors get to their initialize."""
+        self.mux.modern = discovered
+        self.mux.initialize_result = modern.legacy_initialize_result(discovered)
+        tg.start_soon(self._listen, stateless)
+        log.info(
+            "session established",
+            extra={"server": self.name, "protocol": modern.MODERN_PROTOCOL},
+        )
 
     async def _open_older(self, tg: TaskGroup) -> None:
         """A session of a revision with an initialize handshake: Streamable HTTP,
