@@ -20,6 +20,8 @@ from real_peers import conformance_argv, conformance_client_command, conformance
 
 CLIENT = Path(__file__).parent / "conformance" / "client.py"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# The suite's results directory is the scenario's name and a timestamp.
+RESULTS_STAMP = re.compile(r"-\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d-\d+Z$")
 
 
 def run_suite(
@@ -117,7 +119,7 @@ def test_conformance_requirements(revision, tmp_path):
     assert f"Not scored for {revision}" in output
     # Each scored scenario's own record of its checks: none failed or warned.
     statuses = {
-        str(path.parent.relative_to(tmp_path)).rsplit("-20", 1)[0]: {
+        RESULTS_STAMP.sub("", str(path.parent.relative_to(tmp_path))): {
             check["status"] for check in json.loads(path.read_text())
         }
         for path in tmp_path.glob("**/checks.json")

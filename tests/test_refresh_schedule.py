@@ -324,14 +324,18 @@ def test_credentials_that_cannot_be_refreshed_never_make_a_loop(monkeypatch):
     no busy loop (it once spun at 10,000 attempts a second)."""
     _, attempts = fake_token_endpoint(monkeypatch, lifetime=3600.0)
     now = time.time()
-    record = stub_record(
-        TokenSet(access_token="a0", refresh_token="r0", obtained_at=now - 10, expires_at=now + 1)
-    )
+    # Not due while the client is still known (so no refresh can start before
+    # the registration is forgotten); due at once after.
+    fresh = TokenSet(access_token="a0", refresh_token="r0", obtained_at=now, expires_at=now + 3600)
+    record = stub_record(fresh)
     server = StubServer(record)
     wakes = [0]
 
     async def until(credentials: Credentials) -> None:
-        forgotten = stub_record(record.tokens)  # type: ignore[arg-type]
+        due = TokenSet(
+            access_token="a0", refresh_token="r0", obtained_at=now - 10, expires_at=now + 1
+        )
+        forgotten = stub_record(due)
         forgotten.client = None
         await credentials.replace(forgotten)
         original = credentials.schedule.is_due
