@@ -22,6 +22,7 @@ enough MCP or OAuth to reach the hostile part:
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import socket
@@ -182,6 +183,15 @@ def closing_listener(*, reset: bool) -> Iterator[str]:
             if reset:
                 conn.recv(4096)  # the ClientHello
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                # A clean close is a FIN: sent first, then the client's data is
+                # read to its end, since closing with unread data (a ClientHello
+                # that arrived meanwhile) would make the kernel send a reset.
+                conn.shutdown(socket.SHUT_WR)
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    while conn.recv(4096):
+                        pass
             conn.close()
 
     threading.Thread(target=serve, daemon=True).start()
