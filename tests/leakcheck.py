@@ -99,15 +99,19 @@ def capture(where: str, text: str) -> None:
         _registry.captured.append((where, text))
 
 
-def decrypt_store(key_file: Path, credentials: Path) -> list[CredentialRecord]:
-    """Every record of a store that decrypts with the key file as it is now."""
+def decrypt_store(
+    key_file: Path, credentials: Path, *, temporaries: bool = True
+) -> list[CredentialRecord]:
+    """Every record of a store that decrypts with the key file as it is now;
+    with `temporaries`, also those of writes in progress or cut short (what the
+    secrets scan needs), else only records the store has committed."""
     if not key_file.is_file() or not credentials.is_dir():
         return []
     keys = [line.strip() for line in key_file.read_bytes().splitlines() if line.strip()]
     fernet = MultiFernet([Fernet(key) for key in keys])
     decoder = msgspec.msgpack.Decoder(CredentialRecord)
     records = []
-    for path in sorted(credentials.glob(f"*{SUFFIX}*")):
+    for path in sorted(credentials.glob(f"*{SUFFIX}*" if temporaries else f"*{SUFFIX}")):
         if not path.is_file():
             continue
         try:

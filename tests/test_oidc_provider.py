@@ -76,7 +76,9 @@ def stored(mcpd_env: McpdEnv) -> CredentialRecord:
     """The server's record in the daemon's encrypted store, as it is now."""
     records = [
         r
-        for r in leakcheck.decrypt_store(mcpd_env.key_file, mcpd_env.credentials_dir)
+        for r in leakcheck.decrypt_store(
+            mcpd_env.key_file, mcpd_env.credentials_dir, temporaries=False
+        )
         if r.server == NAME
     ]
     assert len(records) == 1, f"{len(records)} records for {NAME}"
