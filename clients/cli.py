@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -14,12 +15,14 @@ from mcpd.protocol import (
     AuthParams,
     AuthPasteParams,
     AuthStarted,
+    DeviceSignIn,
     LogoutParams,
     LogoutResult,
     ReloadResult,
     RotateKeyResult,
     ServerParams,
     ServerStatus,
+    SignInMethod,
     StateChanged,
     StatusParams,
     StatusResult,
@@ -31,6 +34,7 @@ from mcpd.protocol import (
 from .client import DaemonClient, DaemonError, DaemonUnavailable
 from .editors import register as register_editor_commands
 from .manage import add_commands, auth_all, logout_choose
+from .remote import register as register_remote_commands
 
 
 def _ago_or_in(seconds: float) -> str:
@@ -59,11 +63,19 @@ def token_column(server: ServerStatus, now: float) -> str:
     return f"{text} ({', '.join(details)})" if details else text
 
 
+def _token_cell(server: ServerStatus, now: float) -> str:
+    """The TOKEN column, naming a device sign-in where the server offers one."""
+    shown = token_column(server, now)
+    if not server.device_sign_in:
+        return shown
+    return "device sign-in offered" if shown == "-" else f"{shown}; device sign-in offered"
+
+
 def render_table(servers: list[ServerStatus], now: float) -> str:
     if not servers:
         return "no servers configured (add one with: mcpctl add NAME URL)"
     rows = [("NAME", "STATE", "URL", "TOKEN")]
-    rows += [(s.name, s.state, s.url or "-", token_column(s, now)) for s in servers]
+    rows += [(s.name, s.state, s.url or "-", _token_cell(s, now)) for s in servers]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = []
     for index, row in enumerate(rows):
@@ -90,8 +102,10 @@ def cmd_status(client: DaemonClient, args: argparse.Namespace) -> int:
     result = msgspec.convert(client.request("status", StatusParams(args.name)), StatusResult)
     if args.json:
         _print_json(result)
-    else:
-        print(render_table(result.servers, time.time()))
+        return 0
+    if client.elsewhere:
+        print(f"mcpd on {client.elsewhere}, reached through {client.path}")
+    print(render_table(result.servers, time.time()))
     return 0
 
 
@@ -236,11 +250,51 @@ def cmd_call(client: DaemonClient, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def sign_in_method(
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    platform: str,
+    stdin_tty: bool,
+    daemon_elsewhere: bool = False,
+) -> SignInMethod:
+    """How `mcpctl auth` asks to sign in: with a code on another device for
+    `--device`, and also wherever the authorization server offers that when no
+    browser can open here (`--no-browser`, or no $BROWSER, display or macOS)
+    and no address can be pasted (`--paste` not given, stdin no terminal);
+    else in a browser, and always so when the daemon runs on another machine
+    (an SSH forward): the browser and the callback are there."""
+    if args.device:
+        return "device"
+    if daemon_elsewhere:
+        return "browser"
+    browser = not args.no_browser and (
+        platform == "darwin"
+        or any(environ.get(name) for name in ("BROWSER", "DISPLAY", "WAYLAND_DISPLAY"))
+    )
+    if browser or args.paste or stdin_tty:
+        return "browser"
+    return "device_if_offered"
+
+
+def _show_device_sign_in(name: str, device: DeviceSignIn, joined: bool) -> None:
+    print(f"To sign in to {name}, on any device with a browser:\n")
+    print(f"  Open {device.verification_uri} and enter the code {device.user_code}")
+    if device.verification_uri_complete:
+        print(f"  or open {device.verification_uri_complete} (the code is in it)")
+    print(f"\nThe code expires {_ago_or_in(device.expires_in)}.")
+    if joined:
+        print("(joined the device sign-in already under way: the same code)")
+    print("Waiting for the sign-in to finish (Ctrl-C stops waiting)...", flush=True)
+
+
 def cmd_auth(client: DaemonClient, args: argparse.Namespace) -> int:
     if args.name is None:
         return auth_all(client, args, cmd_auth)
+    method = sign_in_method(
+        args, os.environ, sys.platform, sys.stdin.isatty(), client.elsewhere is not None
+    )
     started = msgspec.convert(
-        client.request("auth", AuthParams(args.name, args.restart)), AuthStarted
+        client.request("auth", AuthParams(args.name, args.restart, method)), AuthStarted
     )
     if started.client_credentials:
         print(
@@ -251,12 +305,19 @@ def cmd_auth(client: DaemonClient, args: argparse.Namespace) -> int:
         ready = msgspec.convert(client.request("auth_wait", ServerParams(args.name)), ServerStatus)
         print(f"{ready.name} is {ready.state}.")
         return 0
+    if started.device is not None:
+        if method == "device_if_offered":
+            print("No browser here and nothing to paste into: signing in with a code instead.")
+        _show_device_sign_in(args.name, started.device, started.joined)
+        return _signed_in(client.request("auth_wait", ServerParams(args.name)))
     # Flushed: whoever reads a pipe gets the URL before a browser opens.
     print(
         f"To sign in to {args.name}, open this URL in a browser:\n\n  {started.url}\n", flush=True
     )
     if started.joined:
         print("(joined the sign-in already under way: its browser tab is open)")
+    elif client.elsewhere:  # the callback is on the daemon's machine, not here
+        print(f"(mcpd runs on {client.elsewhere}: open the URL in a browser there)")
     elif not args.no_browser and not args.paste:
         import webbrowser
 
@@ -279,6 +340,10 @@ def cmd_auth(client: DaemonClient, args: argparse.Namespace) -> int:
             flush=True,
         )
         status = client.request("auth_wait", ServerParams(args.name))
+    return _signed_in(status)
+
+
+def _signed_in(status: Any) -> int:
     server = msgspec.convert(status, ServerStatus)
     print(f"Signed in; {server.name} is {server.state}.")
     return 0
@@ -354,10 +419,16 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="abandon a sign-in under way and start afresh, registering a new client",
     )
-    auth.add_argument(
+    headless = auth.add_mutually_exclusive_group()
+    headless.add_argument(
         "--paste",
         action="store_true",
         help="for SSH and headless machines: paste the address the browser ends up at",
+    )
+    headless.add_argument(
+        "--device",
+        action="store_true",
+        help="sign in on any device with a code (RFC 8628), where the server offers that",
     )
     auth.set_defaults(run=cmd_auth)
 
@@ -387,6 +458,7 @@ def _parser() -> argparse.ArgumentParser:
 
     # editors, import, install, uninstall (clients/editors/, imported when run)
     register_editor_commands(commands)
+    register_remote_commands(commands)
     return parser
 
 

@@ -288,8 +288,10 @@ class Daemon:
             return
         if uid != os.getuid():
             log.warning(
-                "refused a connection from another user",
-                extra={"peer_pid": pid, "peer_uid": uid},
+                "refused a connection from another user: mcpd serves only its own user "
+                "(a container that mounts the socket must run as that user, mapped to the "
+                "same uid, e.g. rootless Podman's --userns=keep-id)",
+                extra={"peer_pid": pid, "peer_uid": uid, "own_uid": os.getuid()},
             )
             await stream.aclose()
             return

@@ -10,6 +10,7 @@ method is adding one entry to `METHODS`.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -84,6 +85,7 @@ async def hello(ctx: RequestContext, params: HelloParams) -> HelloResult:
         daemon=f"mcpd {__version__}",
         pid=os.getpid(),
         max_frame_size=ctx.service.max_frame_size,
+        host=socket.gethostname(),
     )
 
 
@@ -118,7 +120,7 @@ async def attach(ctx: RequestContext, params: AttachParams) -> AttachResult:
 
 async def auth(ctx: RequestContext, params: AuthParams) -> AuthStarted:
     """Start the sign-in to a server, or join the one under way."""
-    return await ctx.service.sign_in(params.server, params.restart)
+    return await ctx.service.sign_in(params.server, params.restart, params.method)
 
 
 async def auth_wait(ctx: RequestContext, params: ServerParams) -> ServerStatus:

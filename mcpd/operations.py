@@ -7,6 +7,7 @@ server, its credentials or the sign-in manager to do it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -15,7 +16,15 @@ from .config import ConfigError
 from .keys import KeyFileError
 from .machine_credentials import MachineCredentials
 from .oauth.messages import OAuthError
-from .protocol import AuthStarted, ErrorCode, ReloadResult, ServerStatus, TokenResult
+from .protocol import (
+    AuthStarted,
+    DeviceSignIn,
+    ErrorCode,
+    ReloadResult,
+    ServerStatus,
+    SignInMethod,
+    TokenResult,
+)
 from .server import ServerRuntime, Unavailable
 from .service import ServiceError
 from .upstream.session import RequestFailed
@@ -139,12 +148,21 @@ class Operations:
             )
         return runtime
 
-    async def sign_in(self, server: str, restart: bool) -> AuthStarted:
+    async def sign_in(self, server: str, restart: bool, method: SignInMethod) -> AuthStarted:
         runtime = self._oauth_server(server)
         try:
-            flow, joined = await self._daemon.auth.start(runtime, restart=restart)
+            flow, joined = await self._daemon.auth.start(runtime, restart=restart, method=method)
         except OAuthError as exc:
             raise ServiceError(ErrorCode.AUTH_FAILED, str(exc)) from None
+        if flow.device is not None:
+            code = flow.device.code
+            shown = DeviceSignIn(
+                verification_uri=code.verification_uri,
+                user_code=code.user_code,
+                expires_in=round(max(0.0, flow.device.expires_at - time.monotonic())),
+                verification_uri_complete=code.verification_uri_complete,
+            )
+            return AuthStarted("", joined, device=shown)
         if flow.url is None:
             if flow.error is None and isinstance(runtime.credentials, MachineCredentials):
                 # Client credentials: the new token is in place; no URL to open.

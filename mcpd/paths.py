@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -80,6 +81,26 @@ def runtime_dir(env: Mapping[str, str] = os.environ) -> Path:
 def socket_path(env: Mapping[str, str] = os.environ) -> Path:
     override = env.get("MCPD_SOCKET")
     return Path(override) if override else runtime_dir(env) / f"{APP}.sock"
+
+
+FORWARD_DIR = Path("/tmp")  # noqa: S108 - sshd creates the socket 0600; clients check its owner
+
+
+def forward_socket_path() -> Path:
+    """Where an SSH forward of the daemon of the user's own machine lands on a
+    remote host: /tmp/mcpd-USER.sock, the path `RemoteForward /tmp/mcpd-%r.sock
+    ...` names (`mcpctl remote setup`). Clients use it when no daemon runs here.
+
+    /tmp because sshd binds the forward as the connection opens, before the
+    session could make a directory for it (a runtime directory may not exist
+    yet), and because it is local to each host (a home directory may be shared
+    between hosts, and a socket of one host does not answer on another).
+    """
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # no passwd entry: no SSH login either, but stay defined
+        user = str(os.getuid())
+    return FORWARD_DIR / f"{APP}-{user}.sock"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -101,6 +101,9 @@ class HelloResult(msgspec.Struct):
     daemon: str
     pid: int
     max_frame_size: int
+    # The daemon's host name: a client reached through an SSH forward (or a
+    # container's mount) tells its user which machine serves it.
+    host: str = ""
 
 
 class StatusParams(msgspec.Struct):
@@ -124,6 +127,9 @@ class ServerStatus(msgspec.Struct):
     # Whether tokens are stored for the server; None where OAuth does not apply
     # (oauth = false, a configured Authorization) or is not known yet (not started).
     signed_in: bool | None = None
+    # Whether its authorization server offers a device sign-in (RFC 8628,
+    # `mcpctl auth NAME --device`); None while not known (no sign-in yet).
+    device_sign_in: bool | None = None
 
 
 class StatusResult(msgspec.Struct):
@@ -178,15 +184,36 @@ class ToolsResult(msgspec.Struct):
     tools: list[dict[str, Any]]
 
 
+# How a user signs in: in a browser (the authorization code flow, whose
+# redirect reaches the daemon's loopback listener, or is pasted); on any
+# device, with a code (RFC 8628); or with a code where the authorization
+# server offers that, else in a browser.
+SignInMethod = Literal["browser", "device", "device_if_offered"]
+
+
 class AuthParams(msgspec.Struct):
     server: str
     # Abandon a sign-in under way and start afresh, with a new client
     # registration (the authorization server may have forgotten the old one).
     restart: bool = False
+    method: SignInMethod = "browser"
+
+
+class DeviceSignIn(msgspec.Struct, omit_defaults=True):
+    """What the user of a device sign-in needs: the page to open, anywhere, and
+    the code to enter there."""
+
+    verification_uri: str
+    user_code: str
+    # Seconds from now until the code expires.
+    expires_in: int
+    # The page with the code in it, where the server offers one.
+    verification_uri_complete: str | None = None
 
 
 class AuthStarted(msgspec.Struct):
-    """The authorization URL to open (the same for everyone who joins the flow)."""
+    """The authorization URL to open (the same for everyone who joins the flow),
+    or the code of a device sign-in."""
 
     url: str
     # True when this request joined a sign-in already under way: its browser
@@ -195,6 +222,8 @@ class AuthStarted(msgspec.Struct):
     # True for a server with client credentials: a new token was requested and
     # stored, with no browser (`url` is empty); `auth_wait` tells the outcome.
     client_credentials: bool = False
+    # A device sign-in (`url` is empty): show this; `auth_wait` tells the outcome.
+    device: DeviceSignIn | None = None
 
 
 class AuthPasteParams(msgspec.Struct):

@@ -151,6 +151,9 @@ class ServerRuntime:
         # The last authorization challenge, and a scope a 403 asked for (step-up).
         self.challenge: Challenge | None = None
         self.required_scope: str | None = None
+        # Whether its authorization server offers a device sign-in (RFC 8628),
+        # as the last sign-in found it; None before (status falls back on the record).
+        self.device_sign_in: bool | None = None
         self.machine = ServerStateMachine(self._changed)
         logs.redact_from(self)
 
@@ -208,7 +211,18 @@ class ServerRuntime:
             next_refresh_at=schedule.due,
             protocol=self._protocol(),
             signed_in=tokens is not None if credentials.applies and credentials.loaded else None,
+            device_sign_in=self._device_sign_in(),
         )
+
+    def _device_sign_in(self) -> bool | None:
+        """Whether a device sign-in is offered: as the last sign-in's discovery
+        found, else as the stored record's authorization server says."""
+        if self.device_sign_in is not None:
+            return self.device_sign_in
+        record = self.credentials.record
+        if record is None or record.authorization is None:
+            return None
+        return record.authorization.device_authorization_endpoint is not None
 
     def _protocol(self) -> str | None:
         """The MCP revision spoken with the server (the shared session's, or the

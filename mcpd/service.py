@@ -12,7 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .protocol import AuthStarted, ErrorCode, ReloadResult, ServerStatus, TokenResult
+from .protocol import (
+    AuthStarted,
+    ErrorCode,
+    ReloadResult,
+    ServerStatus,
+    SignInMethod,
+    TokenResult,
+)
 
 
 class ServiceError(Exception):
@@ -55,8 +62,9 @@ class Service(Protocol):
     ) -> Attachment:
         """Attach an editor whose messages from the server go to `sink`."""
 
-    async def sign_in(self, server: str, restart: bool) -> AuthStarted:
-        """Start the sign-in (or join the one under way); its authorization URL."""
+    async def sign_in(self, server: str, restart: bool, method: SignInMethod) -> AuthStarted:
+        """Start the sign-in (or join the one under way); its authorization URL, or
+        its user code."""
 
     async def signed_in(self, server: str) -> ServerStatus:
         """Wait for the sign-in to end and the server to connect."""

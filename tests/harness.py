@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shlex
 import signal
 import socket
 import subprocess
@@ -309,11 +310,15 @@ class SilentServer:
 class Editor:
     """An editor as mcpd sees it: `mcpctl stdio NAME` driven over its stdin/stdout."""
 
-    def __init__(self, env: McpdEnv, server: str, log_path: Path) -> None:
+    def __init__(
+        self, env: McpdEnv, server: str, log_path: Path, command: list[str] | None = None
+    ) -> None:
+        """`command` runs the bridge some other way (over ssh, say); by default
+        `mcpctl stdio SERVER` here."""
         self.log_path = log_path
         self._stderr = log_path.open("ab")
         self.process = subprocess.Popen(
-            [MCPCTL, "stdio", server],
+            command or [MCPCTL, "stdio", server],
             env=env.vars,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -529,10 +534,15 @@ def register_code(url: str) -> None:
 _auth_envs: weakref.WeakKeyDictionary[subprocess.Popen[str], McpdEnv] = weakref.WeakKeyDictionary()
 
 
-def start_auth(env, name: str, *flags: str) -> tuple[subprocess.Popen[str], str]:
-    """Run `mcpctl auth NAME --no-browser` and read the URL it prints."""
+def start_auth(
+    env, name: str, *flags: str, first: str = "http", via: list[str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """Run `mcpctl auth NAME --no-browser` and read the URL it prints (the first
+    line that starts with `first`: `"Open"` for a device sign-in's). `via`
+    runs it some other way (an ssh command line that takes it as its last words)."""
+    command = [MCPCTL, "auth", name, "--no-browser", *flags]
     process = subprocess.Popen(
-        [MCPCTL, "auth", name, "--no-browser", *flags],
+        [*via, shlex.join(command)] if via else command,
         env=env.vars,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -542,10 +552,12 @@ def start_auth(env, name: str, *flags: str) -> tuple[subprocess.Popen[str], str]
     assert process.stdout is not None
     if isinstance(env, McpdEnv):
         _auth_envs[process] = env
+    shown = ""
     for line in process.stdout:
-        if line.strip().startswith("http"):
+        shown += line
+        if line.strip().startswith(first):
             if isinstance(env, McpdEnv):
-                env.keep_output(["auth", name, *flags], line, "")
+                env.keep_output(["auth", name, *flags], shown, "")
             return process, line.strip()
     raise AssertionError(
         f"no URL from mcpctl auth: {process.stderr.read() if process.stderr else ''}"
@@ -553,7 +565,20 @@ def start_auth(env, name: str, *flags: str) -> tuple[subprocess.Popen[str], str]
 
 
 def finish(process: subprocess.Popen[str], stdin: str | None = None) -> tuple[int, str, str]:
-    out, err = process.communicate(stdin, timeout=60)
+    """The end of a `start_auth` process: its code and the rest of its output.
+
+    Read through the text streams, not `communicate`, which would skip what
+    their buffers already hold of what start_auth did not read."""
+    assert process.stdin is not None
+    assert process.stdout is not None
+    assert process.stderr is not None
+    if stdin is not None:
+        process.stdin.write(stdin)
+    process.stdin.close()
+    with process.stdout, process.stderr:
+        out = process.stdout.read()  # mcpctl writes little to stderr: it cannot fill
+        err = process.stderr.read()
+    process.wait(timeout=60)
     env = _auth_envs.get(process)
     if env is not None:
         env.keep_output(["auth", "(continued)"], out, err)

@@ -146,6 +146,7 @@ _RECORD_FIELDS = {
     "client_secret": "client secret",
     "code": "authorization code",
     "code_verifier": "PKCE verifier",
+    "device_code": "device code",
     "access_token": "access token",
     "refresh_token": "refresh token",
 }

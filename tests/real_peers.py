@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import http.client
 import importlib.util
 import json
@@ -39,6 +40,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+from peers.cookie_browser import CookieBrowser
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
@@ -700,6 +703,22 @@ class OidcPeer(LoggingPeer):
                 raise AssertionError(f"timed out waiting for {what}; events:\n{self.log}")
             time.sleep(0.05)
 
+    def enter_user_code(
+        self, verification_uri: str, user_code: str | None, *, confirm: bool
+    ) -> str:
+        """The user of a device sign-in, in a browser that keeps cookies: opens
+        `verification_uri` and types `user_code` (None: the URI holds the code, a
+        `verification_uri_complete`, and the page submits it), then on
+        oidc-provider's confirmation page confirms, which goes on to the
+        interaction (sign-in and consent), or aborts. The last page."""
+        browser = CookieBrowser()
+        page = browser.open(verification_uri)[2]
+        typed = {"user_code": user_code} if user_code is not None else {}
+        page = browser.open(*_form(page, typed))[2]
+        assert "Confirm Device" in page, page
+        # Its abort button submits the same form, with abort=yes.
+        return browser.open(*_form(page, {} if confirm else {"abort": "yes"}))[2]
+
     def introspect(self, token: str) -> dict[str, Any]:
         """RFC 7662 introspection at the provider, as the MCP server does it."""
         split = urllib.parse.urlsplit(self.issuer)
@@ -725,6 +744,16 @@ class OidcPeer(LoggingPeer):
             connection.close()
 
 
+def _form(page: str, changes: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """The first form of an HTML page: where it posts to, and its hidden fields
+    with `changes` made, as a browser would submit it."""
+    action = re.search(r'<form[^>]*\saction="([^"]*)"', page)
+    assert action is not None, f"no form in the page:\n{page}"
+    hidden = re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page)
+    fields = {name: html.unescape(value) for name, value in hidden}
+    return html.unescape(action.group(1)), {**fields, **changes}
+
+
 @contextmanager
 def oidc_provider(
     log_dir: Path,
@@ -734,6 +763,10 @@ def oidc_provider(
     scopes: tuple[str, ...] = (),
     port: int | None = None,
     issuer_port: int | None = None,
+    device_flow: bool = False,
+    device_interval: int = 0,
+    device_enforced_interval: float = 0,
+    device_code_ttl: int = 0,
 ) -> Iterator[OidcPeer]:
     """tests/peers/oidc_provider.mjs: oidc-provider 9.13.3 and the MCP server it
     protects (`peer.url`), access tokens that live `access_token_ttl` seconds,
@@ -742,6 +775,11 @@ def oidc_provider(
     `scopes`: scopes the provider lists besides its own `openid` and
     `offline_access` (`("mcp",)`: the resource's, which it then accepts in a
     client registration's `scope`; by default it refuses such a registration).
+
+    `device_flow`: the device authorization grant too, its answers naming
+    `device_interval` seconds (0: none), polls sooner than
+    `device_enforced_interval` seconds after the last answered `slow_down`,
+    device codes valid `device_code_ttl` seconds (0: oidc-provider's 600).
 
     Every secret it issues or is given goes to `secrets_path` (JSON lines in
     the shape tests/leakcheck.py's `register_record_file` reads); the MCP
@@ -773,6 +811,13 @@ def oidc_provider(
             "--record-secrets",
             str(chosen["secrets"]),
         ]
+        if device_flow:
+            argv += [
+                "--device-flow",
+                f"--device-interval={device_interval}",
+                f"--device-enforced-interval={device_enforced_interval}",
+                f"--device-code-ttl={device_code_ttl}",
+            ]
         return argv, {"MCPD_OIDC_RS_SECRET": secret}
 
     with _run("oidc-provider", launch, log_dir, port=port) as peer:

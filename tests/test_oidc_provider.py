@@ -8,12 +8,20 @@ with BROWSER set to a headless browser that keeps the provider's cookies
 (tests/peers/cookie_browser.py). What the provider and the MCP server saw is
 read from their log, where tokens appear as fingerprints only; every secret
 they issued is registered for the session's secrets scan (tests/leakcheck.py).
+
+The device sign-in (RFC 8628) goes through `mcpctl auth NAME --device` too;
+its user is the test, in a browser that keeps cookies
+(`OidcPeer.enter_user_code`): it opens the verification URI, enters the code
+and confirms (or aborts) in oidc-provider's own forms, then the interaction
+signs in and consents. The provider names an interval of 1 s, the shortest
+RFC 8628 has, so that the polls come quickly.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,8 +32,18 @@ from urllib.parse import urlsplit
 import leakcheck
 import pytest
 import real_peers
-from harness import MCPCTL, DaemonProcess, McpdEnv, server_config, status_of, wait_state
-from real_peers import OidcPeer, token_fingerprint
+from harness import (
+    MCPCTL,
+    DaemonProcess,
+    McpdEnv,
+    finish,
+    server_config,
+    start_auth,
+    status_of,
+    wait_state,
+)
+from peers.cookie_browser import CookieBrowser
+from real_peers import OidcPeer, free_port, python_server, token_fingerprint
 
 from mcpd.oauth.model import CredentialRecord
 
@@ -51,8 +69,8 @@ def oidc(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[OidcPeer]:
         yield peer
 
 
-def config(peer: OidcPeer, extra: str = "") -> str:
-    return "[daemon]\ncallback_port = 0\n" + server_config(NAME, peer.url, extra)
+def config(peer: OidcPeer, extra: str = "", callback_port: int = 0) -> str:
+    return f"[daemon]\ncallback_port = {callback_port}\n" + server_config(NAME, peer.url, extra)
 
 
 def sign_in(mcpd_env: McpdEnv, daemon: DaemonProcess) -> subprocess.CompletedProcess[str]:
@@ -319,3 +337,197 @@ def test_without_prompt_no_refresh_token_and_needs_auth_at_expiry(
     )
     assert oidc.tokens("refresh_token") == []
     assert refused_uses(oidc) == [], "a request with an expired token was needed to notice"
+
+
+# --- Device sign-in (RFC 8628) ---------------------------------------------------------
+
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+DEVICE: dict[str, Any] = {"device_flow": True, "device_interval": 1, **LISTS_MCP}
+
+
+def start_device_sign_in(
+    mcpd_env: McpdEnv, *flags: str
+) -> tuple[subprocess.Popen[str], str, str, str | None]:
+    """`mcpctl auth NAME` (`--device`, unless `flags` say otherwise) under way, once
+    it has shown the code: the process, the verification URI, the user code and
+    the URI with the code in it (None: not given)."""
+    process, line = start_auth(mcpd_env, NAME, *(flags or ("--device",)), first="Open")
+    shown = re.fullmatch(r"Open (\S+) and enter the code (\S+)", line)
+    assert shown is not None, line
+    assert process.stdout is not None
+    following = process.stdout.readline()
+    mcpd_env.keep_output(["auth", NAME, "(continued)"], following, "")
+    complete = re.fullmatch(r"\s*or open (\S+) \(the code is in it\)\s*", following)
+    return process, shown[1], shown[2], complete[1] if complete else None
+
+
+def wait_for_poll(peer: OidcPeer, answer: str, count: int = 1) -> None:
+    """Until the provider has answered `count` polls with `answer`."""
+    peer.wait_for(
+        lambda p: [e["answer"] for e in p.events("device_poll")].count(answer) >= count,
+        f"{count} poll(s) answered {answer}",
+    )
+
+
+def poll_answers(peer: OidcPeer) -> list[str]:
+    return [e["answer"] for e in peer.events("device_poll")]
+
+
+@pytest.mark.parametrize("oidc", [DEVICE], indirect=True)
+def test_device_sign_in_waits_for_the_user_then_connects_and_refreshes(
+    mcpd_env: McpdEnv, run_daemon: Any, oidc: OidcPeer
+) -> None:
+    """`mcpctl auth NAME --device` shows the code; another joins and shows the
+    same; the daemon polls, answered authorization_pending until the user has
+    entered the code and confirmed; then the tokens are stored as any sign-in
+    stores them, the server connects, and they are refreshed."""
+    mcpd_env.write_config(config(oidc, callback_port=free_port()))
+    daemon = run_daemon()
+    wait_state(daemon, NAME, "needs_auth")
+    process, uri, code, complete = start_device_sign_in(mcpd_env)
+    assert uri == f"{oidc.issuer}/device"
+    assert complete == f"{uri}?user_code={code}"
+    joined, *same = start_device_sign_in(mcpd_env, "--device")
+    assert same == [uri, code, complete]
+
+    # The user is slower than the first poll, which the provider tells to wait.
+    wait_for_poll(oidc, "authorization_pending")
+    assert status_of(daemon, NAME)["state"] == "authorizing"
+    page = oidc.enter_user_code(uri, code, confirm=True)
+    assert "Sign-in Success" in page, page
+    code_, out, err = finish(process)
+    assert code_ == 0, out + err
+    assert "Signed in; oidc is connected." in out
+    assert finish(joined)[0] == 0
+
+    answers = poll_answers(oidc)
+    assert answers[-1] == "tokens"
+    assert set(answers[:-1]) == {"authorization_pending"}, answers
+    # The device authorization request as a sign-in's: the resource, the scope
+    # with offline_access; the one client registered for both kinds of sign-in.
+    [requested] = oidc.events("device_authorization")
+    assert requested["resource"] == oidc.url
+    assert set(requested["scope"].split()) == {"mcp", "offline_access"}
+    [registered] = oidc.events("registered")
+    assert set(registered["grant_types"]) == {
+        "authorization_code",
+        "refresh_token",
+        DEVICE_CODE_GRANT,
+    }
+    assert requested["client_id"] == registered["client_id"]
+    [issued] = oidc.tokens(DEVICE_CODE_GRANT)
+    assert issued["refresh_token"] is not None
+    record = stored(mcpd_env)
+    assert record.tokens is not None
+    assert record.authorization is not None
+    assert token_fingerprint(record.tokens.refresh_token or "") == issued["refresh_token"]
+    assert record.authorization.issuer == oidc.issuer
+    assert record.client is not None
+    assert record.client.client_id == registered["client_id"]
+
+    connected = status_of(daemon, NAME)
+    assert (connected["state"], connected["device_sign_in"]) == ("connected", True)
+    assert "device sign-in offered" in daemon.mcpctl("status").stdout
+    assert daemon.mcpctl("call", NAME, "echo", '{"text": "device"}').stdout == "device\n"
+    wait_for_refreshes(oidc, 1)
+    assert oidc.tokens("refresh_token")[0]["presented"] == issued["refresh_token"]
+    assert daemon.mcpctl("call", NAME, "echo", '{"text": "refreshed"}').stdout == "refreshed\n"
+    assert refused_uses(oidc) == []
+
+
+@pytest.mark.parametrize("oidc", [{**DEVICE, "device_enforced_interval": 2}], indirect=True)
+def test_device_sign_in_slows_down_when_told(
+    mcpd_env: McpdEnv, run_daemon: Any, oidc: OidcPeer
+) -> None:
+    """The provider names 1 s and wants 2 s: the first poll is answered
+    slow_down, and every poll after it comes 1 + 5 s after the one before
+    (RFC 8628 3.5), as the provider measured."""
+    mcpd_env.write_config(config(oidc))
+    daemon = run_daemon()
+    wait_state(daemon, NAME, "needs_auth")
+    process, uri, code, _complete = start_device_sign_in(mcpd_env)
+    wait_for_poll(oidc, "authorization_pending")
+    oidc.enter_user_code(uri, code, confirm=True)
+    returncode, out, err = finish(process)
+    assert returncode == 0, out + err
+    polls = oidc.events("device_poll")
+    assert [p["answer"] for p in polls] == ["slow_down", "authorization_pending", "tokens"]
+    for poll in polls[1:]:  # (5.9: the provider's clock counts whole milliseconds)
+        assert 5.9 <= poll["since"] < 7.5, polls
+    daemon.wait_for_log("the authorization server asked for slower polling")
+
+
+@pytest.mark.parametrize("oidc", [DEVICE], indirect=True)
+def test_device_sign_in_denied_by_the_user(
+    mcpd_env: McpdEnv, run_daemon: Any, oidc: OidcPeer, tmp_path: Path
+) -> None:
+    """The user opens the page with the code in it, and aborts: mcpctl says the
+    sign-in was denied, nothing is stored, and the daemon and its other server
+    go on."""
+    with python_server(tmp_path) as other:
+        mcpd_env.write_config(config(oidc) + server_config("other", other.url))
+        daemon = run_daemon()
+        wait_state(daemon, NAME, "needs_auth")
+        process, _uri, _code, complete = start_device_sign_in(mcpd_env)
+        assert complete is not None
+        wait_for_poll(oidc, "authorization_pending")
+        page = oidc.enter_user_code(complete, None, confirm=False)
+        assert "The Sign-in request was interrupted" in page, page
+        returncode, out, err = finish(process)
+        assert returncode == 1, out + err
+        assert "the sign-in was denied" in err
+        assert f"mcpctl auth {NAME} --device" in err
+        assert poll_answers(oidc)[-1] == "access_denied"
+        assert stored(mcpd_env).tokens is None
+        assert oidc.tokens() == []
+        assert status_of(daemon, NAME)["state"] == "needs_auth"
+        assert wait_state(daemon, "other", "connected")["state"] == "connected"
+        assert daemon.mcpctl("call", "other", "echo", '{"text": "fine"}').stdout == "fine\n"
+
+
+@pytest.mark.parametrize("oidc", [{**DEVICE, "device_code_ttl": 3}], indirect=True)
+def test_device_sign_in_ends_when_the_code_expires(
+    mcpd_env: McpdEnv, run_daemon: Any, oidc: OidcPeer
+) -> None:
+    """Plain `mcpctl auth NAME`, with no browser here and no terminal to paste
+    into, chooses the device sign-in by itself, the server offering one;
+    `--restart` abandons it for another code; no user comes, the code's 3 s
+    pass, and the sign-in ends, saying so."""
+    mcpd_env.write_config(config(oidc))
+    daemon = run_daemon()
+    wait_state(daemon, NAME, "needs_auth")
+    abandoned, _uri, first, _complete = start_device_sign_in(mcpd_env, "--no-browser")
+    assert "signing in with a code instead" in mcpd_env.mcpctl_log.read_text()
+    process, _uri, second, _complete = start_device_sign_in(mcpd_env, "--device", "--restart")
+    assert second != first
+    returncode, out, err = finish(abandoned)
+    assert returncode == 1, out + err
+    assert "replaced by a new sign-in" in err
+    returncode, out, err = finish(process)
+    assert returncode == 1, out + err
+    assert f"the code expired; run `mcpctl auth {NAME} --device` again" in err
+    assert set(poll_answers(oidc)) <= {"authorization_pending", "expired_token"}
+    assert status_of(daemon, NAME)["state"] == "needs_auth"
+    assert stored(mcpd_env).tokens is None
+
+
+def test_device_sign_in_where_the_provider_offers_none(
+    mcpd_env: McpdEnv, run_daemon: Any, oidc: OidcPeer
+) -> None:
+    """Without the device flow, `--device` says so at once and what to run
+    instead; plain `mcpctl auth NAME --no-browser` then signs in in the browser."""
+    mcpd_env.write_config(config(oidc))
+    daemon = run_daemon()
+    wait_state(daemon, NAME, "needs_auth")
+    refused = daemon.mcpctl("auth", NAME, "--device")
+    assert refused.returncode == 1
+    assert "offers no device sign-in" in refused.stderr
+    assert f"mcpctl auth {NAME} --paste" in refused.stderr
+    assert oidc.events("registered") == [], "a client registered for nothing"
+    assert status_of(daemon, NAME)["device_sign_in"] is False
+
+    process, url = start_auth(mcpd_env, NAME)
+    assert "Signed in" in CookieBrowser().open(url)[2]
+    returncode, out, err = finish(process)
+    assert returncode == 0, out + err
+    assert "Signed in; oidc is connected." in out

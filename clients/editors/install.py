@@ -345,12 +345,14 @@ def _save_record(env: Mapping[str, str], editor: Editor, record: dict[str, Any])
     write_private(record_path(env, editor), data)
 
 
-def _backup(env: Mapping[str, str], editor: Editor, path: Path, data: bytes) -> Path:
+def save_backup(env: Mapping[str, str], label: str, path: Path, data: bytes) -> Path:
+    """Keep `data`, the content of `path` before mcpctl changes it, in mcpctl's
+    private backups directory; the backup's path."""
     directory = _private_root(env) / "backups"
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     for attempt in range(1000):
         suffix = f"-{attempt}" if attempt else ""
-        backup = directory / f"{editor.id}-{stamp}{suffix}-{path.name}"
+        backup = directory / f"{label}-{stamp}{suffix}-{path.name}"
         try:
             fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:
@@ -416,7 +418,7 @@ def install(
     elif record.get("installed_sha256") != _sha(file.raw) or not file.exists:
         record["exact"] = False  # changed since: only entry by entry from now on
     if file.exists:
-        result.backup = _backup(env, editor, path, file.raw)
+        result.backup = save_backup(env, editor.id, path, file.raw)
         if record.get("backup") is None:
             record["backup"] = str(result.backup)
     record["installed_sha256"] = _sha(data)

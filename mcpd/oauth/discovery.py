@@ -47,6 +47,9 @@ class ServerMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     token_endpoint: str
     registration_endpoint: str | None = None
     revocation_endpoint: str | None = None
+    # RFC 8628: where a device sign-in starts (oauth/device.py).
+    device_authorization_endpoint: str | None = None
+    grant_types_supported: list[str] | None = None
     scopes_supported: list[str] | None = None
     code_challenge_methods_supported: list[str] | None = None
     token_endpoint_auth_methods_supported: list[str] | None = None
@@ -56,6 +59,23 @@ class ServerMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     # OpenID Connect Discovery: what marks an OpenID provider.
     userinfo_endpoint: str | None = None
     id_token_signing_alg_values_supported: list[str] | None = None
+
+
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+
+def offers_device_sign_in(server: ServerMetadata) -> bool:
+    """Whether a device sign-in (RFC 8628) can start there: it lists a
+    `device_authorization_endpoint`."""
+    return bool(server.device_authorization_endpoint)
+
+
+def offers_device_grant(server: ServerMetadata) -> bool:
+    """Whether a client registered there should ask for the device grant too: the
+    server lists it among its `grant_types_supported`, or has the endpoint."""
+    return DEVICE_CODE_GRANT in (server.grant_types_supported or ()) or offers_device_sign_in(
+        server
+    )
 
 
 @dataclass(frozen=True)

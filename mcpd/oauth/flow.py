@@ -9,9 +9,10 @@
 
 Client identity, in this order: a configured client; a Client ID Metadata
 Document URL when the server supports those; dynamic registration (RFC 7591,
-as a `native` application: mcpd's redirect is on loopback), reused while the
-redirect URI stays the same. With none of these possible the caller reports
-`needs_client_registration`.
+as a `native` application: mcpd's redirect is on loopback; with the device
+grant too where the server offers it, oauth/device.py), reused while the
+redirect URI stays the same (by a device sign-in, whatever it is). With none
+of these possible the caller reports `needs_client_registration`.
 
 Client credentials are bound to the authorization server that issued them
 (MCP 2026-07-28, "Authorization Server Binding"): every registration records
@@ -41,7 +42,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from ..config import OAuthSettings
 from ..urls import is_loopback, visible_ascii
-from .discovery import Challenge, Discovery
+from .discovery import DEVICE_CODE_GRANT, Challenge, Discovery, offers_device_grant
 from .messages import HttpRequest, HttpResponse, OAuthError, Step
 from .model import ClientRegistration, TokenSet
 
@@ -123,8 +124,10 @@ def choose_client(
     settings: OAuthSettings | None,
     discovery: Discovery,
     stored: ClientRegistration | None,
-    redirect_uri: str,
+    redirect_uri: str | None,
 ) -> Identity:
+    """`redirect_uri` None: a sign-in without a redirect (a device sign-in), for
+    which a stored registration serves whatever its redirect URI."""
     server = discovery.server
     if settings is not None and settings.client_id:
         if (
@@ -169,7 +172,7 @@ def choose_client(
     if (
         stored is not None
         and stored.issuer == server.issuer
-        and stored.redirect_uri == redirect_uri
+        and redirect_uri in (None, stored.redirect_uri)
         and (
             stored.client_secret_expires_at in (None, 0)
             or stored.client_secret_expires_at > time.time()
@@ -201,8 +204,10 @@ def _auth_method(server: Any, secret: str | None) -> str:
 
 
 def register(
-    discovery: Discovery, redirect_uri: str, scope: str | None
+    discovery: Discovery, redirect_uri: str | None, scope: str | None
 ) -> Step[ClientRegistration]:
+    """Dynamic client registration; without `redirect_uri` (a device sign-in with
+    no fixed callback port) the client gets no redirect-based grant."""
     server = discovery.server
     assert server.registration_endpoint is not None
     supported = server.token_endpoint_auth_methods_supported
@@ -217,12 +222,17 @@ def register(
         "client_name": CLIENT_NAME,
         # OpenID Connect Registration: "native" for a client whose redirect is on
         # loopback, which mcpd's is unless oauth.redirect_uri points elsewhere.
-        "application_type": application_type(redirect_uri),
-        "redirect_uris": [redirect_uri],
-        "grant_types": ["authorization_code", "refresh_token"],
-        "response_types": ["code"],
+        "application_type": application_type(redirect_uri or ""),
+        "redirect_uris": [redirect_uri] if redirect_uri else [],
+        "grant_types": ["authorization_code", "refresh_token"]
+        if redirect_uri
+        else ["refresh_token"],
+        "response_types": ["code"] if redirect_uri else [],
         "token_endpoint_auth_method": method,
     }
+    if offers_device_grant(server):
+        # One client for both kinds of sign-in (oauth/device.py).
+        metadata["grant_types"].append(DEVICE_CODE_GRANT)
     # Only scopes the server lists: some (oidc-provider, say) refuse a
     # registration naming any other, such as the resource's own scopes.
     offered = discovery.server.scopes_supported
@@ -234,8 +244,7 @@ def register(
     )
     if response.status not in (200, 201):
         raise OAuthError(
-            f"client registration at {server.registration_endpoint} failed: "
-            + _error_text(response)
+            f"client registration at {server.registration_endpoint} failed: " + error_text(response)
         )
     data = response.json()
     if not isinstance(data, dict) or not isinstance(data.get("client_id"), str):
@@ -408,7 +417,7 @@ def client_authentication(
     return headers, form
 
 
-def _error_text(response: HttpResponse) -> str:
+def error_text(response: HttpResponse) -> str:
     data = response.json()
     if isinstance(data, dict) and isinstance(data.get("error"), str):
         description = data.get("error_description")
@@ -425,7 +434,7 @@ def token_request(
     if response.status != 200:
         error = data.get("error") if isinstance(data, dict) else None
         raise ServerRefused(
-            f"the token endpoint refused: {_error_text(response)}",
+            f"the token endpoint refused: {error_text(response)}",
             error if isinstance(error, str) else None,
             response.status,
         )
@@ -433,7 +442,7 @@ def token_request(
         # Some servers answer errors with 200: take their error code all the same.
         error = data.get("error") if isinstance(data, dict) else None
         if isinstance(error, str):
-            raise ServerRefused(f"the token endpoint refused: {_error_text(response)}", error)
+            raise ServerRefused(f"the token endpoint refused: {error_text(response)}", error)
         raise ServerRefused("the token endpoint's answer has no access_token", None)
     if not visible_ascii(data["access_token"]):
         # It could never go into an Authorization header: a refusal, not a retry.

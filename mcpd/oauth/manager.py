@@ -8,13 +8,21 @@ joins the one under way; either way it returns once the flow's authorization
 URL exists (or the flow has ended), so several `mcpctl auth NAME` (or an
 editor plugin and a terminal) share one browser tab and all see its outcome.
 
+A flow is a browser sign-in (the authorization code flow above) or a device
+sign-in (RFC 8628, oauth/device.py), as the first asker wanted; one that
+wants either (`device_if_offered`) gets a device sign-in where the
+authorization server offers one. A device flow is ready once its user code
+exists, and its task polls the token endpoint at the server's interval until
+the user has signed in, refused, or let the code expire. Anyone may join a
+flow under way, except that a device sign-in cannot join a browser one.
+
 What completes a flow, the browser's redirect to the loopback listener or a
 pasted address, is handed to the flow's own task, which checks it, exchanges
 the code, stores the tokens and answers. Every flow ends: completed, failed,
-expired (ten minutes), cancelled, replaced (`--restart`), or with
-`needs_client_registration`. Each flow task is a supervision boundary: an
-unexpected exception in it ends that flow, with an error that says so, and
-nothing else.
+expired (ten minutes; a device code when it expires), cancelled, replaced
+(`--restart`), or with `needs_client_registration`. Each flow task is a
+supervision boundary: an unexpected exception in it ends that flow, with an
+error that says so, and nothing else.
 
 Editors that need a sign-in are given a link (`link`): a single-use
 `/connect/<nonce>` on the loopback listener, valid an hour, which starts
@@ -42,9 +50,11 @@ import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
 from .. import logs, machine_credentials
+from ..protocol import SignInMethod
 from ..waiting import first_of
+from . import device
 from .callback import CONNECT_PATH, CallbackListener, redirect_uri
-from .discovery import discover
+from .discovery import Discovery, discover, offers_device_sign_in
 from .driver import drive
 from .flow import (
     STATE_LIFETIME_SECONDS,
@@ -60,9 +70,10 @@ from .flow import (
     union_scope,
 )
 from .messages import HttpRequest, HttpResponse, OAuthError, Step
-from .model import AuthorizationServer, ClientRegistration, CredentialRecord
+from .model import AuthorizationServer, ClientRegistration, CredentialRecord, TokenSet
 
 if TYPE_CHECKING:
+    from ..config import OAuthSettings
     from ..server import ServerRuntime
 
 log = logging.getLogger(__name__)
@@ -97,9 +108,12 @@ class _Answer:
 @dataclass(eq=False)
 class Flow:
     runtime: ServerRuntime
-    pending: PendingAuthorization | None = None
+    method: SignInMethod = "browser"
+    pending: PendingAuthorization | None = None  # a browser sign-in's
+    device: device.PendingDevice | None = None  # a device sign-in's
     error: str | None = None
-    # Set once the authorization URL exists, or the flow has ended without one.
+    # Set once the authorization URL (or the user code) exists, or the flow has
+    # ended without one.
     ready: anyio.Event = field(default_factory=anyio.Event)
     done: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
@@ -150,11 +164,12 @@ class AuthManager:
         logs.redact_from(self)
 
     def secrets(self) -> list[str]:
-        """The state and verifier of every flow under way, and the links' nonces
-        (see logs.redact_from)."""
+        """The state and verifier of every flow under way, the device codes, and
+        the links' nonces (see logs.redact_from)."""
         pending = [flow.pending for flow in self.flows.values() if flow.pending is not None]
+        codes = [flow.device.code.device_code for flow in self.flows.values() if flow.device]
         nonces = [link.nonce for link in self._links.values()]
-        return [value for p in pending for value in (p.state, p.verifier)] + nonces
+        return [value for p in pending for value in (p.state, p.verifier)] + codes + nonces
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The manager's own task group, for its flows and its listener, until cancelled."""
@@ -254,26 +269,42 @@ class AuthManager:
             flow, _joined = await self.start(found.runtime)
         except OAuthError as exc:
             return None, str(exc)
+        if flow.device is not None:
+            return None, (
+                f"A device sign-in to {found.runtime.name} is under way: open "
+                f"{flow.device.code.verification_uri} and enter the code that `mcpctl auth "
+                f"{found.runtime.name}` shows."
+            )
         if flow.url is None:
             return None, flow.error or "The sign-in could not start."
         return flow.url, ""
 
     # --- Flows ----------------------------------------------------------------------------
 
-    async def start(self, runtime: ServerRuntime, *, restart: bool = False) -> tuple[Flow, bool]:
+    async def start(
+        self, runtime: ServerRuntime, *, restart: bool = False, method: SignInMethod = "browser"
+    ) -> tuple[Flow, bool]:
         """Begin the flow for this server, or join the one under way (or, with
         `restart`, abandon that one and begin afresh with a new registration);
-        return it, once its URL exists or it has ended, and whether it was joined."""
+        return it, once its URL (or user code) exists or it has ended, and
+        whether it was joined. OAuthError for a device sign-in while a browser
+        one is under way."""
         if self._tg is None:
             raise OAuthError("mcpd is not ready for sign-ins yet; try again")
         flow = self.flows.get(runtime.name)
         if flow is not None and not flow.done.is_set():
             if not restart:
                 await flow.ready.wait()
+                if method == "device" and flow.pending is not None and not flow.done.is_set():
+                    raise OAuthError(
+                        f"a sign-in to {runtime.name} in the browser is under way; finish it, "
+                        f"or run `mcpctl auth {runtime.name} --device --restart` to abandon it "
+                        "for a device sign-in"
+                    )
                 return flow, True
             flow.finish("replaced by a new sign-in (mcpctl auth --restart)")
             flow.scope.cancel()
-        flow = Flow(runtime)
+        flow = Flow(runtime, method)
         self.flows[runtime.name] = flow
         self._tg.start_soon(self._run_flow, flow, restart)
         await flow.ready.wait()
@@ -322,7 +353,20 @@ class AuthManager:
         if restart and runtime.credentials.record is not None:
             await self._keep_client(runtime, None)
         runtime.begin_authorization()
-        flow.pending = await self._prepare(runtime)
+        discovery, scope = await self._prepare(runtime)
+        offered = offers_device_sign_in(discovery.server)
+        runtime.device_sign_in = offered
+        if flow.method == "device" or (flow.method == "device_if_offered" and offered):
+            await self._device_sign_in(flow, discovery, scope)
+            return
+        settings = _settings(runtime)
+        if settings is not None and settings.redirect_uri:
+            redirect = settings.redirect_uri
+            self._ensure_listener()
+        else:
+            redirect = redirect_uri(self._ensure_listener())
+        client, _stored = await self._client(runtime, discovery, redirect, scope)
+        flow.pending = begin(discovery, client, scope, redirect, settings)
         flow.ready.set()
         log.info("authorization started", extra={"server": runtime.name})
         with anyio.move_on_after(STATE_LIFETIME_SECONDS):
@@ -335,30 +379,111 @@ class AuthManager:
         runtime.authorization_failed(message)
         flow.finish(message)
 
-    async def _prepare(self, runtime: ServerRuntime) -> PendingAuthorization:
+    async def _prepare(self, runtime: ServerRuntime) -> tuple[Discovery, str | None]:
+        """Discovery, and the scope to ask for: how every sign-in begins."""
         config = runtime.entry.config
         assert config is not None
-        settings = config.oauth if not isinstance(config.oauth, bool) else None
-        if settings is not None and settings.redirect_uri:
-            redirect = settings.redirect_uri
-            self._ensure_listener()
-        else:
-            redirect = redirect_uri(self._ensure_listener())
-        reach = runtime.reach()
-        discovery = await drive(discover(config.url, runtime.challenge), reach)
+        discovery = await drive(discover(config.url, runtime.challenge), runtime.reach())
         scope = union_scope(
-            choose_scope(settings, runtime.challenge, discovery), runtime.required_scope
+            choose_scope(_settings(runtime), runtime.challenge, discovery), runtime.required_scope
         )
+        return discovery, scope
+
+    async def _client(
+        self,
+        runtime: ServerRuntime,
+        discovery: Discovery,
+        redirect: str | None,
+        scope: str | None,
+    ) -> tuple[ClientRegistration, bool]:
+        """The client to sign in with, registered (and kept) if need be; and
+        whether it is the stored registration."""
         record = runtime.credentials.record
-        stored = record.client if record else None
-        identity = choose_client(settings, discovery, stored, redirect)
-        client = identity.client
-        if client is None:
-            client = await drive(register(discovery, redirect, scope), reach)
-            log.info("registered a client", extra={"server": runtime.name})
-            # Kept at once: the next sign-in reuses it, even if this one fails.
-            await self._keep_client(runtime, client)
-        return begin(discovery, client, scope, redirect, settings)
+        stored = record.client if record is not None else None
+        identity = choose_client(_settings(runtime), discovery, stored, redirect)
+        if identity.client is not None:
+            return identity.client, identity.client is stored
+        client = await drive(register(discovery, redirect, scope), runtime.reach())
+        log.info("registered a client", extra={"server": runtime.name})
+        # Kept at once: the next sign-in reuses it, even if this one fails.
+        await self._keep_client(runtime, client)
+        return client, False
+
+    async def _device_sign_in(self, flow: Flow, discovery: Discovery, scope: str | None) -> None:
+        """A device sign-in (RFC 8628): a user code to show, then polls until the end."""
+        runtime = flow.runtime
+        if not offers_device_sign_in(discovery.server):
+            raise OAuthError(
+                f"the authorization server {discovery.server.issuer} offers no device sign-in "
+                "(its metadata lists no device_authorization_endpoint); sign in with `mcpctl "
+                f"auth {runtime.name} --paste` (open the URL in any browser, then paste the "
+                f"address it ends at) or `mcpctl auth {runtime.name} --no-browser`"
+            )
+        settings = _settings(runtime)
+        # The redirect a browser sign-in would use, so that one client serves both
+        # kinds; none with a callback port chosen per flow (callback_port = 0).
+        redirect = (settings.redirect_uri if settings is not None else None) or (
+            redirect_uri(self.callback_port) if self.callback_port else None
+        )
+
+        async def request_code(client: ClientRegistration) -> device.PendingDevice:
+            step = device.start(discovery, client, scope, settings, time.monotonic())
+            return await drive(step, runtime.reach())
+
+        client, stored = await self._client(runtime, discovery, redirect, scope)
+        try:
+            pending = await request_code(client)
+        except ServerRefused as exc:
+            # A registration from before the server offered the device grant,
+            # say: forgotten, and a new one asks again.
+            if not (stored and await self._forget_refused_client(runtime, exc, client)):
+                raise
+            client, _stored = await self._client(runtime, discovery, redirect, scope)
+            pending = await request_code(client)
+        flow.device = pending
+        flow.ready.set()
+        log.info(
+            "device sign-in started",
+            extra={"server": runtime.name, "interval": pending.interval},
+        )
+        tokens = await self._poll(runtime, pending)
+        await self._signed_in(flow, discovery, pending.client, tokens)
+
+    async def _poll(self, runtime: ServerRuntime, pending: device.PendingDevice) -> TokenSet:
+        """Poll the token endpoint at the server's interval until the user is done."""
+        name = runtime.name
+        expired = f"the code expired; run `mcpctl auth {name} --device` again"
+        while (wait := pending.next_poll(time.monotonic())) is not None:
+            await anyio.sleep(wait)
+            try:
+                answer = await drive(device.poll(pending), runtime.reach())
+            except ServerRefused as exc:
+                await self._forget_refused_client(runtime, exc, pending.client)
+                raise
+            except OAuthError as exc:  # the network: the next poll asks again
+                log.warning(
+                    "a device sign-in poll failed", extra={"server": name, "error": str(exc)}
+                )
+                continue
+            if isinstance(answer, TokenSet):
+                return answer
+            log.debug("device sign-in poll", extra={"server": name, "answer": answer.value})
+            if answer is device.Answer.DENIED:
+                raise OAuthError(
+                    f"the sign-in was denied at the authorization server; run `mcpctl auth "
+                    f"{name} --device` to try again"
+                )
+            if answer is device.Answer.EXPIRED:
+                raise OAuthError(expired)
+            if answer is device.Answer.SLOW_DOWN:
+                pending.slow_down()
+                log.info(
+                    "the authorization server asked for slower polling",
+                    extra={"server": name, "interval": pending.interval},
+                )
+        # The code expires before the next poll could be made: the end, when it does.
+        await anyio.sleep(max(0.0, pending.expires_at - time.monotonic()))
+        raise OAuthError(expired)
 
     @staticmethod
     async def _keep_client(runtime: ServerRuntime, client: ClientRegistration | None) -> None:
@@ -398,41 +523,57 @@ class AuthManager:
             code = pending.accept(query)
             tokens = await drive(exchange(pending, code), runtime.reach())
         except OAuthError as exc:
-            record = runtime.credentials.record
-            stored = record.client if record else None
-            if (
-                isinstance(exc, ServerRefused)
-                and exc.error in FORGET_CLIENT_ON
-                and stored is not None
-                and (stored.client_id, stored.issuer)
-                == (pending.client.client_id, pending.client.issuer)
-            ):
-                # The server no longer knows the registered client: register anew next time.
-                await self._keep_client(runtime, None)
+            await self._forget_refused_client(runtime, exc, pending.client)
             runtime.authorization_failed(str(exc))
             flow.finish(str(exc))
             return False, str(exc)
+        await self._signed_in(flow, pending.discovery, pending.client, tokens)
+        return True, f"mcpd is signed in to {runtime.name}."
+
+    @staticmethod
+    async def _signed_in(
+        flow: Flow, discovery: Discovery, client: ClientRegistration, tokens: TokenSet
+    ) -> None:
+        """The end of every sign-in: the tokens stored, before anything uses them."""
+        runtime = flow.runtime
         config = runtime.entry.config
         assert config is not None
-        server = pending.discovery.server
+        server = discovery.server
         record = CredentialRecord(
             server=runtime.name,
             url=config.url,
             tokens=tokens,
-            client=pending.client,
+            client=client,
             authorization=AuthorizationServer(
                 issuer=server.issuer,
                 token_endpoint=server.token_endpoint,
                 revocation_endpoint=server.revocation_endpoint,
-                resource=pending.discovery.resource,
+                resource=discovery.resource,
+                device_authorization_endpoint=server.device_authorization_endpoint,
             ),
             last_refresh_at=None,
         )
-        await runtime.credentials.replace(record)  # stored before anything uses the tokens
+        await runtime.credentials.replace(record)
         runtime.authorized()
         flow.finish(None)
         log.info("authorized", extra={"server": runtime.name})
-        return True, f"mcpd is signed in to {runtime.name}."
+
+    async def _forget_refused_client(
+        self, runtime: ServerRuntime, exc: OAuthError, client: ClientRegistration
+    ) -> bool:
+        """A refusal that says the server no longer knows (or accepts) the stored
+        client: forget it, so that a registration is made anew. Whether it did."""
+        record = runtime.credentials.record
+        stored = record.client if record else None
+        if (
+            isinstance(exc, ServerRefused)
+            and exc.error in FORGET_CLIENT_ON
+            and stored is not None
+            and (stored.client_id, stored.issuer) == (client.client_id, client.issuer)
+        ):
+            await self._keep_client(runtime, None)
+            return True
+        return False
 
     async def logout(self, runtime: ServerRuntime, forget_client: bool) -> bool:
         """Revoke (RFC 7009) where possible, then forget the tokens; True if revoked."""
@@ -456,6 +597,12 @@ class AuthManager:
             await runtime.credentials.replace(kept)
         runtime.logged_out()
         return revoked
+
+
+def _settings(runtime: ServerRuntime) -> OAuthSettings | None:
+    config = runtime.entry.config
+    assert config is not None
+    return config.oauth if not isinstance(config.oauth, bool) else None
 
 
 def _revoke(endpoint: str, record: CredentialRecord) -> Step[None]:

@@ -50,6 +50,8 @@ class AuthorizationServer(msgspec.Struct, kw_only=True):
     token_endpoint: str
     revocation_endpoint: str | None = None
     resource: str
+    # Kept so that status can say, after a restart, that a device sign-in is offered.
+    device_authorization_endpoint: str | None = None
 
 
 class CredentialRecord(msgspec.Struct, kw_only=True):

@@ -14,6 +14,9 @@ It prints each hop as `STATUS -> scheme://host/path` (never a query string:
 those carry the state and the code) and where it ended, on stderr, and exits 0
 even on an error page, since a browser shows those too: what counts is what
 the daemon makes of it. Exit 1 only when nothing answered at all.
+
+`CookieBrowser` is the same browser for a test to drive page by page,
+submitting forms (oidc-provider's device flow: tests/real_peers.py).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import http.cookiejar
 import sys
 import urllib.error
 import urllib.request
+from urllib.parse import urlencode
 
 from mcpd.demo import browser
 from mcpd.demo.browser import without_query
@@ -34,24 +38,39 @@ class Recorder(browser.Recorder):
     max_redirections = 20
 
 
+class CookieBrowser:
+    """One cookie jar for every page and redirect, as a browser keeps one."""
+
+    def __init__(self) -> None:
+        self.recorder = Recorder()
+        jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(jar), self.recorder
+        )
+
+    def open(self, url: str, form: dict[str, str] | None = None) -> tuple[int, str, str]:
+        """GET `url` (or POST `form` to it), following redirects: the status, the
+        URL it ended at and the page. OSError when nothing answered."""
+        data = urlencode(form).encode() if form is not None else None
+        try:
+            with self.opener.open(url, data, timeout=TIMEOUT_SECONDS) as response:
+                return response.status, response.url, response.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.url, exc.read().decode(errors="replace")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python tests/peers/cookie_browser.py URL", file=sys.stderr)
         return 2
     url = argv[0]
-    recorder = Recorder()
-    jar = http.cookiejar.CookieJar()
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), recorder)
+    browser = CookieBrowser()
     try:
-        with opener.open(url, timeout=TIMEOUT_SECONDS) as response:
-            status, final = response.status, response.url
-            response.read()
-    except urllib.error.HTTPError as exc:
-        status, final = exc.code, exc.url
+        status, final, _page = browser.open(url)
     except (urllib.error.URLError, OSError) as exc:
         print(f"browser: cannot open {without_query(url)}: {exc}", file=sys.stderr)
         return 1
-    for hop in recorder.hops:
+    for hop in browser.recorder.hops:
         print(f"browser: {hop}", file=sys.stderr)
     print(f"browser: {status} at {without_query(final)}", file=sys.stderr)
     return 0

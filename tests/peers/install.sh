@@ -7,7 +7,7 @@
 # versions, into a cache directory outside the work tree; and, in a prefix of
 # their own ($cache/editors, ~1.3 GB), the editors whose own MCP clients
 # tests/test_real_editors.py runs offline: Claude Code, Gemini CLI, opencode
-# and Codex.
+# and Codex; and OpenSSH's server from Debian's packages, when it is missing.
 #
 #   bash tests/peers/install.sh        # MCPD_PEERS_CACHE overrides the cache
 #
@@ -154,6 +154,34 @@ install_editors() {
 }
 
 npm_flags=(--no-audit --no-fund --no-update-notifier --loglevel=warn)
+
+# OpenSSH's server, from Debian's packages, for tests/test_remote.py (which
+# starts its own sshd on loopback). No service is started by the install: a
+# policy-rc.d that refuses it is put in place for the install when there is none.
+install_openssh() {
+    if [ -x /usr/sbin/sshd ] && command -v ssh ssh-keygen >/dev/null; then
+        echo "openssh: $(/usr/sbin/sshd -V 2>&1 | head -n 1)"
+        return
+    fi
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+        echo "install.sh: tests/test_remote.py needs OpenSSH (Debian: apt-get install openssh-server)" >&2
+        exit 1
+    fi
+    local policy=/usr/sbin/policy-rc.d made_policy=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+    fi
+    local status=0
+    {
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                openssh-server openssh-client >/dev/null
+    } || status=$?
+    [ -z "$made_policy" ] || rm -f "$policy"
+    [ "$status" = 0 ] || exit "$status"
+    echo "openssh: installed $(/usr/sbin/sshd -V 2>&1 | head -n 1)"
+}
+install_openssh
 
 if [ -f "$marker" ] && [ "$(cat "$marker")" = "$wanted" ] && works 2>/dev/null; then
     echo "mcpd test peers: up to date in $cache"

@@ -4,6 +4,8 @@
 //   node tests/peers/oidc_provider.mjs --node-modules DIR --issuer-port P1 --mcp-port P2
 //        [--access-token-ttl SECONDS] [--access-token-format opaque|jwt]
 //        [--scopes 'mcp ...'] [--record-secrets FILE]
+//        [--device-flow [--device-interval S] [--device-enforced-interval S]
+//         [--device-code-ttl S]]
 //
 // DIR is the test peers' node_modules (tests/peers/install.sh). Both servers
 // listen on 127.0.0.1 only:
@@ -26,6 +28,18 @@
 //   consents to everything asked, with no form, by redirecting back (the
 //   provider's cookies must be kept across the redirects: a browser that
 //   keeps none never gets past it).
+//   With --device-flow, also the device authorization grant (RFC 8628,
+//   oidc-provider's features.deviceFlow; open registration lets a public
+//   native client ask for the grant): /device/auth issues a device code and a
+//   user code, which a user enters at /device (the verification URI) and
+//   confirms or aborts there in oidc-provider's own forms, before the
+//   interaction above. Its device codes live --device-code-ttl seconds
+//   (oidc-provider's default: 600). oidc-provider names no polling interval
+//   and never answers slow_down; this peer adds both: --device-interval
+//   seconds is the `interval` of its answer (none by default: RFC 8628's 5),
+//   and a poll that comes less than --device-enforced-interval seconds after
+//   the last one (or the code's issue) is answered slow_down rather than
+//   authorization_pending (0, the default: never).
 // - http://127.0.0.1:P2/mcp is the MCP server (TypeScript SDK 1.x, Streamable
 //   HTTP with sessions; tools `echo(text)` and `whoami`). It serves its
 //   protected resource metadata (RFC 9728) at
@@ -62,6 +76,10 @@ const { values: options } = parseArgs({
         'access-token-format': { type: 'string', default: 'opaque' },
         scopes: { type: 'string', default: '' },
         'record-secrets': { type: 'string' },
+        'device-flow': { type: 'boolean', default: false },
+        'device-interval': { type: 'string', default: '0' },
+        'device-enforced-interval': { type: 'string', default: '0' },
+        'device-code-ttl': { type: 'string', default: '0' },
     },
 });
 for (const required of ['node-modules', 'issuer-port', 'mcp-port']) {
@@ -76,6 +94,10 @@ if (!['opaque', 'jwt'].includes(format)) {
     process.exit(2);
 }
 const accessTokenTTL = Number.parseInt(options['access-token-ttl'], 10);
+const deviceInterval = Number.parseInt(options['device-interval'], 10);
+const deviceEnforcedInterval = Number.parseFloat(options['device-enforced-interval']);
+const deviceCodeTTL = Number.parseInt(options['device-code-ttl'], 10);
+const DEVICE_CODE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
 
 // The peers' packages, from the cache rather than from next to this file.
 const require = createRequire(join(options['node-modules'], 'resolve-from-here.js'));
@@ -144,8 +166,10 @@ const provider = new Provider(ISSUER, {
     interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
     rotateRefreshToken: true,
     scopes: ['openid', 'offline_access', ...options.scopes.split(' ').filter(Boolean)],
+    ...(deviceCodeTTL > 0 ? { ttl: { DeviceCode: deviceCodeTTL } } : {}),
     features: {
         devInteractions: { enabled: false }, // the interaction below stands for the user
+        deviceFlow: { enabled: options['device-flow'] },
         registration: { enabled: true }, // open: no initial access token
         revocation: { enabled: true },
         introspection: { enabled: true },
@@ -194,6 +218,43 @@ provider.use(async (ctx, next) => {
         log('revoked', { token: entry.token, token_type_hint: entry.token_type_hint, client_id: entry.client_id });
     }
     log('http', entry);
+});
+
+// The device flow's polling, as RFC 8628 3.5 has it (see the header): the
+// interval named, slow_down for a poll too soon, and every poll logged
+// (`device_poll`: the code's fingerprint, the answer, the seconds since the
+// last poll or the code's issue).
+const lastPolls = new Map(); // device code fingerprint -> ms
+provider.use(async (ctx, next) => {
+    await next();
+    const route = ctx.oidc?.route;
+    if (route === 'device_authorization' && ctx.status === 200) {
+        if (deviceInterval > 0) ctx.body = { ...ctx.body, interval: deviceInterval };
+        const code = fp(ctx.body.device_code);
+        lastPolls.set(code, Date.now());
+        record({ event: 'device_code', device_code: ctx.body.device_code });
+        log('device_authorization', {
+            client_id: ctx.oidc.client?.clientId,
+            scope: ctx.oidc.params?.scope ?? null,
+            resource: ctx.oidc.params?.resource ?? null,
+            device_code: code,
+            expires_in: ctx.body.expires_in,
+            interval: ctx.body.interval ?? null,
+        });
+        return;
+    }
+    if (route !== 'token' || ctx.oidc.params?.grant_type !== DEVICE_CODE_GRANT) return;
+    const code = fp(ctx.oidc.params.device_code);
+    const now = Date.now();
+    const since = lastPolls.has(code) ? (now - lastPolls.get(code)) / 1000 : null;
+    lastPolls.set(code, now);
+    let answer = ctx.status === 200 ? 'tokens' : (ctx.body?.error ?? `HTTP ${ctx.status}`);
+    if (answer === 'authorization_pending' && since !== null && since < deviceEnforcedInterval) {
+        ctx.status = 400;
+        ctx.body = { error: 'slow_down', error_description: `poll at most every ${deviceEnforcedInterval} seconds` };
+        answer = 'slow_down';
+    }
+    log('device_poll', { device_code: code, answer, since });
 });
 
 provider.on('registration_create.success', (_ctx, client) => {
@@ -531,6 +592,13 @@ try {
     console.error(`oidc_provider.mjs: ${error.code ?? ''} ${error.message}`);
     process.exit(1);
 }
-log('ready', { issuer: ISSUER, resource: RESOURCE, access_token_ttl: accessTokenTTL, access_token_format: format, scopes: options.scopes });
+log('ready', {
+    issuer: ISSUER,
+    resource: RESOURCE,
+    access_token_ttl: accessTokenTTL,
+    access_token_format: format,
+    scopes: options.scopes,
+    device_flow: options['device-flow'],
+});
 process.stdout.write(`mcpd-peer: listening on ${HOST}:${options['issuer-port']}\n`);
 process.stdout.write(`mcpd-peer: listening on ${HOST}:${options['mcp-port']}\n`);
