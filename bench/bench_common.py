@@ -8,7 +8,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,19 +67,27 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def private_env(config: str = "") -> Iterator[McpdEnv]:
-    """A user's private XDG tree, for a daemon of its own."""
+def private_env(
+    config: str = "", python_path: Sequence[str] = (), **extra: str
+) -> Iterator[McpdEnv]:
+    """A user's private XDG tree, for a daemon of its own (with `extra` in its
+    environment, and `python_path` before the source under test)."""
     with tempfile.TemporaryDirectory(prefix="mcpd-bench-") as root:
         source = os.environ.get(SOURCE_VARIABLE)
-        env = McpdEnv.private(Path(root) / "home", **({"PYTHONPATH": source} if source else {}))
+        path = [*python_path, *([source] if source else [])]
+        if path:
+            extra["PYTHONPATH"] = os.pathsep.join(path)
+        env = McpdEnv.private(Path(root) / "home", **extra)
         env.write_config(config)
         yield env
 
 
 @contextmanager
-def daemon_env(config: str = "") -> Iterator[tuple[McpdEnv, DaemonProcess]]:
-    """A private XDG tree with mcpd running in it (ready)."""
-    with private_env(config) as env:
+def daemon_env(
+    config: str = "", python_path: Sequence[str] = (), **extra: str
+) -> Iterator[tuple[McpdEnv, DaemonProcess]]:
+    """A private XDG tree with mcpd running in it (ready); see private_env."""
+    with private_env(config, python_path, **extra) as env:
         daemon, notify = start_daemon(env)
         try:
             yield env, daemon

@@ -13,8 +13,10 @@
    `mcpctl stdio` and the daemon, through mcp-remote (one copy per editor, as
    editors run it), and with the same driver speaking Streamable HTTP to the
    server directly;
-4. scale: 500 servers and 100 editors on one daemon (bench/scale.py);
-5. a refresh storm: 500 credentials expiring within a minute (bench/scale.py).
+4. editor start-up: from spawning `mcpctl stdio NAME` to its answer to
+   `tools/list`, the daemon warm, against mcp-remote doing the same;
+5. scale: 500 servers and 100 editors on one daemon (bench/scale.py);
+6. a refresh storm: 500 credentials expiring within a minute (bench/scale.py).
 
 Every figure is a median over repeated runs with the 99th percentile beside
 it. The real peers come from tests/peers/install.sh.
@@ -23,7 +25,6 @@ it. The real peers come from tests/peers/install.sh.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import socket
@@ -37,6 +38,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -190,61 +192,133 @@ CALL = {"name": "greet", "arguments": {"name": "bench"}}
 
 
 class DirectClient:
-    """The editor-like driver speaking Streamable HTTP itself (one connection)."""
+    """The floor: the editor-like driver speaking Streamable HTTP itself, doing no
+    more per call than the stdio driver does. One kept-alive connection (with
+    TCP_NODELAY), each request written whole in one send, and each call's answer
+    taken at its JSON-RPC response event, as an editor's SDK hands a result on;
+    the end of that response's stream is read on the way to the next answer.
+    A minimal HTTP/1.1 reader for this one server: a status line, headers, and
+    a body by Content-Length or in chunks."""
 
     pid = None  # nothing stands between it and the server
 
     def __init__(self, url: str) -> None:
-        parts = url.split("/", 3)
-        self.host, self.path = parts[2], "/" + parts[3]
-        self.conn = http.client.HTTPConnection(self.host, timeout=30)
+        parts = urlsplit(url)
+        assert parts.hostname is not None
+        assert parts.port is not None
+        self.address = (parts.hostname, parts.port)
+        self.head = (
+            f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+        )
+        self.sock: socket.socket | None = None
+        self.buffer = b""
+        self.stream_open = False  # the last answer's stream has not ended yet
         self.session: str | None = None
         self.next_id = 0
         self.call("initialize", INITIALIZE)
         self.notify("notifications/initialized")
 
-    def _headers(self) -> dict[str, str]:
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "application/json, text/event-stream",
-        }
-        if self.session:
-            headers["Mcp-Session-Id"] = self.session
-            headers["MCP-Protocol-Version"] = "2025-11-25"
-        return headers
+    # --- the connection -------------------------------------------------------------
 
-    def _post(self, body: str) -> tuple[http.client.HTTPResponse, bytes]:
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(self.address)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock, self.buffer, self.stream_open = sock, b"", False
+        return sock
+
+    def _fill(self) -> None:
+        assert self.sock is not None
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionResetError("the server closed the connection")
+        self.buffer += data
+
+    def _line(self) -> bytes:
+        while (end := self.buffer.find(b"\r\n")) < 0:
+            self._fill()
+        line, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
+        return line
+
+    def _take(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            self._fill()
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def _chunk(self) -> bytes:
+        """The next chunk of a chunked body; b"" at its end (trailers read)."""
+        size = int(self._line().split(b";")[0], 16)
+        if size == 0:
+            while self._line():
+                pass
+            return b""
+        data = self._take(size)
+        self._take(2)
+        return data
+
+    def _exchange(self, body: bytes) -> tuple[int, dict[str, str]]:
+        """Send a request and read its answer's head, reconnecting once when the
+        server has closed the idle connection (while other variants ran)."""
+        headers = self.head
+        if self.session is not None:
+            headers += f"Mcp-Session-Id: {self.session}\r\nMCP-Protocol-Version: 2025-11-25\r\n"
+        request = f"{headers}Content-Length: {len(body)}\r\n\r\n".encode() + body
         for attempt in (1, 2):
             try:
-                self.conn.request("POST", self.path, body, self._headers())
-                response = self.conn.getresponse()
-                return response, response.read()
-            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
-                # The server closes a connection left idle (while other variants
-                # ran): reconnect, as any HTTP client does.
-                self.conn.close()
+                sock = self.sock or self._connect()
+                sock.sendall(request)
+                while self.stream_open:  # the previous answer's stream, to its end
+                    self.stream_open = self._chunk() != b""
+                status = int(self._line().split(b" ", 2)[1])
+                fields = {}
+                while line := self._line():
+                    name, _, value = line.partition(b":")
+                    fields[name.strip().lower().decode()] = value.strip().decode()
+            except (BrokenPipeError, ConnectionResetError):
+                if self.sock is not None:
+                    self.sock.close()
+                self.sock = None
                 if attempt == 2:
                     raise
+            else:
+                return status, fields
         raise AssertionError("unreachable")
 
     def notify(self, method: str) -> None:
-        self._post(json.dumps({"jsonrpc": "2.0", "method": method}))
+        _status, fields = self._exchange(json.dumps({"jsonrpc": "2.0", "method": method}).encode())
+        if "content-length" in fields:
+            self._take(int(fields["content-length"]))
+        else:
+            while self._chunk():
+                pass
 
     def call(self, method: str, params: dict[str, Any]) -> Any:
         self.next_id += 1
         body = json.dumps(
             {"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}
-        )
-        response, raw = self._post(body)
-        self.session = response.getheader("mcp-session-id") or self.session
-        data = raw.decode()
-        if response.getheader("content-type", "").startswith("text/event-stream"):
-            lines = [line[5:].strip() for line in data.splitlines() if line.startswith("data:")]
-            return json.loads(lines[-1])
-        return json.loads(data)
+        ).encode()
+        _status, fields = self._exchange(body)
+        self.head_at = time.perf_counter_ns()  # for the span breakdown
+        self.session = fields.get("mcp-session-id", self.session)
+        if not fields.get("content-type", "").startswith("text/event-stream"):
+            return json.loads(self._take(int(fields["content-length"])))
+        events = b""
+        while chunk := self._chunk():
+            events += chunk
+            while (end := events.find(b"\n\n")) >= 0:
+                event, events = events[:end], events[end + 2 :]
+                for line in event.split(b"\n"):
+                    if line.startswith(b"data:") and line[5:].strip():  # not a priming event
+                        message = json.loads(line[5:])
+                        if message.get("id") == self.next_id:
+                            self.stream_open = True
+                            return message
+        raise RuntimeError("the server's stream ended without the response")
 
     def close(self) -> None:
-        self.conn.close()
+        if self.sock is not None:
+            self.sock.close()
 
 
 class StdioClient:
@@ -332,16 +406,37 @@ def run_batch(editors: list[Any], calls: int, extra_pids: list[int]) -> dict[str
     return {"samples": samples, "wall": wall, "cpu": cpu}
 
 
-def data_plane(editor_counts: list[int], calls: int, rounds: int, log_dir: Path) -> dict[str, Any]:
-    """tools/call through mcpd, through mcp-remote and directly, at each editor count.
+@contextmanager
+def floor_relay(url: str, log_dir: Path) -> Iterator[tuple[str, int]]:
+    """bench/floor_relay.py serving one bridge: its socket and pid."""
+    path = str(log_dir / "floor-relay.sock")
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "bench" / "floor_relay.py"), path, url],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == b"ready\n"
+        yield path, process.pid
+    finally:
+        process.kill()
+        process.wait()
 
-    The three variants take turns, `rounds` times, so that the machine's drift
-    falls on all alike; each editor makes `calls // editors` calls per round.
+
+def data_plane(editor_counts: list[int], calls: int, rounds: int, log_dir: Path) -> dict[str, Any]:
+    """tools/call through mcpd, through mcp-remote and directly, at each editor count;
+    for one editor also through the floor relay (bench/floor_relay.py).
+
+    The variants take turns, `rounds` times, so that the machine's drift falls
+    on all alike; each editor makes `calls // editors` calls per round.
     """
     figures: dict[str, Any] = {}
     with simple_streamable_http(log_dir) as peer:
         url = peer.url.replace("127.0.0.1", "localhost")
-        with daemon_env(f'[servers.ts]\nurl = "{url}"\n') as (env, daemon):
+        with (
+            daemon_env(f'[servers.ts]\nurl = "{url}"\n') as (env, daemon),
+            floor_relay(url, log_dir) as (relay_socket, relay_pid),
+        ):
             remote_home = env.root / "mcp-remote-home"
             remote_home.mkdir()
             remote_env = {**env.vars, "HOME": str(remote_home)}
@@ -362,13 +457,17 @@ def data_plane(editor_counts: list[int], calls: int, rounds: int, log_dir: Path)
                         for _ in range(count)
                     ],
                 }
+                if count == 1:
+                    relay = [str(BIN / "mcpctl"), "stdio", "ts", "--socket", relay_socket]
+                    variants["relay floor"] = [StdioClient(relay, env.vars, stderr)]
+                servers = {"mcpd": [daemon.process.pid], "relay floor": [relay_pid]}
                 per_editor = max(1, calls // count)
                 batches: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
                 for editors in variants.values():  # warm up
                     run_batch(editors, max(5, per_editor // 10), [])
                 for _ in range(rounds):
                     for name, editors in variants.items():
-                        extra = [daemon.process.pid] if name == "mcpd" else []
+                        extra = servers.get(name, [])
                         batches[name].append(run_batch(editors, per_editor, extra))
                 result: dict[str, Any] = {}
                 for name, runs in batches.items():
@@ -390,10 +489,14 @@ def data_plane(editor_counts: list[int], calls: int, rounds: int, log_dir: Path)
                 result["mcpd"]["daemon_rss_mb"] = rss_kb(daemon.process.pid) / 1024
                 result["added_p50_ms"] = {
                     name: result[name]["median_ms"] - result["direct"]["median_ms"]
-                    for name in ("mcpd", "mcp-remote")
+                    for name in variants
+                    if name != "direct"
                 }
                 result["throughput_vs_mcp_remote"] = (
                     result["mcpd"]["calls_per_s"] / result["mcp-remote"]["calls_per_s"]
+                )
+                result["throughput_vs_direct"] = (
+                    result["mcpd"]["calls_per_s"] / result["direct"]["calls_per_s"]
                 )
                 figures[f"{count}_editors"] = result
                 for editors in variants.values():
@@ -401,10 +504,140 @@ def data_plane(editor_counts: list[int], calls: int, rounds: int, log_dir: Path)
                         editor.close()
             stderr.close()
     figures["goals"] = (
-        "1 editor: mcpd adds at most 0.5 ms at p50 over direct; 8 and 32 editors: at least "
-        "2x mcp-remote's calls per second; each bridge process at most 20 MB RSS"
+        "1 editor: mcpd adds at most 0.5 ms at p50 over direct, and less than mcp-remote; "
+        "8 and 32 editors: at least 90% of direct's calls per second and 2x mcp-remote's; "
+        "CPU per call (daemon and bridge) at most 0.3 ms; each bridge at most 20 MB RSS"
     )
     return figures
+
+
+# --- where the time of one call goes ---------------------------------------------------
+
+SPANS = REPO / "bench" / "spans"
+# (label, from mark, to mark) along the path through mcpd; t0 and t1 are the
+# driver's: before it writes the request, after it has read the answer.
+HOPS = [
+    ("driver -> bridge: the pipe, the bridge waking, the line read", "t0", "bridge.in"),
+    ("bridge: the line to be sent", "bridge.in", "bridge.send"),
+    ("bridge -> daemon: the frame sent, the daemon waking, read", "bridge.send", "daemon.in"),
+    ("daemon: the editor's message to the POST", "daemon.in", "daemon.post"),
+    ("upstream: the POST to the response head", "daemon.post", "daemon.head"),
+    ("upstream: the head to the response event", "daemon.head", "daemon.event"),
+    ("daemon: the response to be sent to the editor", "daemon.event", "daemon.push"),
+    ("daemon -> bridge: the frame sent, the bridge waking", "daemon.push", "bridge.back"),
+    ("bridge: the frame read", "bridge.back", "bridge.write"),
+    ("bridge -> driver: the line written, the driver waking, read", "bridge.write", "t1"),
+]
+
+
+def span_breakdown(calls: int, log_dir: Path) -> dict[str, Any]:
+    """Medians of each hop of `calls` sequential calls from one editor, through
+    mcpd (marks from bench/spans/sitecustomize.py in the daemon and the
+    bridge) and directly (the lean driver's own marks), in microseconds."""
+    marks_dir = log_dir / "spans"
+    marks_dir.mkdir()
+    driver: dict[str, list[int]] = {"t0": [], "t1": [], "head": []}
+
+    def traced(client: Any, head: bool) -> None:
+        driver["t0"].append(time.perf_counter_ns())
+        client.call("tools/call", CALL)
+        driver["t1"].append(time.perf_counter_ns())
+        if head:
+            driver["head"].append(client.head_at)
+
+    with simple_streamable_http(log_dir) as peer:
+        url = peer.url.replace("127.0.0.1", "localhost")
+        direct = DirectClient(url)
+        for _ in range(calls // 4):
+            direct.call("tools/call", CALL)
+        for _ in range(calls):
+            traced(direct, True)
+        direct.close()
+        direct_spans = {
+            "request -> response head": _median_us(driver["t0"], driver["head"]),
+            "head -> response event": _median_us(driver["head"], driver["t1"]),
+            "total": _median_us(driver["t0"], driver["t1"]),
+        }
+        for values in driver.values():
+            values.clear()
+        with (
+            daemon_env(
+                f'[servers.ts]\nurl = "{url}"\n',
+                [str(SPANS)],
+                MCPD_SPANS_DIR=str(marks_dir),
+            ) as (env, daemon),
+            (log_dir / "spans.log").open("ab") as stderr,
+        ):
+            editor = StdioClient([str(BIN / "mcpctl"), "stdio", "ts"], env.vars, stderr)
+            for _ in range(calls // 4):
+                editor.call("tools/call", CALL)
+            processes = {"daemon": daemon.process.pid, "bridge": editor.pid}
+            before = {name: cpu_seconds(pid) for name, pid in processes.items() if pid}
+            for _ in range(calls):
+                traced(editor, False)
+            cpu_us = {
+                name: (cpu_seconds(pid) - before[name]) * 1e6 / calls
+                for name, pid in processes.items()
+                if pid
+            }
+            editor.close()
+    # The daemon has stopped: every process has written its marks.
+    for dump in marks_dir.glob("*.json"):
+        for name, values in json.loads(dump.read_text()).items():
+            driver[name] = values[-calls:]  # the traced calls are the last ones
+    through = {label: _median_us(driver[a], driver[b]) for label, a, b in HOPS}
+    through["total"] = _median_us(driver["t0"], driver["t1"])
+    return {"direct_us": direct_spans, "mcpd_us": through, "cpu_us": cpu_us, "calls": calls}
+
+
+def _median_us(starts: list[int], ends: list[int]) -> float:
+    assert len(starts) == len(ends), (len(starts), len(ends))
+    return statistics.median(b - a for a, b in zip(starts, ends, strict=True)) / 1000
+
+
+# --- 4. editor start-up ---------------------------------------------------------------
+
+
+def started_editor(argv: list[str], env: dict[str, str], stderr: Any) -> None:
+    """An editor starting its MCP server: spawn it, initialize, list the tools;
+    over once the list is answered (the process is then closed, untimed)."""
+    editor = StdioClient(argv, env, stderr)
+    try:
+        listed = editor.call("tools/list", {})
+        assert listed["result"]["tools"], listed
+    finally:
+        editor.close()
+
+
+def editor_startup(runs: int, log_dir: Path) -> dict[str, Any]:
+    """From spawning the stdio server an editor launches to its answer to
+    `tools/list`, with the daemon warm: `mcpctl stdio NAME` against mcp-remote
+    doing the same (Node's start, its connection, initialize), in turns."""
+    with simple_streamable_http(log_dir) as peer:
+        url = peer.url.replace("127.0.0.1", "localhost")
+        with daemon_env(f'[servers.ts]\nurl = "{url}"\n') as (env, _daemon):
+            remote_home = env.root / "mcp-remote-home"
+            remote_home.mkdir()
+            remote_env = {**env.vars, "HOME": str(remote_home)}
+            with (log_dir / "startup.log").open("ab") as stderr:
+                variants = {
+                    "mcpd": lambda: started_editor(
+                        [str(BIN / "mcpctl"), "stdio", "ts"], env.vars, stderr
+                    ),
+                    "mcp-remote": lambda: started_editor(
+                        [*mcp_remote_argv(), url, "--transport", "http-only"], remote_env, stderr
+                    ),
+                }
+                for start in variants.values():  # warm up: caches, the daemon's session
+                    timed(start, 2)
+                samples: dict[str, list[float]] = {name: [] for name in variants}
+                for _ in range(runs):
+                    for name, start in variants.items():
+                        samples[name] += timed(start, 1)
+    result: dict[str, Any] = {name: summary(values) for name, values in samples.items()}
+    result["ratio_to_mcp_remote"] = result["mcpd"]["median_ms"] / result["mcp-remote"]["median_ms"]
+    result["goal"] = "at most 100 ms with a warm daemon"
+    return result
 
 
 def print_floors(figures: dict[str, Any]) -> None:
@@ -438,27 +671,50 @@ def print_floors(figures: dict[str, Any]) -> None:
 
 def print_data_plane(figures: dict[str, Any]) -> None:
     print(
-        f"\n{'tools/call':<22}{'p50/p99 ms':>18}{'added p50':>11}{'calls/s':>9}"
+        f"\n{'tools/call':<25}{'p50/p99 ms':>18}{'added p50':>11}{'calls/s':>9}"
         f"{'CPU ms/call':>12}{'RSS MB/proc':>12}"
     )
     for key, result in figures.items():
         if not key.endswith("_editors"):
             continue
-        for name in ("direct", "mcpd", "mcp-remote"):
+        for name in ("direct", "relay floor", "mcpd", "mcp-remote"):
+            if name not in result:
+                continue
             row = result[name]
             added = result["added_p50_ms"].get(name)
             print(
-                f"{key.replace('_', ' ') + ', ' + name:<22}"
+                f"{key.replace('_', ' ') + ', ' + name:<25}"
                 f"{row['median_ms']:>9.2f}/{row['p99_ms']:<8.2f}"
                 f"{'' if added is None else f'+{added:.2f}':>11}{row['calls_per_s']:>9.0f}"
                 f"{row['cpu_ms_per_call']:>12.2f}{row.get('rss_mb_per_process', 0):>12.1f}"
             )
         print(
-            f"{'':<22}mcpd/mcp-remote calls per second: "
-            f"{result['throughput_vs_mcp_remote']:.1f}x; "
+            f"{'':<25}mcpd/mcp-remote calls per second: "
+            f"{result['throughput_vs_mcp_remote']:.1f}x, mcpd/direct "
+            f"{result['throughput_vs_direct']:.0%}; "
             f"daemon RSS {result['mcpd']['daemon_rss_mb']:.1f} MB"
         )
     print(f"goals: {figures['goals']}")
+
+
+def print_spans(figures: dict[str, Any]) -> None:
+    print(f"\nwhere one call's time goes (medians of {figures['calls']} calls, microseconds):")
+    for label, value in figures["direct_us"].items():
+        print(f"  direct   {label:<62}{value:>8.0f}")
+    for label, value in figures["mcpd_us"].items():
+        print(f"  mcpd     {label:<62}{value:>8.0f}")
+    cpu = ", ".join(f"{name} {value:.0f}" for name, value in figures["cpu_us"].items())
+    print(f"  CPU per call through mcpd, microseconds: {cpu}")
+
+
+def print_startup(figures: dict[str, Any]) -> None:
+    mcpd, remote = figures["mcpd"], figures["mcp-remote"]
+    print(
+        f"\neditor start-up to tools/list: mcpctl stdio {mcpd['median_ms']:.1f}/"
+        f"{mcpd['p99_ms']:.1f} ms p50/p99, mcp-remote {remote['median_ms']:.1f}/"
+        f"{remote['p99_ms']:.1f} ms: {figures['ratio_to_mcp_remote']:.2f}x "
+        f"(goal: {figures['goal']})"
+    )
 
 
 def main() -> int:
@@ -474,11 +730,15 @@ def main() -> int:
         figures["data_plane"] = data_plane(
             [1, 8, 32], calls=1000 // scale, rounds=3, log_dir=Path(logs)
         )
+        figures["editor_startup"] = editor_startup(30 // min(scale, 3), Path(logs))
+        figures["spans"] = span_breakdown(1000 // scale, Path(logs))
     figures |= scale_and_storm(args.quick)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(figures, indent=2))
     print_floors(figures)
     print_data_plane(figures["data_plane"])
+    print_startup(figures["editor_startup"])
+    print_spans(figures["spans"])
     print()
     print_scale_and_storm(figures)
     print(f"figures: {args.json}")

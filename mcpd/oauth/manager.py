@@ -52,7 +52,6 @@ from anyio.abc import TaskGroup, TaskStatus
 from .. import logs, machine_credentials
 from ..protocol import SignInMethod
 from ..waiting import first_of
-from . import device
 from .callback import CONNECT_PATH, CallbackListener, redirect_uri
 from .discovery import Discovery, discover, offers_device_sign_in
 from .driver import drive
@@ -75,6 +74,7 @@ from .model import AuthorizationServer, ClientRegistration, CredentialRecord, To
 if TYPE_CHECKING:
     from ..config import OAuthSettings
     from ..server import ServerRuntime
+    from . import device
 
 log = logging.getLogger(__name__)
 
@@ -411,6 +411,8 @@ class AuthManager:
 
     async def _device_sign_in(self, flow: Flow, discovery: Discovery, scope: str | None) -> None:
         """A device sign-in (RFC 8628): a user code to show, then polls until the end."""
+        from . import device  # here: most daemons never run one (43 KB)
+
         runtime = flow.runtime
         if not offers_device_sign_in(discovery.server):
             raise OAuthError(
@@ -451,6 +453,7 @@ class AuthManager:
 
     async def _poll(self, runtime: ServerRuntime, pending: device.PendingDevice) -> TokenSet:
         """Poll the token endpoint at the server's interval until the user is done."""
+        from . import device
         name = runtime.name
         expired = f"the code expired; run `mcpctl auth {name} --device` again"
         while (wait := pending.next_poll(time.monotonic())) is not None:

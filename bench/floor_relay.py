@@ -1,0 +1,116 @@
+"""The floor of a relay like mcpd, for `bench/run.py`: the least a Python
+process on uvloop can do between the bridge and the server.
+
+    python bench/floor_relay.py SOCKET URL
+
+It serves one `mcpctl stdio` bridge at SOCKET (answering its hello and
+attach, nothing else of the control protocol) and relays each of the editor's
+JSON-RPC messages, as they are, in one POST on one kept-alive connection to
+URL (the MCP session's id taken from the answer to initialize), and each
+answer's JSON-RPC response event back in a frame. No ids rewritten, no
+routing, no validation, no second editor, no error handling: what mcpd does
+beyond it is what mcpd's own work costs; what it costs is what a daemon in
+Python pays for the hops themselves (two sockets, two event loops' wake-ups,
+two framings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+from urllib.parse import urlsplit
+
+import uvloop
+
+from mcpd.protocol import (
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    HelloResult,
+    Request,
+    Response,
+    Rpc,
+    decode_message,
+    encode_frame,
+)
+
+
+class Upstream(asyncio.Protocol):
+    """One kept-alive HTTP/1.1 connection: a POST out, the response event back."""
+
+    def __init__(self, url: str, deliver: Any) -> None:
+        parts = urlsplit(url)
+        self.head = (
+            f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+        ).encode()
+        self.session = b""
+        self.deliver = deliver
+        self.buffer = b""
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:  # uvloop's, not asyncio's class
+        self.transport = transport
+
+    def post(self, body: bytes) -> None:
+        assert self.transport is not None
+        length = b"Content-Length: %d\r\n\r\n" % len(body)
+        self.transport.write(self.head + self.session + length + body)
+
+    def data_received(self, data: bytes) -> None:
+        # By lines, whatever framing they came in: the session id from the
+        # first response's head, and every event's JSON data line goes back
+        # (Node writes an event whole, in one chunk).
+        lines = (self.buffer + data).split(b"\n")
+        self.buffer = lines.pop()
+        for line in lines:
+            if line.startswith(b"data: {"):
+                self.deliver(line[6:].rstrip(b"\r"))
+            elif not self.session and line[:15].lower() == b"mcp-session-id:":
+                value = line[15:].strip()
+                self.session = b"Mcp-Session-Id: " + value + b"\r\n"
+                self.session += b"MCP-Protocol-Version: 2025-11-25\r\n"
+
+
+class Bridge(asyncio.Protocol):
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        upstream.deliver = self.answer
+        self.decoder = FrameDecoder()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:  # uvloop's, not asyncio's class
+        self.transport = transport
+
+    def answer(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(encode_frame(Rpc(data)))
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.decoder.feed(data)
+        while (body := self.decoder.next_frame()) is not None:
+            message = decode_message(body)
+            if isinstance(message, Rpc):
+                self.upstream.post(message.data)
+            elif isinstance(message, Request):
+                result: Any = None
+                if message.method == "hello":
+                    result = HelloResult(PROTOCOL_VERSION, "floor", os.getpid(), 1 << 24)
+                self.transport.write(encode_frame(Response(message.id, result)))
+
+
+async def main(path: str, url: str) -> None:
+    loop = asyncio.get_running_loop()
+    parts = urlsplit(url)
+    upstream = Upstream(url, None)
+    await loop.create_connection(lambda: upstream, parts.hostname, parts.port)
+    server = await loop.create_unix_server(lambda: Bridge(upstream), path)
+    print("ready", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    uvloop.run(main(sys.argv[1], sys.argv[2]))
