@@ -1,7 +1,7 @@
 """The floor of a relay like mcpd, for `bench/run.py`: the least a Python
 process on uvloop can do between the bridge and the server.
 
-    python bench/floor_relay.py SOCKET URL
+    python bench/floor_relay.py SOCKET URL [--upstream lean|aiohttp]
 
 It serves one `mcpctl stdio` bridge at SOCKET (answering its hello and
 attach, nothing else of the control protocol) and relays each of the editor's
@@ -11,17 +11,19 @@ answer's JSON-RPC response event back in a frame. No ids rewritten, no
 routing, no validation, no second editor, no error handling: what mcpd does
 beyond it is what mcpd's own work costs; what it costs is what a daemon in
 Python pays for the hops themselves (two sockets, two event loops' wake-ups,
-two framings).
+two framings). With `--upstream aiohttp` the POSTs go through aiohttp, as
+mcpd's do: the difference is what aiohttp costs on this path.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
-import sys
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import uvloop
 
 from mcpd.protocol import (
@@ -49,14 +51,33 @@ class Upstream(asyncio.Protocol):
         self.deliver = deliver
         self.buffer = b""
         self.transport: Any = None
+        self.address = (parts.hostname, parts.port)
+        self.reconnecting: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: Any) -> None:  # uvloop's, not asyncio's class
         self.transport = transport
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None  # closed when idle (while other variants ran)
+        self.buffer = b""
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.create_connection(lambda: self, self.address[0], self.address[1])
+
     def post(self, body: bytes) -> None:
+        request = self.head + self.session + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        if self.transport is not None:
+            self.transport.write(request)
+            return
+        task = asyncio.get_running_loop().create_task(self._reconnect(request))
+        self.reconnecting.add(task)  # held until done
+        task.add_done_callback(self.reconnecting.discard)
+
+    async def _reconnect(self, request: bytes) -> None:
+        await self.connect()
         assert self.transport is not None
-        length = b"Content-Length: %d\r\n\r\n" % len(body)
-        self.transport.write(self.head + self.session + length + body)
+        self.transport.write(request)
 
     def data_received(self, data: bytes) -> None:
         # By lines, whatever framing they came in: the session id from the
@@ -71,6 +92,39 @@ class Upstream(asyncio.Protocol):
                 value = line[15:].strip()
                 self.session = b"Mcp-Session-Id: " + value + b"\r\n"
                 self.session += b"MCP-Protocol-Version: 2025-11-25\r\n"
+
+
+class AiohttpUpstream:
+    """The same upstream through aiohttp, as mcpd's is (`--upstream aiohttp`): a
+    task per POST, the answer read from the response's body as it arrives."""
+
+    def __init__(self, url: str, deliver: Any) -> None:
+        self.url = url
+        self.deliver = deliver
+        self.headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+        }
+        self.session = aiohttp.ClientSession()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def post(self, body: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._post(body))
+        self.tasks.add(task)  # held until done
+        task.add_done_callback(self.tasks.discard)
+
+    async def _post(self, body: bytes) -> None:
+        async with self.session.post(self.url, data=body, headers=self.headers) as response:
+            if session := response.headers.get("mcp-session-id"):
+                self.headers["Mcp-Session-Id"] = session
+                self.headers["MCP-Protocol-Version"] = "2025-11-25"
+            partial = b""
+            async for chunk in response.content.iter_any():
+                lines = (partial + chunk).split(b"\n")
+                partial = lines.pop()
+                for line in lines:
+                    if line.startswith(b"data: {"):
+                        self.deliver(line[6:].rstrip(b"\r"))
 
 
 class Bridge(asyncio.Protocol):
@@ -101,11 +155,14 @@ class Bridge(asyncio.Protocol):
                 self.transport.write(encode_frame(Response(message.id, result)))
 
 
-async def main(path: str, url: str) -> None:
+async def main(path: str, url: str, client: str) -> None:
     loop = asyncio.get_running_loop()
-    parts = urlsplit(url)
-    upstream = Upstream(url, None)
-    await loop.create_connection(lambda: upstream, parts.hostname, parts.port)
+    upstream: Upstream | AiohttpUpstream
+    if client == "aiohttp":
+        upstream = AiohttpUpstream(url, None)
+    else:
+        upstream = Upstream(url, None)
+        await upstream.connect()
     server = await loop.create_unix_server(lambda: Bridge(upstream), path)
     print("ready", flush=True)
     async with server:
@@ -113,4 +170,9 @@ async def main(path: str, url: str) -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(main(sys.argv[1], sys.argv[2]))
+    arguments = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    arguments.add_argument("socket")
+    arguments.add_argument("url")
+    arguments.add_argument("--upstream", choices=["lean", "aiohttp"], default="lean")
+    options = arguments.parse_args()
+    uvloop.run(main(options.socket, options.url, options.upstream))

@@ -407,11 +407,11 @@ def run_batch(editors: list[Any], calls: int, extra_pids: list[int]) -> dict[str
 
 
 @contextmanager
-def floor_relay(url: str, log_dir: Path) -> Iterator[tuple[str, int]]:
+def floor_relay(url: str, log_dir: Path, upstream: str) -> Iterator[tuple[str, int]]:
     """bench/floor_relay.py serving one bridge: its socket and pid."""
-    path = str(log_dir / "floor-relay.sock")
+    path = str(log_dir / f"floor-relay-{upstream}.sock")
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "bench" / "floor_relay.py"), path, url],
+        [sys.executable, str(REPO / "bench" / "floor_relay.py"), path, url, "--upstream", upstream],
         stdout=subprocess.PIPE,
     )
     try:
@@ -425,7 +425,8 @@ def floor_relay(url: str, log_dir: Path) -> Iterator[tuple[str, int]]:
 
 def data_plane(editor_counts: list[int], calls: int, rounds: int, log_dir: Path) -> dict[str, Any]:
     """tools/call through mcpd, through mcp-remote and directly, at each editor count;
-    for one editor also through the floor relay (bench/floor_relay.py).
+    for one editor also through the floor relay (bench/floor_relay.py), with its
+    own lean upstream and with aiohttp's.
 
     The variants take turns, `rounds` times, so that the machine's drift falls
     on all alike; each editor makes `calls // editors` calls per round.
@@ -435,7 +436,8 @@ def data_plane(editor_counts: list[int], calls: int, rounds: int, log_dir: Path)
         url = peer.url.replace("127.0.0.1", "localhost")
         with (
             daemon_env(f'[servers.ts]\nurl = "{url}"\n') as (env, daemon),
-            floor_relay(url, log_dir) as (relay_socket, relay_pid),
+            floor_relay(url, log_dir, "lean") as (relay_socket, relay_pid),
+            floor_relay(url, log_dir, "aiohttp") as (aiohttp_relay_socket, aiohttp_relay_pid),
         ):
             remote_home = env.root / "mcp-remote-home"
             remote_home.mkdir()
@@ -457,10 +459,16 @@ def data_plane(editor_counts: list[int], calls: int, rounds: int, log_dir: Path)
                         for _ in range(count)
                     ],
                 }
+                relays = {"relay floor": relay_socket, "relay + aiohttp": aiohttp_relay_socket}
                 if count == 1:
-                    relay = [str(BIN / "mcpctl"), "stdio", "ts", "--socket", relay_socket]
-                    variants["relay floor"] = [StdioClient(relay, env.vars, stderr)]
-                servers = {"mcpd": [daemon.process.pid], "relay floor": [relay_pid]}
+                    for name, socket_path in relays.items():
+                        relay = [str(BIN / "mcpctl"), "stdio", "ts", "--socket", socket_path]
+                        variants[name] = [StdioClient(relay, env.vars, stderr)]
+                servers = {
+                    "mcpd": [daemon.process.pid],
+                    "relay floor": [relay_pid],
+                    "relay + aiohttp": [aiohttp_relay_pid],
+                }
                 per_editor = max(1, calls // count)
                 batches: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
                 for editors in variants.values():  # warm up
@@ -677,7 +685,7 @@ def print_data_plane(figures: dict[str, Any]) -> None:
     for key, result in figures.items():
         if not key.endswith("_editors"):
             continue
-        for name in ("direct", "relay floor", "mcpd", "mcp-remote"):
+        for name in ("direct", "relay floor", "relay + aiohttp", "mcpd", "mcp-remote"):
             if name not in result:
                 continue
             row = result[name]
