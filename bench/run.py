@@ -12,7 +12,10 @@
    and 32 editors at once, each its own process calling in sequence: through
    `mcpctl stdio` and the daemon, through mcp-remote (one copy per editor, as
    editors run it), and with the same driver speaking Streamable HTTP to the
-   server directly;
+   server directly (the floor); for one editor also through the floor relay
+   (bench/floor_relay.py, the least a Python daemon can do), with its own
+   HTTP and with aiohttp's; then where one call's time goes, hop by hop
+   (bench/spans/sitecustomize.py);
 4. editor start-up: from spawning `mcpctl stdio NAME` to its answer to
    `tools/list`, the daemon warm, against mcp-remote doing the same;
 5. scale: 500 servers and 100 editors on one daemon (bench/scale.py);
