@@ -454,6 +454,7 @@ class AuthManager:
     async def _poll(self, runtime: ServerRuntime, pending: device.PendingDevice) -> TokenSet:
         """Poll the token endpoint at the server's interval until the user is done."""
         from . import device
+
         name = runtime.name
         expired = f"the code expired; run `mcpctl auth {name} --device` again"
         while (wait := pending.next_poll(time.monotonic())) is not None:
