@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ import pytest
 from mcpctl import client as client_module
 from mcpctl.client import DaemonClient, DaemonUnavailable
 from mcpd import paths
+
+OTHER_UID = 4242
 
 
 def dead_socket(path: Path) -> os.stat_result:
@@ -87,3 +91,35 @@ def test_an_explicit_socket_never_falls_back_to_a_forward(forward, tmp_path, mon
             DaemonClient.connect()
     finally:
         listening.close()
+
+
+def test_a_socket_another_user_put_at_the_forward_path_is_refused(forward):
+    """Someone else listening where this user's forward would land (a squatter
+    on a shared host) gets no hello, and the file is left where it is."""
+    listener = subprocess.Popen(
+        [
+            "setpriv",
+            f"--reuid={OTHER_UID}",
+            f"--regid={OTHER_UID}",
+            "--clear-groups",
+            "--inh-caps=+dac_override",  # to reach the test's private directory
+            "--ambient-caps=+dac_override",
+            "--",
+            sys.executable,
+            "-c",
+            "import socket, sys, time\n"
+            "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen()\n"
+            "print('ready', flush=True); time.sleep(60)",
+            str(forward),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert listener.stdout is not None
+        assert listener.stdout.readline() == b"ready\n"
+        with pytest.raises(DaemonUnavailable, match=f"served by uid {OTHER_UID}, not by you"):
+            DaemonClient.connect()
+        assert forward.lstat().st_uid == OTHER_UID
+    finally:
+        listener.kill()
+        listener.communicate()  # waits, and closes its pipe
