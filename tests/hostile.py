@@ -17,7 +17,8 @@ enough MCP or OAuth to reach the hostile part:
 - `FakeAuthorizationServer`: the resource's protected resource metadata,
   the authorization server metadata, an authorization endpoint that approves
   at once (redirects to the client's redirect_uri with a code), and a token
-  endpoint whose answer `token_answer` chooses.
+  endpoint whose answer `token_answer` chooses; with `device_answer`, also a
+  device authorization endpoint whose answer that chooses.
 """
 
 from __future__ import annotations
@@ -126,6 +127,9 @@ class FakeAuthorizationServer:
 
     token_answer: Callable[[Handler], None]
     origin: str = ""
+    # When given, the metadata offers a device sign-in (RFC 8628) and this
+    # answers its device authorization endpoint.
+    device_answer: Callable[[Handler], None] | None = None
 
     def route(self, handler: Handler) -> None:
         path = urlsplit(handler.path).path
@@ -133,17 +137,19 @@ class FakeAuthorizationServer:
         if path == "/.well-known/oauth-protected-resource/mcp":
             send_json(handler, {"resource": f"{issuer}/mcp", "authorization_servers": [issuer]})
         elif path == "/.well-known/oauth-authorization-server":
-            send_json(
-                handler,
-                {
-                    "issuer": issuer,
-                    "authorization_endpoint": f"{issuer}/authorize",
-                    "token_endpoint": f"{issuer}/token",
-                    "response_types_supported": ["code"],
-                    "code_challenge_methods_supported": ["S256"],
-                    "token_endpoint_auth_methods_supported": ["client_secret_post"],
-                },
-            )
+            metadata = {
+                "issuer": issuer,
+                "authorization_endpoint": f"{issuer}/authorize",
+                "token_endpoint": f"{issuer}/token",
+                "response_types_supported": ["code"],
+                "code_challenge_methods_supported": ["S256"],
+                "token_endpoint_auth_methods_supported": ["client_secret_post"],
+            }
+            if self.device_answer is not None:
+                metadata["device_authorization_endpoint"] = f"{issuer}/device"
+            send_json(handler, metadata)
+        elif path == "/device" and self.device_answer is not None:
+            self.device_answer(handler)
         elif path == "/authorize":
             query = {k: v[0] for k, v in parse_qs(urlsplit(handler.path).query).items()}
             answer = urlencode({"code": "hostile-code-0123456789", "state": query["state"]})
@@ -158,8 +164,11 @@ class FakeAuthorizationServer:
 
 
 @contextmanager
-def fake_authorization_server(token_answer: Callable[[Handler], None]) -> Iterator[Peer]:
-    server = FakeAuthorizationServer(token_answer)
+def fake_authorization_server(
+    token_answer: Callable[[Handler], None],
+    device_answer: Callable[[Handler], None] | None = None,
+) -> Iterator[Peer]:
+    server = FakeAuthorizationServer(token_answer, device_answer=device_answer)
     with http_peer(server.route) as peer:
         server.origin = peer.url
         yield peer

@@ -287,6 +287,72 @@ def test_hostile_authorization_servers_each_fail_their_sign_in_alone(
         assert daemon.process.poll() is None
 
 
+DEVICE_CODE = "hostile-device-code-0123456789"
+
+
+def device_code(**fields: Any) -> Callable[[Handler], None]:
+    """A device authorization answer: a well-formed one, with `fields` replaced."""
+    answer = {
+        "device_code": DEVICE_CODE,
+        "user_code": "WDJB-MJHT",
+        "verification_uri": "https://127.0.0.1/device",
+        "expires_in": 600,
+        "interval": 1,
+        **fields,
+    }
+    return lambda handler: send_json(handler, answer)
+
+
+def test_hostile_device_sign_ins_each_fail_alone(mcpd_env, run_daemon, editors, tmp_path):
+    """Device authorization endpoints that answer what no user should be shown
+    or sent to, or redirect: each sign-in fails with what was wrong, nothing
+    reaches another origin, and a healthy server answers all along."""
+    leakcheck.register("device code", DEVICE_CODE)
+    leakcheck.register_client("hostile-client", CLIENT_SECRET)
+    with ExitStack() as stack:
+        recorder = stack.enter_context(recording_listener())
+        good = stack.enter_context(python_server(tmp_path))
+        devices = {
+            # A terminal escape that would rewrite what the user reads.
+            "device_escape": device_code(user_code="\x1b[2J\x1b[HOK-1234"),
+            "device_plain_http": device_code(verification_uri="http://203.0.113.9/device"),
+            "device_redirect": lambda handler: send(handler, 307, Location=recorder.url + "/d"),
+        }
+        pending = refuse_token({"error": "authorization_pending"})
+        servers = {
+            name: stack.enter_context(fake_authorization_server(pending, answer))
+            for name, answer in devices.items()
+        }
+        config = "[daemon]\ncallback_port = 0\n" + "".join(
+            f'[servers.{name}]\nurl = "{peer.url}/mcp"\n'
+            f'oauth = {{ client_id = "hostile-client", client_secret = "{CLIENT_SECRET}" }}\n'
+            for name, peer in servers.items()
+        )
+        config += f'[servers.good]\nurl = "{good.url}"\n'
+        mcpd_env.write_config(config)
+        daemon = run_daemon()
+        wait_state(daemon, "good", "connected")
+        with calling_all_along(editors, "good") as healthy:
+            errors = {}
+            for name in servers:
+                wait_state(daemon, name, "needs_auth")
+                result = mcpd_env.mcpctl("auth", name, "--device", timeout=30)
+                assert result.returncode == 1, (name, result.stdout, result.stderr)
+                errors[name] = result.stderr
+            healthy.wait_for(MIN_HEALTHY_CALLS)
+        healthy.check()
+        assert "user_code is not a printable string" in errors["device_escape"]
+        assert "\x1b" not in errors["device_escape"]
+        assert "not an https:// URL" in errors["device_plain_http"]
+        assert "a redirect, which this request must not follow" in errors["device_redirect"]
+        assert recorder.seen == [], [(s.method, s.path) for s in recorder.seen]
+        for name, peer in servers.items():
+            assert [s.path for s in peer.seen].count("/token") == 0, name
+            assert status_of(daemon, name)["state"] == "needs_auth"
+        assert CLIENT_SECRET not in daemon.log
+        assert daemon.process.poll() is None
+
+
 def test_a_hostile_2026_07_28_server_harms_nothing_else(mcpd_env, run_daemon, editors, tmp_path):
     """A server of the 2026-07-28 revision whose every answer is wrong in a new
     way (input requests as a list, an unknown input, input asked for without
