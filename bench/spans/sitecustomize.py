@@ -13,6 +13,7 @@ Nth call of an editor calling in sequence.
 from __future__ import annotations
 
 import atexit
+import inspect
 import json
 import os
 import sys
@@ -32,7 +33,7 @@ def around(owner: Any, attribute: str, entry: str | None, leave: str | None, whe
     """Mark `entry` before and `leave` after a method (sync or async) runs,
     when `when(*args)` holds (always without it)."""
     original = getattr(owner, attribute)
-    if hasattr(original, "__code__") and original.__code__.co_flags & 0x80:  # a coroutine
+    if inspect.iscoroutinefunction(original):
 
         async def wrapped_async(*args: Any, **kwargs: Any) -> Any:
             wanted = when is None or when(*args)
