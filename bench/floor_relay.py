@@ -3,16 +3,19 @@ process on uvloop can do between the bridge and the server.
 
     python bench/floor_relay.py SOCKET URL [--upstream lean|aiohttp]
 
-It serves one `mcpctl stdio` bridge at SOCKET (answering its hello and
-attach, nothing else of the control protocol) and relays each of the editor's
-JSON-RPC messages, as they are, in one POST on one kept-alive connection to
-URL (the MCP session's id taken from the answer to initialize), and each
-answer's JSON-RPC response event back in a frame. No ids rewritten, no
-routing, no validation, no second editor, no error handling: what mcpd does
-beyond it is what mcpd's own work costs; what it costs is what a daemon in
-Python pays for the hops themselves (two sockets, two event loops' wake-ups,
-two framings). With `--upstream aiohttp` the POSTs go through aiohttp, as
-mcpd's do: the difference is what aiohttp costs on this path.
+It serves any number of `mcpctl stdio` bridges at SOCKET (answering their
+hello and attach, nothing else of the control protocol), each alone: it
+relays each of a bridge's JSON-RPC messages, as they are, in one POST on that
+bridge's own kept-alive connection to URL (opened at its first message, and
+anew after KEEPALIVE_SECONDS idle; the MCP session's id taken from the answer
+to the bridge's own initialize), and each answer's JSON-RPC response event
+back to that bridge in a frame. No ids rewritten, no routing, no validation,
+nothing shared between bridges, no error handling: what mcpd does beyond it
+is what mcpd's own work costs; what it costs is what a daemon in Python pays
+for the hops themselves (two sockets, two event loops' wake-ups, two
+framings). With `--upstream aiohttp` the POSTs go through aiohttp (a client
+session per bridge), as mcpd's do: the difference is what aiohttp costs on
+this path.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,6 +41,11 @@ from mcpd.protocol import (
     encode_frame,
 )
 
+# An upstream connection idle this long is replaced before the next POST, as
+# mcpd's are: Node's server closes one after 5 s, and a POST written into a
+# connection as it closes would be lost (and its editor wait for ever).
+KEEPALIVE_SECONDS = 4.0
+
 
 class Upstream(asyncio.Protocol):
     """One kept-alive HTTP/1.1 connection: a POST out, the response event back."""
@@ -53,13 +62,18 @@ class Upstream(asyncio.Protocol):
         self.transport: Any = None
         self.address = (parts.hostname, parts.port)
         self.reconnecting: set[asyncio.Task[None]] = set()
+        self.last_post = 0.0
 
     def connection_made(self, transport: Any) -> None:  # uvloop's, not asyncio's class
         self.transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None  # closed when idle (while other variants ran)
+        self.transport = None  # closed when idle (while other variants ran), or by the bridge
         self.buffer = b""
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     async def connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -67,6 +81,12 @@ class Upstream(asyncio.Protocol):
 
     def post(self, body: bytes) -> None:
         request = self.head + self.session + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        now = time.monotonic()
+        if self.transport is not None and now - self.last_post > KEEPALIVE_SECONDS:
+            # Its connection_lost comes (soon) before the new one's connection_made.
+            self.transport.close()
+            self.transport = None
+        self.last_post = now
         if self.transport is not None:
             self.transport.write(request)
             return
@@ -105,12 +125,19 @@ class AiohttpUpstream:
             "Content-Type": "application/json",
             "Accept": "application/json, text/event-stream",
         }
-        self.session = aiohttp.ClientSession()
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_SECONDS)
+        )
         self.tasks: set[asyncio.Task[None]] = set()
 
     def post(self, body: bytes) -> None:
         task = asyncio.get_running_loop().create_task(self._post(body))
         self.tasks.add(task)  # held until done
+        task.add_done_callback(self.tasks.discard)
+
+    def close(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.session.close())
+        self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     async def _post(self, body: bytes) -> None:
@@ -128,7 +155,9 @@ class AiohttpUpstream:
 
 
 class Bridge(asyncio.Protocol):
-    def __init__(self, upstream: Upstream) -> None:
+    """One bridge's connection, with its own upstream."""
+
+    def __init__(self, upstream: Upstream | AiohttpUpstream) -> None:
         self.upstream = upstream
         upstream.deliver = self.answer
         self.decoder = FrameDecoder()
@@ -136,6 +165,10 @@ class Bridge(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:  # uvloop's, not asyncio's class
         self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.upstream.close()
 
     def answer(self, data: bytes) -> None:
         assert self.transport is not None
@@ -157,13 +190,8 @@ class Bridge(asyncio.Protocol):
 
 async def main(path: str, url: str, client: str) -> None:
     loop = asyncio.get_running_loop()
-    upstream: Upstream | AiohttpUpstream
-    if client == "aiohttp":
-        upstream = AiohttpUpstream(url, None)
-    else:
-        upstream = Upstream(url, None)
-        await upstream.connect()
-    server = await loop.create_unix_server(lambda: Bridge(upstream), path)
+    upstream = AiohttpUpstream if client == "aiohttp" else Upstream
+    server = await loop.create_unix_server(lambda: Bridge(upstream(url, None)), path)
     print("ready", flush=True)
     async with server:
         await server.serve_forever()

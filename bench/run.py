@@ -12,7 +12,7 @@
    and 32 editors at once, each its own process calling in sequence: through
    `mcpctl stdio` and the daemon, through mcp-remote (one copy per editor, as
    editors run it), and with the same driver speaking Streamable HTTP to the
-   server directly (the floor); for one editor also through the floor relay
+   server directly (the floor), and through the floor relay
    (bench/floor_relay.py, the least a Python daemon can do), with its own
    HTTP and with aiohttp's; then where one call's time goes, hop by hop
    (bench/spans/sitecustomize.py);
@@ -411,7 +411,7 @@ def run_batch(editors: list[Any], calls: int, extra_pids: list[int]) -> dict[str
 
 @contextmanager
 def floor_relay(url: str, log_dir: Path, upstream: str) -> Iterator[tuple[str, int]]:
-    """bench/floor_relay.py serving one bridge: its socket and pid."""
+    """bench/floor_relay.py, serving each bridge on its own: its socket and pid."""
     path = str(log_dir / f"floor-relay-{upstream}.sock")
     process = subprocess.Popen(
         [sys.executable, str(REPO / "bench" / "floor_relay.py"), path, url, "--upstream", upstream],
@@ -427,9 +427,9 @@ def floor_relay(url: str, log_dir: Path, upstream: str) -> Iterator[tuple[str, i
 
 
 def data_plane(editor_counts: list[int], calls: int, rounds: int, log_dir: Path) -> dict[str, Any]:
-    """tools/call through mcpd, through mcp-remote and directly, at each editor count;
-    for one editor also through the floor relay (bench/floor_relay.py), with its
-    own lean upstream and with aiohttp's.
+    """tools/call through mcpd, through mcp-remote, directly, and through the floor
+    relay (bench/floor_relay.py), with its own lean upstream and with aiohttp's, at
+    each editor count.
 
     The variants take turns, `rounds` times, so that the machine's drift falls
     on all alike; each editor makes `calls // editors` calls per round.
@@ -463,10 +463,9 @@ def data_plane(editor_counts: list[int], calls: int, rounds: int, log_dir: Path)
                     ],
                 }
                 relays = {"relay floor": relay_socket, "relay + aiohttp": aiohttp_relay_socket}
-                if count == 1:
-                    for name, socket_path in relays.items():
-                        relay = [str(BIN / "mcpctl"), "stdio", "ts", "--socket", socket_path]
-                        variants[name] = [StdioClient(relay, env.vars, stderr)]
+                for name, socket_path in relays.items():
+                    relay = [str(BIN / "mcpctl"), "stdio", "ts", "--socket", socket_path]
+                    variants[name] = [StdioClient(relay, env.vars, stderr) for _ in range(count)]
                 servers = {
                     "mcpd": [daemon.process.pid],
                     "relay floor": [relay_pid],
@@ -508,6 +507,9 @@ def data_plane(editor_counts: list[int], calls: int, rounds: int, log_dir: Path)
                 )
                 result["throughput_vs_direct"] = (
                     result["mcpd"]["calls_per_s"] / result["direct"]["calls_per_s"]
+                )
+                result["relay_throughput_vs_direct"] = (
+                    result["relay floor"]["calls_per_s"] / result["direct"]["calls_per_s"]
                 )
                 figures[f"{count}_editors"] = result
                 for editors in variants.values():
@@ -682,7 +684,7 @@ def print_floors(figures: dict[str, Any]) -> None:
 
 def print_data_plane(figures: dict[str, Any]) -> None:
     print(
-        f"\n{'tools/call':<25}{'p50/p99 ms':>18}{'added p50':>11}{'calls/s':>9}"
+        f"\n{'tools/call':<28}{'p50/p99 ms':>18}{'added p50':>11}{'calls/s':>9}"
         f"{'CPU ms/call':>12}{'RSS MB/proc':>12}"
     )
     for key, result in figures.items():
@@ -694,15 +696,16 @@ def print_data_plane(figures: dict[str, Any]) -> None:
             row = result[name]
             added = result["added_p50_ms"].get(name)
             print(
-                f"{key.replace('_', ' ') + ', ' + name:<25}"
+                f"{key.replace('_', ' ') + ', ' + name:<28}"
                 f"{row['median_ms']:>9.2f}/{row['p99_ms']:<8.2f}"
-                f"{'' if added is None else f'+{added:.2f}':>11}{row['calls_per_s']:>9.0f}"
+                f"{'' if added is None else f'{added:+.2f}':>11}{row['calls_per_s']:>9.0f}"
                 f"{row['cpu_ms_per_call']:>12.2f}{row.get('rss_mb_per_process', 0):>12.1f}"
             )
         print(
-            f"{'':<25}mcpd/mcp-remote calls per second: "
+            f"{'':<28}mcpd/mcp-remote calls per second: "
             f"{result['throughput_vs_mcp_remote']:.1f}x, mcpd/direct "
-            f"{result['throughput_vs_direct']:.0%}; "
+            f"{result['throughput_vs_direct']:.0%}, relay floor/direct "
+            f"{result['relay_throughput_vs_direct']:.0%}; "
             f"daemon RSS {result['mcpd']['daemon_rss_mb']:.1f} MB"
         )
     print(f"goals: {figures['goals']}")

@@ -1,19 +1,27 @@
-"""Every outbound HTTP request of the daemon, MCP and OAuth alike, on aiohttp.
+"""Every outbound HTTP request of the daemon, MCP and OAuth alike: on aiohttp,
+and POSTs that need no proxy on the daemon's own lane (mcpd/httplane.py).
 
 Theory of operation
 -------------------
 An `HttpClient` belongs to one server and lives as long as that server runs:
-its connections (aiohttp's keep-alive pool), its TLS trust and its proxies.
+its TLS trust, its proxies and its timeouts, over the daemon's pool of
+connections (`HttpPool`: aiohttp's keep-alive pool, and the lane's). Every
+MCP message is a POST, so the lane carries the calls; aiohttp carries the
+rest (metadata, event streams, DELETEs, anything through a proxy). This
+module decides for both: the URL and headers checked, redirects, timeouts,
+trust, and the failures mapped to one family of errors.
+
 `send` returns a `Response` once the response head has arrived; its body is
 read with `aiter_bytes` or `read`, and the response is then closed. A body
 read to its end gives its connection back to the pool; one closed early
 closes its connection.
 
 Failures: whatever goes wrong below HTTP comes out of this module as
-`HttpError` (or a subclass) and nothing else: aiohttp's and yarl's errors,
-TLS errors, timeouts, and the `ValueError`s of a URL or header that cannot
-be sent. Messages are fit for a user and quote no header value, no body and
-no query string, so that no token reaches a log through them.
+`HttpError` (or a subclass) and nothing else: aiohttp's, yarl's and the
+lane's parser's errors, TLS errors, timeouts, and a URL or header that cannot
+be sent (only visible ASCII, spaces and tabs go into a header value).
+Messages are fit for a user and quote no header value, no body and no query
+string, so that no token reaches a log through them.
 
 Timeouts, per phase: connecting (TCP, the proxy's tunnel, TLS) within the
 client's `connect_timeout`; the response head within the `head_timeout` of
@@ -34,7 +42,8 @@ A 303 (and a 301 or 302 of a POST) continues as a GET without the body.
 Nothing is sent twice by this module. aiohttp re-sends an idempotent request
 (GET, DELETE) once when the pooled connection it went out on turns out to
 have been closed by the server before any answer, as RFC 9112 allows; it
-never re-sends a POST, and every MCP message and OAuth exchange is a POST.
+never re-sends a POST, nor does the lane, and every MCP message and OAuth
+exchange is a POST.
 """
 
 from __future__ import annotations
@@ -42,11 +51,13 @@ from __future__ import annotations
 import enum
 import functools
 import os
+import re
+import socket
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
@@ -54,6 +65,9 @@ from yarl import URL
 
 from . import __version__
 from .urls import DEFAULT_PORTS, Origin, is_loopback, origin_of, wire_clean
+
+if TYPE_CHECKING:
+    from .httplane import LanePool
 
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -216,32 +230,60 @@ def _wire_url(url: str) -> URL:
     return parsed
 
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
+
+
+def sendable(headers: Mapping[str, str]) -> bool:
+    """Whether every header is valid HTTP/1.1 as it is: a token for a name, visible
+    ASCII, spaces and tabs for a value (aiohttp would send non-ASCII as UTF-8)."""
+    return all(_TOKEN.fullmatch(name) and _FIELD_VALUE.fullmatch(v) for name, v in headers.items())
+
+
+def unsendable(url: str) -> HttpError:
+    """The error for a request that cannot go on the wire; it quotes no header,
+    whose value may be a secret."""
+    return HttpError(
+        f"the request to {origin_of(url).authority} cannot be sent: a header or the URL is not "
+        "valid HTTP (a line break, a control character or non-ASCII text)"
+    )
+
+
+def connect_refusal(cause: BaseException, url: str) -> ConnectError:
+    """The project's error for a connection to `url` that could not be made."""
+    where = origin_of(url).authority
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        reason = cause.verify_message or type(cause).__name__
+        return ConnectError(f"cannot connect to {where}: TLS: certificate verify failed ({reason})")
+    if isinstance(cause, ssl.SSLError):
+        return ConnectError(f"cannot connect to {where}: TLS: {cause.reason or 'handshake failed'}")
+    if isinstance(cause, socket.gaierror):
+        return ConnectError(f"cannot connect to {where}: the name does not resolve")
+    if isinstance(cause, ConnectionResetError) and url.startswith("https:"):
+        # Accepted, then closed or reset before TLS was set up: a dying load
+        # balancer, a captive portal, a firewall.
+        how = "reset" if cause.strerror else "closed"
+        return ConnectError(f"cannot connect to {where}: {how} during the TLS handshake")
+    if isinstance(cause, ConnectionRefusedError):
+        return ConnectError(f"cannot connect to {where}: refused")
+    detail = cause.strerror if isinstance(cause, OSError) else None
+    return ConnectError(f"cannot connect to {where}: {detail or 'failed'}")
+
+
 def _failure(exc: BaseException, url: str, connect_timeout: float) -> HttpError:
     """The project's error for whatever aiohttp, yarl, ssl or the OS raised."""
     where = origin_of(url).authority
     if isinstance(exc, HttpError):
         return exc
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        error = exc.certificate_error
-        reason = getattr(error, "verify_message", None) or type(error).__name__
-        return ConnectError(f"cannot connect to {where}: TLS: certificate verify failed ({reason})")
-    if isinstance(exc, aiohttp.ClientConnectorSSLError):
-        reason = getattr(exc.os_error, "reason", None) or exc.strerror or "handshake failed"
-        return ConnectError(f"cannot connect to {where}: TLS: {reason}")
+        return connect_refusal(exc.certificate_error, url)
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
         proxy = f"{exc.host}:{exc.port}"
         return ConnectError(f"cannot connect to the proxy {proxy}: {exc.strerror or 'refused'}")
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return ConnectError(f"cannot connect to {where}: the name does not resolve")
+        return connect_refusal(socket.gaierror(), url)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        cause = exc.os_error
-        if isinstance(cause, ConnectionResetError) and url.startswith("https:"):
-            # Accepted, then closed or reset before TLS was set up: a dying load
-            # balancer, a captive portal, a firewall.
-            how = "reset" if cause.strerror else "closed"
-            return ConnectError(f"cannot connect to {where}: {how} during the TLS handshake")
-        detail = "refused" if isinstance(cause, ConnectionRefusedError) else None
-        return ConnectError(f"cannot connect to {where}: {detail or exc.strerror or 'failed'}")
+        return connect_refusal(exc.os_error, url)
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         return ConnectError(f"the proxy refused a tunnel to {where} (HTTP {exc.status})")
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
@@ -258,10 +300,7 @@ def _failure(exc: BaseException, url: str, connect_timeout: float) -> HttpError:
     if isinstance(exc, ValueError | TypeError | UnicodeError | LookupError):
         # aiohttp and yarl refuse a header or URL that cannot go on the wire;
         # their messages may quote it, so they are not repeated.
-        return HttpError(
-            f"the request to {where} cannot be sent: a header or the URL is not valid HTTP "
-            "(a line break, a control character or non-ASCII text)"
-        )
+        return unsendable(url)
     if isinstance(exc, aiohttp.ClientError):
         return ConnectionBroken(f"the exchange with {where} failed ({type(exc).__name__})")
     raise TypeError("not an HTTP failure") from exc
@@ -274,6 +313,32 @@ _MAPPED = (aiohttp.ClientError, OSError, ValueError, TypeError, UnicodeError, Lo
 class Response:
     """A response whose head has arrived; read its body once, then close it."""
 
+    status_code: int
+    headers: dict[str, str]  # names in lower case; repeated fields joined with ", "
+    url: str
+
+    def aiter_bytes(self, idle_timeout: float | None = None) -> AsyncIterator[bytes]:
+        """The body as it arrives; no more than `idle_timeout` seconds between chunks."""
+        raise NotImplementedError
+
+    async def read(self, limit: int, idle_timeout: float | None = None) -> bytes:
+        """The whole body, or BodyTooLarge if it exceeds `limit` bytes."""
+        chunks, size = [], 0
+        async for chunk in self.aiter_bytes(idle_timeout):
+            size += len(chunk)
+            if size > limit:
+                await self.aclose()
+                raise BodyTooLarge(f"the response is over {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def aclose(self) -> None:
+        """Done with it: a body read to its end has already freed its connection;
+        one left unread closes it."""
+        raise NotImplementedError
+
+
+class _AiohttpResponse(Response):
     def __init__(self, raw: aiohttp.ClientResponse, url: str, connect_timeout: float) -> None:
         self.status_code = raw.status
         self.headers: dict[str, str] = {}
@@ -285,7 +350,6 @@ class Response:
         self._connect_timeout = connect_timeout
 
     async def aiter_bytes(self, idle_timeout: float | None = None) -> AsyncIterator[bytes]:
-        """The body as it arrives; no more than `idle_timeout` seconds between chunks."""
         content = self._raw.content
         while True:
             try:
@@ -308,20 +372,7 @@ class Response:
                 return
             yield chunk
 
-    async def read(self, limit: int, idle_timeout: float | None = None) -> bytes:
-        """The whole body, or BodyTooLarge if it exceeds `limit` bytes."""
-        chunks, size = [], 0
-        async for chunk in self.aiter_bytes(idle_timeout):
-            size += len(chunk)
-            if size > limit:
-                await self.aclose()
-                raise BodyTooLarge(f"the response is over {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     async def aclose(self) -> None:
-        """Done with it: a body read to its end has already freed its connection;
-        one left unread closes it."""
         self._raw.close()
 
 
@@ -332,6 +383,7 @@ class HttpPool:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._lane: LanePool | None = None
 
     async def __aenter__(self) -> HttpPool:
         return self
@@ -352,10 +404,20 @@ class HttpPool:
             )
         return self._session
 
+    def lane(self) -> LanePool:
+        if self._lane is None:
+            from .httplane import LanePool  # it builds on this module
+
+            self._lane = LanePool()
+        return self._lane
+
     async def aclose(self) -> None:
+        lane, self._lane = self._lane, None
         session, self._session = self._session, None
-        if session is not None:
-            with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
+            if lane is not None:
+                await lane.aclose()
+            if session is not None:
                 await session.close()
 
 
@@ -467,12 +529,24 @@ class HttpClient:
         options: dict[str, Any] = {}
         try:
             wire = _wire_url(url)
-            if wire.scheme == "https":
-                options["ssl"] = self._tls(url)
+            if not sendable(headers):
+                raise unsendable(url)
+            context = self._tls(url) if wire.scheme == "https" else None
             proxy = self._proxy(url)
-            if proxy is not None:
-                options["proxy"], options["proxy_headers"] = proxy
             with anyio.fail_after(head_timeout):
+                if (
+                    method == "POST"
+                    and proxy is None
+                    and (lane := self._pool.lane()).takes(headers)
+                ):
+                    timeout = self.connect_timeout
+                    return await lane.post(
+                        url, wire, context, headers, body, connect_timeout=timeout
+                    )
+                if context is not None:
+                    options["ssl"] = context
+                if proxy is not None:
+                    options["proxy"], options["proxy_headers"] = proxy
                 raw = await self._pool.session().request(
                     method,
                     wire,
@@ -490,4 +564,4 @@ class HttpClient:
             ) from None
         except _MAPPED as exc:
             raise _failure(exc, url, self.connect_timeout) from None
-        return Response(raw, url, self.connect_timeout)
+        return _AiohttpResponse(raw, url, self.connect_timeout)

@@ -1,4 +1,5 @@
-"""mcpd's outbound HTTP (mcpd/http.py, on aiohttp) against real HTTP peers: the
+"""mcpd's outbound HTTP (mcpd/http.py: aiohttp, and the lane of mcpd/httplane.py
+for POSTs) against real HTTP peers: the
 standard library's HTTP/1.1 server (keep-alive, redirects, closes) and
 pproxy, a real forward proxy (CONNECT tunnels for https, absolute-form
 requests for http).
@@ -46,6 +47,9 @@ from mcpd.http import (
 pytestmark = pytest.mark.timeout(60)
 
 SAME = Redirects.SAME_ORIGIN
+# A GET goes through aiohttp, a POST through the lane: what holds for one must
+# hold for the other.
+BOTH_PATHS = pytest.mark.parametrize("method", ["GET", "POST"])
 
 
 def fetch(
@@ -129,14 +133,15 @@ def read_head(conn: socket.socket) -> bytes:
 # --- Connections ---------------------------------------------------------------------
 
 
-def test_keep_alive_reuses_one_connection():
+@BOTH_PATHS
+def test_keep_alive_reuses_one_connection(method):
     with http_peer(reply(body=b"hello")) as peer:
 
         async def main() -> list[bytes]:
             async with HttpClient() as client:
                 bodies = []
                 for _ in range(3):
-                    async with client.stream("GET", peer.url + "/a", {}, redirects=SAME) as r:
+                    async with client.stream(method, peer.url + "/a", {}, redirects=SAME) as r:
                         bodies.append(await r.read(100))
                 return bodies
 
@@ -166,29 +171,31 @@ def test_servers_share_the_daemons_pool_and_keep_their_own_settings():
     assert len({seen.client_port for seen in peer.seen}) == 1
 
 
-def test_a_response_left_unread_never_carries_another_request():
+@BOTH_PATHS
+def test_a_response_left_unread_never_carries_another_request(method):
     with http_peer(reply(body=b"x" * 200_000)) as peer:
 
         async def main() -> None:
             async with HttpClient() as client:
-                response = await client.send("GET", peer.url, {}, redirects=SAME)
+                response = await client.send(method, peer.url, {}, redirects=SAME)
                 async for _chunk in response.aiter_bytes():
                     break
                 await response.aclose()
-                async with client.stream("GET", peer.url, {}, redirects=SAME) as second:
+                async with client.stream(method, peer.url, {}, redirects=SAME) as second:
                     assert len(await second.read(1 << 20)) == 200_000
 
         anyio.run(main)
     assert peer.seen[0].client_port != peer.seen[1].client_port
 
 
-def test_a_body_over_the_limit_is_refused():
+@BOTH_PATHS
+def test_a_body_over_the_limit_is_refused(method):
     with http_peer(reply(body=b"x" * 5000)) as peer:
 
         async def main() -> None:
             async with (
                 HttpClient() as client,
-                client.stream("GET", peer.url, {}, redirects=SAME) as response,
+                client.stream(method, peer.url, {}, redirects=SAME) as response,
             ):
                 await response.read(4096)
 
@@ -331,16 +338,31 @@ def test_endless_redirects_end_with_a_clear_error():
 # --- Failures: each one an HttpError with a message fit for a user ---------------------
 
 
-def test_a_refused_connection_says_where():
+@BOTH_PATHS
+def test_a_refused_connection_says_where(method):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(ConnectError, match=f"cannot connect to 127.0.0.1:{port}"):
-        fetch("GET", f"http://127.0.0.1:{port}/")
+    with pytest.raises(ConnectError, match=f"cannot connect to 127.0.0.1:{port}: refused"):
+        fetch(method, f"http://127.0.0.1:{port}/")
 
 
-@pytest.mark.parametrize("how", ["close", "reset", "garbage"])
-def test_a_tls_handshake_cut_off_is_an_error_not_a_crash(how):
+@BOTH_PATHS
+def test_a_name_that_does_not_resolve_says_so(method):
+    with pytest.raises(ConnectError, match="the name does not resolve"):
+        fetch(method, "http://no-such-host.invalid/mcp")
+
+
+@BOTH_PATHS
+@pytest.mark.parametrize(
+    ("how", "says"),
+    [
+        ("close", "closed during the TLS handshake"),
+        ("reset", "reset during the TLS handshake"),
+        ("garbage", "TLS: "),
+    ],
+)
+def test_a_tls_handshake_cut_off_is_an_error_not_a_crash(method, how, says):
     """What a dying load balancer, a captive portal or a firewall does."""
 
     def cut(conn: socket.socket) -> None:
@@ -350,22 +372,24 @@ def test_a_tls_handshake_cut_off_is_an_error_not_a_crash(how):
         elif how == "garbage":
             conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
 
-    with raw_peer(cut) as peer, pytest.raises(HttpError) as error:
-        fetch("GET", f"https://127.0.0.1:{peer.port}/mcp")
-    assert f"127.0.0.1:{peer.port}" in str(error.value)
+    with raw_peer(cut) as peer, pytest.raises(ConnectError) as error:
+        fetch(method, f"https://127.0.0.1:{peer.port}/mcp")
+    assert f"cannot connect to 127.0.0.1:{peer.port}: " in str(error.value)
+    assert says in str(error.value)
 
 
-def test_tls_checks_the_certificate_unless_told_otherwise(tmp_path):
+@BOTH_PATHS
+def test_tls_checks_the_certificate_unless_told_otherwise(tmp_path, method):
     ca, cert, key = make_pki(tmp_path)
     with http_peer(reply(body=b"secure"), tls=(cert, key)) as peer:
         with pytest.raises(ConnectError, match="certificate verify failed"):
-            fetch("GET", peer.url, own_url=peer.url)
-        assert fetch("GET", peer.url, verify=str(ca), own_url=peer.url) == (200, b"secure")
-        assert fetch("GET", peer.url, verify=False, own_url=peer.url) == (200, b"secure")
+            fetch(method, peer.url, own_url=peer.url)
+        assert fetch(method, peer.url, verify=str(ca), own_url=peer.url) == (200, b"secure")
+        assert fetch(method, peer.url, verify=False, own_url=peer.url) == (200, b"secure")
         # `verify` is the server's own: another origin keeps the system's trust.
         with pytest.raises(ConnectError, match="certificate verify failed"):
-            fetch("GET", peer.url, verify=False, own_url="https://127.0.0.1:1/mcp")
-        assert fetch("GET", peer.url, other_verify=str(ca), own_url="https://h/") == (
+            fetch(method, peer.url, verify=False, own_url="https://127.0.0.1:1/mcp")
+        assert fetch(method, peer.url, other_verify=str(ca), own_url="https://h/") == (
             200,
             b"secure",
         )
@@ -392,18 +416,21 @@ def test_a_ca_bundle_is_read_once_per_client(tmp_path, monkeypatch):
     assert read == [str(ca)]
 
 
+@BOTH_PATHS
 @pytest.mark.parametrize(
     ("name", "value"),
     [
         ("X-Api-Key", "k-SECRET\r\nX-Injected: 1"),
         ("X-Api-Key", "k-SECRET\r"),
         ("X-Api-Key", "k-SECRET\x00"),
+        ("X-Api-Key", "k-SECR\u00c9T"),
+        ("X Api-Key-SECRET", "v"),
     ],
 )
-def test_a_header_that_cannot_be_sent_is_an_error_that_quotes_nothing(name, value):
+def test_a_header_that_cannot_be_sent_is_an_error_that_quotes_nothing(method, name, value):
     with http_peer(reply()) as peer:
         with pytest.raises(HttpError) as error:
-            fetch("GET", peer.url, headers={name: value})
+            fetch(method, peer.url, headers={name: value})
         assert peer.seen == []
     assert "SECRET" not in str(error.value)
     assert "not valid HTTP" in str(error.value)
@@ -418,7 +445,8 @@ def test_no_answer_within_the_head_timeout():
         fetch("POST", f"http://127.0.0.1:{peer.port}/", b"{}", head_timeout=0.5)
 
 
-def test_a_body_that_stalls_past_the_idle_timeout():
+@BOTH_PATHS
+def test_a_body_that_stalls_past_the_idle_timeout(method):
     def stall(conn: socket.socket) -> None:
         read_head(conn)
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")
@@ -429,7 +457,7 @@ def test_a_body_that_stalls_past_the_idle_timeout():
         async def main() -> None:
             async with (
                 HttpClient() as client,
-                client.stream("GET", f"http://127.0.0.1:{peer.port}/", {}, redirects=SAME) as r,
+                client.stream(method, f"http://127.0.0.1:{peer.port}/", {}, redirects=SAME) as r,
             ):
                 await r.read(1000, idle_timeout=0.5)
 
@@ -437,13 +465,14 @@ def test_a_body_that_stalls_past_the_idle_timeout():
             anyio.run(main)
 
 
-def test_an_answer_that_is_not_http():
+@BOTH_PATHS
+def test_an_answer_that_is_not_http(method):
     def garbage(conn: socket.socket) -> None:
         read_head(conn)
         conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
 
     with raw_peer(garbage) as peer, pytest.raises(ConnectionBroken, match="not valid HTTP"):
-        fetch("GET", f"http://127.0.0.1:{peer.port}/")
+        fetch(method, f"http://127.0.0.1:{peer.port}/")
 
 
 # --- Proxies -------------------------------------------------------------------------
@@ -481,7 +510,9 @@ def pproxy() -> Iterator[str]:
         process.communicate()
 
 
-def test_https_goes_through_a_proxy_tunnel_and_http_in_absolute_form(tmp_path):
+@BOTH_PATHS
+def test_https_goes_through_a_proxy_tunnel_and_http_in_absolute_form(tmp_path, method):
+    """A POST too: the lane leaves every proxied request to aiohttp."""
     ca, cert, key = make_pki(tmp_path)
     with (
         http_peer(reply(body=b"tunnelled"), tls=(cert, key)) as secure,
@@ -490,14 +521,14 @@ def test_https_goes_through_a_proxy_tunnel_and_http_in_absolute_form(tmp_path):
     ):
         environ = {"HTTPS_PROXY": proxy, "http_proxy": proxy}
         options = {"other_verify": str(ca), "environ": environ}
-        assert fetch("GET", secure.url + "/s", **options) == (200, b"tunnelled")
-        assert fetch("GET", plain.url + "/p", **options) == (200, b"forwarded")
+        assert fetch(method, secure.url + "/s", **options) == (200, b"tunnelled")
+        assert fetch(method, plain.url + "/p", **options) == (200, b"forwarded")
         assert plain.seen[-1].path == "/p"
         proxy_port = proxy.rsplit(":", 1)[1]
     # With the proxy gone, both fail at the proxy: proof that they went through it.
     for url in (secure.url, plain.url):
         with pytest.raises(ConnectError, match=f"127.0.0.1:{proxy_port}"):
-            fetch("GET", url, **options)
+            fetch(method, url, **options)
 
 
 def test_no_proxy_and_unsupported_proxies():
@@ -521,3 +552,214 @@ def test_the_shared_tls_contexts_load_the_system_store_once():
     assert tls_context(True) is tls_context(True)
     assert tls_context(True).verify_mode is ssl.CERT_REQUIRED
     assert tls_context(False).verify_mode is ssl.CERT_NONE
+
+
+# --- The lane (mcpd/httplane.py): what only POSTs meet ---------------------------------
+#
+# The peers below are raw sockets writing exactly the bytes each test needs:
+# chunked and unframed bodies, interim answers, bytes nobody asked for and
+# oversized heads are what the standard library's server does not produce on demand.
+
+
+def answer_on_each_connection(*answers: bytes) -> Callable[[socket.socket], None]:
+    """Per connection: read a request, write the next of `answers`, until they run out
+    or the client goes away."""
+
+    def serve(conn: socket.socket) -> None:
+        for answer in answers:
+            if not read_head(conn):
+                return
+            conn.sendall(answer)
+        conn.recv(1)  # until the client closes
+
+    return serve
+
+
+def post_all(url: str, count: int, **client_options: Any) -> list[tuple[int, bytes]]:
+    """`count` POSTs in turn on one client."""
+
+    async def main() -> list[tuple[int, bytes]]:
+        async with HttpClient(**client_options) as client:
+            results = []
+            for _ in range(count):
+                async with client.stream("POST", url, {}, b"{}", redirects=SAME) as response:
+                    results.append((response.status_code, await response.read(1 << 20)))
+            return results
+
+    return anyio.run(main, backend_options={"use_uvloop": True})
+
+
+def test_the_lane_writes_its_own_head_and_leaves_the_rest_to_aiohttp():
+    with http_peer(reply(body=b"hello")) as peer:
+        assert fetch("POST", peer.url + "/mcp?x=1", b"{}", {"X-Api-Key": "k"}) == (200, b"hello")
+        lane = peer.seen[-1]
+        assert lane.path == "/mcp?x=1"
+        assert lane.headers["host"] == peer.url.removeprefix("http://")
+        assert lane.headers["content-length"] == "2"
+        assert lane.headers["user-agent"].startswith("mcpd/")
+        assert lane.headers["x-api-key"] == "k"
+        assert "accept-encoding" not in lane.headers  # aiohttp would offer gzip
+        # A header the lane writes itself, set by the caller: aiohttp sends it.
+        assert fetch("POST", peer.url, b"{}", {"Connection": "close"}) == (200, b"hello")
+        assert "accept-encoding" in peer.seen[-1].headers
+
+
+def test_chunked_and_unframed_bodies():
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    framed = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nworld"
+    unframed = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end"
+
+    def serve(conn: socket.socket) -> None:
+        for answer in (chunked, framed, unframed):
+            if not read_head(conn):
+                return
+            conn.sendall(answer)
+        # the end of the last body
+
+    with raw_peer(serve) as peer:
+        results = post_all(f"http://127.0.0.1:{peer.port}/mcp", 4)
+    assert results == [(200, b"hello"), (200, b"world"), (200, b"until the end"), (200, b"hello")]
+    assert peer.connections == 2  # kept alive until the server said close
+
+
+def test_interim_answers_are_passed_over():
+    answer = (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    )
+    with raw_peer(answer_on_each_connection(answer, answer)) as peer:
+        assert post_all(f"http://127.0.0.1:{peer.port}/", 2) == [(200, b"ok")] * 2
+    assert peer.connections == 1
+
+
+def test_bytes_after_the_answer_are_never_taken_for_the_next_one():
+    """A second answer nobody asked for, right behind the first: the connection
+    is closed, and the next request gets its own answer on a new one."""
+    smuggled = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil"
+    )
+    answers = iter([smuggled, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood"])
+
+    def serve(conn: socket.socket) -> None:
+        answer_on_each_connection(next(answers))(conn)
+
+    with raw_peer(serve) as peer:
+        assert post_all(f"http://127.0.0.1:{peer.port}/", 2) == [(200, b"first"), (200, b"good")]
+    assert peer.connections == 2
+
+
+def test_a_head_over_64_kib_is_refused():
+    head = b"HTTP/1.1 200 OK\r\n" + b"X-Filler: " + b"a" * 70_000 + b"\r\nContent-Length: 0\r\n\r\n"
+    with (
+        raw_peer(answer_on_each_connection(head)) as peer,
+        pytest.raises(ConnectionBroken, match="head over 64 KiB"),
+    ):
+        post_all(f"http://127.0.0.1:{peer.port}/", 1)
+
+
+def test_a_body_nobody_reads_stops_being_read():
+    """8 MB behind a head: while nobody reads, the lane holds no more than its
+    high-water mark (the server's writes block); then all of it arrives intact."""
+    from mcpd.httplane import HIGH_WATER
+
+    size = 8 << 20
+    body = bytes(range(256)) * (size // 256)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + body
+
+    with raw_peer(answer_on_each_connection(answer)) as peer:
+
+        async def main() -> None:
+            async with HttpClient() as client:
+                url = f"http://127.0.0.1:{peer.port}/"
+                response = await client.send("POST", url, {}, b"{}", redirects=SAME)
+                connection = response._connection  # the lane's own state, looked at
+                with anyio.fail_after(10):
+                    while not connection._paused:
+                        await anyio.sleep(0.01)
+                held = connection._buffered
+                assert HIGH_WATER < held <= HIGH_WATER + (1 << 20)
+                assert await response.read(size) == body
+                await response.aclose()
+
+        anyio.run(main, backend_options={"use_uvloop": True})
+
+
+def test_an_abandoned_exchange_closes_its_connection():
+    """A caller that gives up mid-body (cancelled, timed out) leaves nothing
+    behind for the next request: that connection is closed, not reused."""
+    closed_by_client = threading.Event()
+    answers = iter(
+        [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext",
+        ]
+    )
+
+    def serve(conn: socket.socket) -> None:
+        read_head(conn)
+        conn.sendall(next(answers))
+        if conn.recv(1) == b"":
+            closed_by_client.set()
+
+    with raw_peer(serve) as peer:
+
+        async def main() -> bytes:
+            async with HttpClient() as client:
+                url = f"http://127.0.0.1:{peer.port}/"
+                with anyio.move_on_after(0.5):
+                    async with client.stream("POST", url, {}, b"{}", redirects=SAME) as r:
+                        await r.read(1000)
+                async with client.stream("POST", url, {}, b"{}", redirects=SAME) as r:
+                    return await r.read(1000)
+
+        assert anyio.run(main, backend_options={"use_uvloop": True}) == b"next"
+        assert closed_by_client.wait(5)
+    assert peer.connections == 2
+
+
+def test_an_idle_connection_is_closed_before_the_server_would(monkeypatch):
+    monkeypatch.setattr(mcpd.http, "KEEPALIVE_SECONDS", 0.2)
+    closed_by_client = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        answer_on_each_connection(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")(conn)
+        closed_by_client.set()
+
+    with raw_peer(serve) as peer:
+
+        async def main() -> None:
+            async with HttpClient() as client:
+                url = f"http://127.0.0.1:{peer.port}/"
+                async with client.stream("POST", url, {}, b"{}", redirects=SAME) as r:
+                    assert await r.read(10) == b"ok"
+                with anyio.fail_after(5):
+                    while not closed_by_client.is_set():
+                        await anyio.sleep(0.01)
+
+        anyio.run(main, backend_options={"use_uvloop": True})
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_reused():
+    def serve(conn: socket.socket) -> None:
+        read_head(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        conn.shutdown(socket.SHUT_WR)  # a keep-alive timeout on the server's side
+
+    with raw_peer(serve) as peer:
+
+        async def main() -> list[bytes]:
+            async with HttpClient() as client:
+                url = f"http://127.0.0.1:{peer.port}/"
+                bodies = []
+                for _ in range(2):
+                    response = await client.send("POST", url, {}, b"{}", redirects=SAME)
+                    bodies.append(await response.read(10))
+                    await response.aclose()
+                    with anyio.fail_after(5):  # until the close has reached the client
+                        while not response._connection.closed:
+                            await anyio.sleep(0.01)
+                return bodies
+
+        assert anyio.run(main, backend_options={"use_uvloop": True}) == [b"ok", b"ok"]
+    assert peer.connections == 2

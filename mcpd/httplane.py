@@ -1,0 +1,389 @@
+"""The lane: POSTs on kept-alive HTTP/1.1 connections of the daemon's own, parsed
+by httptools (llhttp, Node's HTTP parser), in place of aiohttp's request
+machinery for the one kind of request that is on every call's path.
+
+Theory of operation
+-------------------
+Every MCP message an editor sends is one POST, and the response event it
+waits for comes back on that POST. Through aiohttp each of them cost about
+0.2 ms of latency and 0.27 ms of CPU more than the least a Python client can
+do (README, "Benchmarks"): its session, timers, tracing hooks, header
+multidicts and response objects are built for every request. The lane keeps
+what a POST needs and nothing else: a `LaneConnection` is an asyncio protocol
+that writes the request in one write and feeds what arrives to the parser,
+whose callbacks fill in the response head and queue the body's chunks.
+
+A connection carries one exchange at a time. It goes back to its origin's
+idle list (`LanePool`) once its response has been read to the end and the
+server did not say `Connection: close`; anything else (a body left unread, a
+cancelled request, a parse error, a broken connection) closes it, so that no
+leftover byte can ever be taken for the next answer. An idle connection is
+closed after KEEPALIVE_SECONDS, before the servers' own keep-alive ends.
+Nothing is ever sent twice: a POST written into a connection the server has
+just closed fails, as through aiohttp.
+
+What stays with aiohttp (mcpd/http.py): every other method (GETs of metadata
+and event streams, DELETEs), and every request through a proxy. Redirects,
+timeouts, TLS trust and the mapping of failures to the project's errors are
+mcpd/http.py's for both, so the two cannot drift apart; this module only
+refuses to send a head that is not valid HTTP/1.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+
+import anyio
+import httptools
+from yarl import URL
+
+from . import http
+from .urls import Origin, origin_of
+
+# The most of a response head kept: a server sending more is broken or hostile.
+MAX_HEAD_BYTES = 64 * 1024
+# Reading pauses while this much of a body waits for its reader, and goes on
+# once less than LOW_WATER is left (an event stream nobody reads cannot fill memory).
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+# How long closing the pool waits for its connections' TLS goodbyes.
+CLOSE_SECONDS = 1.0
+# Header names the lane writes itself; a caller setting one goes through aiohttp.
+OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+# (scheme, host, port, TLS settings): connections to one origin with one trust.
+LaneKey = tuple[str, str, int, ssl.SSLContext | None]
+
+
+class LaneConnection(asyncio.Protocol):
+    """One HTTP/1.1 connection: a request written, its response parsed as it comes."""
+
+    def __init__(self, key: LaneKey) -> None:
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._loop = asyncio.get_running_loop()
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.lost: asyncio.Future[None] = self._loop.create_future()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.busy = False
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._head_bytes = 0
+        self.head: asyncio.Future[None] = self._loop.create_future()
+        self.chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._paused = False
+        self.complete = False
+        self.keep_alive = False
+        self.failure: http.HttpError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- the exchange, as the caller sees it
+
+    def send(self, data: bytes) -> None:
+        """Write one request; its head arrives in `head`, its body in `chunks`."""
+        assert self.transport is not None
+        self._reset()
+        self.busy = True
+        self.transport.write(data)
+
+    async def more(self) -> None:
+        """Wait until a chunk arrives, the body ends, or the exchange fails."""
+        if self._paused and self._buffered < LOW_WATER:
+            self._paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def take(self) -> bytes:
+        chunk = self.chunks.popleft()
+        self._buffered -= len(chunk)
+        return chunk
+
+    def reusable(self) -> bool:
+        return self.complete and self.keep_alive and not self.closed and not self.chunks
+
+    def close(self) -> None:
+        self.closed = True
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- asyncio's side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's class, not asyncio's
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy or self.complete:
+            self._fail(http.ConnectionBroken(f"{self._where()} sent data nobody asked for"))
+            return
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self.complete:  # a second answer right behind the first
+                self._fail(http.ConnectionBroken(f"{self._where()} sent data nobody asked for"))
+                return
+            # llhttp's reasons are fixed phrases ("Invalid header value char"),
+            # never the bytes at fault.
+            reason = (
+                f"a head over {MAX_HEAD_BYTES // 1024} KiB"
+                if self._head_bytes > MAX_HEAD_BYTES
+                else str(exc).lower() or type(exc).__name__
+            )
+            where = self._where()
+            self._fail(
+                http.ConnectionBroken(f"the answer from {where} is not valid HTTP/1.1 ({reason})")
+            )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # An idle connection stays listed until its timer or the next `take`.
+        self.closed = True
+        self.lost.set_result(None)
+        if not self.busy or self.complete:
+            return
+        if not self.head.done():
+            failure = http.ConnectionBroken(
+                f"{self._where()} closed the connection before answering"
+            )
+        elif self._ends_at_close():
+            self.complete = True
+            self._wake()
+            return
+        else:
+            failure = http.ConnectionBroken(f"the answer from {self._where()} broke off")
+        self._fail(failure, close=False)
+
+    # -- the parser's callbacks
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise ValueError("an answer nobody asked for")  # stops the parser
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise ValueError("head too large")  # the parser reports a callback error
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer (100 Continue, 103 Early Hints)
+            self.headers, self._head_bytes = {}, 0
+            return
+        self.status = status
+        self.head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if not self.head.done():
+            return  # the end of an interim answer
+        self.keep_alive = self._parser.should_keep_alive()
+        self.complete = True
+        self._wake()
+
+    # -- helpers
+
+    def _where(self) -> str:
+        scheme, host, port, _ = self.key
+        return Origin(scheme, host, port).authority
+
+    def _ends_at_close(self) -> bool:
+        """A body with neither a length nor chunks ends when the connection does."""
+        return "content-length" not in self.headers and "chunked" not in self.headers.get(
+            "transfer-encoding", ""
+        )
+
+    def _fail(self, failure: http.HttpError, close: bool = True) -> None:
+        if self.failure is None:
+            self.failure = failure
+        if not self.head.done():
+            self.head.set_exception(failure)
+            self.head.exception()  # retrieved here; the caller may be gone
+        self._wake()
+        if close:
+            self.close()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class LaneResponse(http.Response):
+    """A response on a lane connection; the connection is freed by `aclose`."""
+
+    def __init__(self, connection: LaneConnection, pool: LanePool, url: str) -> None:
+        self.status_code = connection.status
+        self.headers = connection.headers
+        self.url = url
+        self._connection = connection
+        self._pool = pool
+
+    async def aiter_bytes(self, idle_timeout: float | None = None) -> AsyncIterator[bytes]:
+        connection = self._connection
+        while True:
+            if connection.chunks:
+                yield connection.take()
+            elif connection.complete:
+                return
+            elif connection.failure is not None:
+                raise connection.failure
+            elif idle_timeout is None:
+                await connection.more()
+            else:
+                try:
+                    with anyio.fail_after(idle_timeout):
+                        await connection.more()
+                except TimeoutError:
+                    raise http.TimedOut(
+                        f"{origin_of(self.url).authority} sent nothing for "
+                        f"{idle_timeout:g}s in the middle of its answer"
+                    ) from None
+
+    async def aclose(self) -> None:
+        self._pool.give_back(self._connection)
+
+
+class LanePool:
+    """The idle lane connections of the daemon, per origin and TLS settings."""
+
+    def __init__(self) -> None:
+        self._idle: dict[LaneKey, list[LaneConnection]] = {}
+
+    def take(self, key: LaneKey) -> LaneConnection | None:
+        idle = self._idle.get(key)
+        while idle:
+            connection = idle.pop()  # the most recent: the least likely to be closing
+            if connection.idle_timer is not None:
+                connection.idle_timer.cancel()
+            if not connection.closed:
+                return connection
+        return None
+
+    def give_back(self, connection: LaneConnection) -> None:
+        if not connection.reusable():
+            connection.close()
+            return
+        connection.busy = False
+        idle = self._idle.setdefault(connection.key, [])
+        idle.append(connection)
+        connection.idle_timer = asyncio.get_running_loop().call_later(
+            http.KEEPALIVE_SECONDS, self._expire, connection
+        )
+
+    def _expire(self, connection: LaneConnection) -> None:
+        connection.close()
+        idle = self._idle.get(connection.key)
+        if idle is not None and connection in idle:
+            idle.remove(connection)
+            if not idle:
+                del self._idle[connection.key]
+
+    async def aclose(self) -> None:
+        """Close the idle connections, and wait (briefly) until they are closed:
+        TLS says goodbye before the transport lets go."""
+        idle, self._idle = self._idle, {}
+        connections = [connection for each in idle.values() for connection in each]
+        for connection in connections:
+            connection.close()
+        with anyio.move_on_after(CLOSE_SECONDS):
+            for connection in connections:
+                await connection.lost
+
+    def takes(self, headers: Mapping[str, str]) -> bool:
+        """Whether the lane can send these headers (it writes some of its own)."""
+        return not any(name.lower() in OWN_HEADERS for name in headers)
+
+    async def post(
+        self,
+        url: str,
+        wire: URL,
+        context: ssl.SSLContext | None,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        connect_timeout: float,
+    ) -> LaneResponse:
+        """Send one POST to `wire` (`url` as it goes on the wire) and return once
+        the response head has arrived. Errors are the project's `HttpError`s."""
+        scheme, host, port, target, host_field = _route(wire)
+        head = request_head(target, host_field, headers, len(body))
+        key = (scheme, host, port, context)
+        connection = self.take(key)
+        if connection is None:
+            connection = await _connect(key, url, connect_timeout)
+        try:
+            connection.send(head + body)
+            await connection.head
+        except BaseException:
+            connection.close()
+            raise
+        return LaneResponse(connection, self, url)
+
+
+@functools.lru_cache(maxsize=1024)  # a server's few URLs
+def _route(wire: URL) -> tuple[str, str, int, str, str]:
+    """Scheme, host, port, request target and Host field of a URL."""
+    host = wire.raw_host or ""
+    port = wire.port or 0
+    return (
+        wire.scheme,
+        host,
+        port,
+        wire.raw_path_qs or "/",
+        wire.host_port_subcomponent or host,
+    )
+
+
+async def _connect(key: LaneKey, url: str, timeout: float) -> LaneConnection:
+    _, host, port, context = key
+    connection = LaneConnection(key)
+    try:
+        with anyio.fail_after(timeout):
+            transport, _ = await asyncio.get_running_loop().create_connection(
+                lambda: connection,
+                host,
+                port,
+                ssl=context,
+                server_hostname=host if context is not None else None,
+            )
+    except TimeoutError:
+        raise http.ConnectError(
+            f"cannot connect to {origin_of(url).authority}: no answer within {timeout:g}s"
+        ) from None
+    except OSError as exc:  # ssl's errors among them
+        raise http.connect_refusal(exc, url) from None
+    # uvloop may call connection_made only after create_connection has returned.
+    connection.transport = transport
+    return connection
+
+
+def request_head(target: str, host: str, headers: Mapping[str, str], length: int) -> bytes:
+    """A POST's head; its headers are valid HTTP/1.1 (`http.sendable`)."""
+    fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return (
+        f"POST {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {http.USER_AGENT}\r\n"
+        f"Content-Length: {length}\r\n{fields}\r\n"
+    ).encode("ascii")
