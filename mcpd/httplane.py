@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
-from collections import deque
 from collections.abc import AsyncIterator, Mapping
 
 import anyio
@@ -55,30 +54,59 @@ CLOSE_SECONDS = 1.0
 # Header names the lane writes itself; a caller setting one goes through aiohttp.
 OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
+# What an idle connection holds for headers (never written to: `send` replaces it).
+_NO_HEADERS: dict[str, str] = {}
 # (scheme, host, port, TLS settings): connections to one origin with one trust.
 LaneKey = tuple[str, str, int, ssl.SSLContext | None]
 
 
 class LaneConnection(asyncio.Protocol):
-    """One HTTP/1.1 connection: a request written, its response parsed as it comes."""
+    """One HTTP/1.1 connection: a request written, its response parsed as it comes.
+
+    Slotted and lazy (no future until one is awaited): the daemon keeps one per
+    server, and 500 servers are a goal."""
+
+    __slots__ = (
+        "_buffered",
+        "_gone",
+        "_head_bytes",
+        "_loop",
+        "_lost",
+        "_parser",
+        "_paused",
+        "_waiter",
+        "busy",
+        "chunks",
+        "closed",
+        "complete",
+        "failure",
+        "head",
+        "headers",
+        "idle_timer",
+        "keep_alive",
+        "key",
+        "status",
+        "transport",
+    )
 
     def __init__(self, key: LaneKey) -> None:
         self.key = key
         self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self._parser = httptools.HttpResponseParser(self)
+        self.closed = False  # closing or closed: never to be used again
+        self._gone = False  # the transport has let go
+        self._lost: asyncio.Future[None] | None = None
+        self._parser: httptools.HttpResponseParser | None = None
         self._loop = asyncio.get_running_loop()
         self.idle_timer: asyncio.TimerHandle | None = None
-        self.lost: asyncio.Future[None] = self._loop.create_future()
+        self.head: asyncio.Future[None] | None = None
+        self.busy = False
         self._reset()
 
     def _reset(self) -> None:
-        self.busy = False
         self.status = 0
         self.headers: dict[str, str] = {}
         self._head_bytes = 0
-        self.head: asyncio.Future[None] = self._loop.create_future()
-        self.chunks: deque[bytes] = deque()
+        self.chunks: list[bytes] = []
         self._buffered = 0
         self._paused = False
         self.complete = False
@@ -88,12 +116,24 @@ class LaneConnection(asyncio.Protocol):
 
     # -- the exchange, as the caller sees it
 
-    def send(self, data: bytes) -> None:
-        """Write one request; its head arrives in `head`, its body in `chunks`."""
+    def send(self, data: bytes) -> asyncio.Future[None]:
+        """Write one request; return the future of its head. Its body arrives in
+        `chunks`."""
         assert self.transport is not None
         self._reset()
         self.busy = True
+        self._parser = httptools.HttpResponseParser(self)  # 0.3 µs; none kept while idle
+        self.head = self._loop.create_future()
         self.transport.write(data)
+        return self.head
+
+    def rest(self) -> None:
+        """Between exchanges: hold nothing of the last one (an idle connection
+        per server, at 500 servers, is counted in kilobytes)."""
+        self.busy = False
+        self._parser = None
+        self.head = None
+        self.headers = _NO_HEADERS
 
     async def more(self) -> None:
         """Wait until a chunk arrives, the body ends, or the exchange fails."""
@@ -108,9 +148,14 @@ class LaneConnection(asyncio.Protocol):
             self._waiter = None
 
     def take(self) -> bytes:
-        chunk = self.chunks.popleft()
-        self._buffered -= len(chunk)
-        return chunk
+        """All of the body that has arrived (one chunk, as a rule: no copy)."""
+        chunks, self.chunks, self._buffered = self.chunks, [], 0
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def wait_closed(self) -> None:
+        if not self._gone:
+            self._lost = self._loop.create_future()
+            await self._lost
 
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.closed and not self.chunks
@@ -131,6 +176,7 @@ class LaneConnection(asyncio.Protocol):
         if not self.busy or self.complete:
             self._fail(http.ConnectionBroken(f"{self._where()} sent data nobody asked for"))
             return
+        assert self._parser is not None  # busy
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
@@ -151,9 +197,10 @@ class LaneConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         # An idle connection stays listed until its timer or the next `take`.
-        self.closed = True
-        self.lost.set_result(None)
-        if not self.busy or self.complete:
+        self.closed = self._gone = True
+        if self._lost is not None:
+            self._lost.set_result(None)
+        if not self.busy or self.complete or self.head is None:
             return
         if not self.head.done():
             failure = http.ConnectionBroken(
@@ -182,12 +229,14 @@ class LaneConnection(asyncio.Protocol):
         self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
 
     def on_headers_complete(self) -> None:
+        assert self._parser is not None
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # an interim answer (100 Continue, 103 Early Hints)
             self.headers, self._head_bytes = {}, 0
             return
         self.status = status
-        self.head.set_result(None)
+        if self.head is not None:
+            self.head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
@@ -198,9 +247,9 @@ class LaneConnection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
-        if not self.head.done():
+        if self.head is None or not self.head.done():
             return  # the end of an interim answer
-        self.keep_alive = self._parser.should_keep_alive()
+        self.keep_alive = self._parser is not None and self._parser.should_keep_alive()
         self.complete = True
         self._wake()
 
@@ -219,7 +268,7 @@ class LaneConnection(asyncio.Protocol):
     def _fail(self, failure: http.HttpError, close: bool = True) -> None:
         if self.failure is None:
             self.failure = failure
-        if not self.head.done():
+        if self.head is not None and not self.head.done():
             self.head.set_exception(failure)
             self.head.exception()  # retrieved here; the caller may be gone
         self._wake()
@@ -286,7 +335,7 @@ class LanePool:
         if not connection.reusable():
             connection.close()
             return
-        connection.busy = False
+        connection.rest()
         idle = self._idle.setdefault(connection.key, [])
         idle.append(connection)
         connection.idle_timer = asyncio.get_running_loop().call_later(
@@ -310,7 +359,7 @@ class LanePool:
             connection.close()
         with anyio.move_on_after(CLOSE_SECONDS):
             for connection in connections:
-                await connection.lost
+                await connection.wait_closed()
 
     def takes(self, headers: Mapping[str, str]) -> bool:
         """Whether the lane can send these headers (it writes some of its own)."""
@@ -335,8 +384,7 @@ class LanePool:
         if connection is None:
             connection = await _connect(key, url, connect_timeout)
         try:
-            connection.send(head + body)
-            await connection.head
+            await connection.send(head + body)
         except BaseException:
             connection.close()
             raise
