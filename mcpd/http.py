@@ -249,6 +249,10 @@ def unsendable(url: str) -> HttpError:
     )
 
 
+def no_answer(url: str, head_timeout: float | None) -> TimedOut:
+    return TimedOut(f"no answer from {origin_of(url).authority} within {head_timeout:g}s")
+
+
 def connect_refusal(cause: BaseException, url: str) -> ConnectError:
     """The project's error for a connection to `url` that could not be made."""
     where = origin_of(url).authority
@@ -337,6 +341,11 @@ class Response:
         one left unread closes it."""
         raise NotImplementedError
 
+    def ended(self) -> bool:
+        """Whether the whole body has arrived and been read (no wait needed to
+        see its end)."""
+        raise NotImplementedError
+
 
 class _AiohttpResponse(Response):
     def __init__(self, raw: aiohttp.ClientResponse, url: str, connect_timeout: float) -> None:
@@ -374,6 +383,9 @@ class _AiohttpResponse(Response):
 
     async def aclose(self) -> None:
         self._raw.close()
+
+    def ended(self) -> bool:
+        return self._raw.content.at_eof()
 
 
 class HttpPool:
@@ -533,16 +545,10 @@ class HttpClient:
                 raise unsendable(url)
             context = self._tls(url) if wire.scheme == "https" else None
             proxy = self._proxy(url)
+            if method == "POST" and proxy is None and (lane := self._pool.lane()).takes(headers):
+                timeouts = (self.connect_timeout, head_timeout)
+                return await lane.post(url, wire, context, headers, body, timeouts=timeouts)
             with anyio.fail_after(head_timeout):
-                if (
-                    method == "POST"
-                    and proxy is None
-                    and (lane := self._pool.lane()).takes(headers)
-                ):
-                    timeout = self.connect_timeout
-                    return await lane.post(
-                        url, wire, context, headers, body, connect_timeout=timeout
-                    )
                 if context is not None:
                     options["ssl"] = context
                 if proxy is not None:
@@ -559,9 +565,7 @@ class HttpClient:
         except TimeoutError as exc:
             if isinstance(exc, aiohttp.ClientError):  # aiohttp's connect timeout
                 raise _failure(exc, url, self.connect_timeout) from None
-            raise TimedOut(
-                f"no answer from {origin_of(url).authority} within {head_timeout:g}s"
-            ) from None
+            raise no_answer(url, head_timeout) from None
         except _MAPPED as exc:
             raise _failure(exc, url, self.connect_timeout) from None
         return _AiohttpResponse(raw, url, self.connect_timeout)

@@ -231,8 +231,10 @@ class _HttpTransport:
                     break
             if answered:
                 # The server ends the stream after the response: read to that end
-                # (briefly) so that the connection goes back to the pool.
-                with anyio.move_on_after(DRAIN_SECONDS):
+                # (briefly) so that the connection goes back to the pool. Most
+                # often the end came with the response: then no wait, and no timer.
+                ended = response.ended()
+                with contextlib.nullcontext() if ended else anyio.move_on_after(DRAIN_SECONDS):
                     async for chunk in chunks:
                         for event in decoder.feed(chunk):
                             if event.event == "message":
