@@ -114,11 +114,14 @@ def checked_url(url: str, what: str = "url") -> str:
     return str(parsed.with_fragment(None))
 
 
+_VISIBLE_ASCII = re.compile(r"[!-~]+")
+
+
 def visible_ascii(value: str) -> bool:
     """Whether a value a peer chose may be sent back in a header as it is:
     visible ASCII, 0x21 to 0x7E (what the transport specification requires of
     session ids, and more than RFC 6750 allows in a bearer token)."""
-    return bool(value) and all("!" <= c <= "~" for c in value)
+    return _VISIBLE_ASCII.fullmatch(value) is not None
 
 
 def wire_clean(url: str) -> bool:
