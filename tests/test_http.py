@@ -446,6 +446,22 @@ def test_no_answer_within_the_head_timeout():
 
 
 @BOTH_PATHS
+def test_a_tls_handshake_never_answered_ends_at_the_head_timeout(method):
+    """Accepted, then silent (a black-holing firewall): connecting counts
+    against the request's time too."""
+
+    def silent(conn: socket.socket) -> None:
+        conn.recv(1024)  # the ClientHello, never answered
+        time.sleep(3)
+
+    with (
+        raw_peer(silent) as peer,
+        pytest.raises(TimedOut, match=r"no answer from .* within 0.5s"),
+    ):
+        fetch(method, f"https://127.0.0.1:{peer.port}/", b"{}", head_timeout=0.5)
+
+
+@BOTH_PATHS
 def test_a_body_that_stalls_past_the_idle_timeout(method):
     def stall(conn: socket.socket) -> None:
         read_head(conn)
@@ -738,6 +754,13 @@ def test_an_idle_connection_is_closed_before_the_server_would(monkeypatch):
                         await anyio.sleep(0.01)
 
         anyio.run(main, backend_options={"use_uvloop": True})
+
+
+def test_the_lane_keeps_a_tls_connection_alive(tmp_path):
+    ca, cert, key = make_pki(tmp_path)
+    with http_peer(reply(body=b"secure"), tls=(cert, key)) as peer:
+        assert post_all(peer.url, 3, verify=str(ca), own_url=peer.url) == [(200, b"secure")] * 3
+    assert len({seen.client_port for seen in peer.seen}) == 1
 
 
 def test_a_connection_the_server_closed_while_idle_is_not_reused():
