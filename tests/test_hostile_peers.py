@@ -83,6 +83,18 @@ def initialize_on_a_stream_that_breaks(event_id: bytes) -> Callable[[Handler], b
     return answer
 
 
+def oversized_head(handler: Handler) -> bool:
+    """Answer a POST with a head of 70 KB (one endless header): what the POST
+    lane keeps of a head is bounded."""
+    if handler.command != "POST":
+        return False
+    handler.send_response(200)
+    handler.send_header("X-Filler", "a" * 70_000)
+    handler.send_header("Content-Length", "0")
+    handler.end_headers()
+    return True
+
+
 def legacy_endpoint(endpoint: str) -> Callable[[Handler], bool]:
     """The legacy HTTP+SSE transport: POST refused, GET names `endpoint`."""
 
@@ -145,6 +157,7 @@ def test_hostile_servers_and_config_entries_each_fail_alone(
             "redirect_space": mcp(FakeMcp(answer=redirect("/a b"))),
             "session_high_byte": mcp(FakeMcp(session_id="s\u00e9ssion")),
             "session_control": mcp(FakeMcp(session_id="s\x01ssion")),
+            "oversized_head": mcp(FakeMcp(answer=oversized_head)),
             "legacy_elsewhere": mcp(FakeMcp(answer=legacy_endpoint(recorder.url + "/messages"))),
             "redirect_elsewhere": mcp(FakeMcp(answer=redirect(recorder.url + "/mcp"))),
             "redirect_downgrade": mcp(
@@ -197,6 +210,7 @@ def test_hostile_servers_and_config_entries_each_fail_alone(
         failed_with("session_high_byte", "session id")
         # A control character is not HTTP at all (RFC 9110, 5.5): the HTTP layer refuses it.
         failed_with("session_control", "not valid HTTP/1.1 (invalid header value char)")
+        failed_with("oversized_head", "not valid HTTP/1.1 (a head over 64 KiB)")
         failed_with("stream_id", "could not be resumed")
         failed_with("legacy_elsewhere", "another origin")
         failed_with("redirect_elsewhere", "another origin")
