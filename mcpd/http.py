@@ -253,6 +253,12 @@ def no_answer(url: str, head_timeout: float | None) -> TimedOut:
     return TimedOut(f"no answer from {origin_of(url).authority} within {head_timeout:g}s")
 
 
+def connect_timed_out(url: str, connect_timeout: float) -> ConnectError:
+    return ConnectError(
+        f"cannot connect to {origin_of(url).authority}: no answer within {connect_timeout:g}s"
+    )
+
+
 def connect_refusal(cause: BaseException, url: str) -> ConnectError:
     """The project's error for a connection to `url` that could not be made."""
     where = origin_of(url).authority
@@ -291,7 +297,7 @@ def _failure(exc: BaseException, url: str, connect_timeout: float) -> HttpError:
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         return ConnectError(f"the proxy refused a tunnel to {where} (HTTP {exc.status})")
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return ConnectError(f"cannot connect to {where}: no answer within {connect_timeout:g}s")
+        return connect_timed_out(url, connect_timeout)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return ConnectionBroken(f"{where} closed the connection before answering")
     if isinstance(exc, aiohttp.ClientPayloadError):

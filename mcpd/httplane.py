@@ -24,9 +24,9 @@ just closed fails, as through aiohttp.
 
 What stays with aiohttp (mcpd/http.py): every other method (GETs of metadata
 and event streams, DELETEs), and every request through a proxy. Redirects,
-timeouts, TLS trust and the mapping of failures to the project's errors are
-mcpd/http.py's for both, so the two cannot drift apart; this module only
-refuses to send a head that is not valid HTTP/1.1.
+timeouts, TLS trust, the check of every header and the mapping of failures
+to the project's errors are mcpd/http.py's for both, so the two cannot drift
+apart.
 """
 
 from __future__ import annotations
@@ -445,9 +445,7 @@ async def _connect(key: LaneKey, url: str, timeout: float) -> LaneConnection:
                 server_hostname=host if context is not None else None,
             )
     except TimeoutError:
-        raise http.ConnectError(
-            f"cannot connect to {origin_of(url).authority}: no answer within {timeout:g}s"
-        ) from None
+        raise http.connect_timed_out(url, timeout) from None
     except OSError as exc:  # ssl's errors among them
         raise http.connect_refusal(exc, url) from None
     # uvloop may call connection_made only after create_connection has returned.

@@ -246,6 +246,21 @@ def test_hostile_servers_and_config_entries_each_fail_alone(
     record("healthy calls while hostile servers and config entries failed", calls, __name__)
 
 
+def start_beside_good(mcpd_env, run_daemon, servers: dict[str, Any], good_url: str):
+    """A daemon with each of `servers` (hostile authorization servers) as an
+    OAuth server of the same name, and `good` beside them, connected."""
+    config = "[daemon]\ncallback_port = 0\n" + "".join(
+        f'[servers.{name}]\nurl = "{peer.url}/mcp"\n'
+        f'oauth = {{ client_id = "hostile-client", client_secret = "{CLIENT_SECRET}" }}\n'
+        for name, peer in servers.items()
+    )
+    config += f'[servers.good]\nurl = "{good_url}"\n'
+    mcpd_env.write_config(config)
+    daemon = run_daemon()
+    wait_state(daemon, "good", "connected")
+    return daemon
+
+
 def refuse_token(body: dict[str, Any]) -> Callable[[Handler], None]:
     return lambda handler: send_json(handler, body)
 
@@ -270,15 +285,7 @@ def test_hostile_authorization_servers_each_fail_their_sign_in_alone(
             name: stack.enter_context(fake_authorization_server(answer))
             for name, answer in answers.items()
         }
-        config = "[daemon]\ncallback_port = 0\n" + "".join(
-            f'[servers.{name}]\nurl = "{peer.url}/mcp"\n'
-            f'oauth = {{ client_id = "hostile-client", client_secret = "{CLIENT_SECRET}" }}\n'
-            for name, peer in servers.items()
-        )
-        config += f'[servers.good]\nurl = "{good.url}"\n'
-        mcpd_env.write_config(config)
-        daemon = run_daemon()
-        wait_state(daemon, "good", "connected")
+        daemon = start_beside_good(mcpd_env, run_daemon, servers, good.url)
         with calling_all_along(editors, "good") as healthy:
             errors = {}
             for name in servers:
@@ -338,15 +345,7 @@ def test_hostile_device_sign_ins_each_fail_alone(mcpd_env, run_daemon, editors, 
             name: stack.enter_context(fake_authorization_server(pending, answer))
             for name, answer in devices.items()
         }
-        config = "[daemon]\ncallback_port = 0\n" + "".join(
-            f'[servers.{name}]\nurl = "{peer.url}/mcp"\n'
-            f'oauth = {{ client_id = "hostile-client", client_secret = "{CLIENT_SECRET}" }}\n'
-            for name, peer in servers.items()
-        )
-        config += f'[servers.good]\nurl = "{good.url}"\n'
-        mcpd_env.write_config(config)
-        daemon = run_daemon()
-        wait_state(daemon, "good", "connected")
+        daemon = start_beside_good(mcpd_env, run_daemon, servers, good.url)
         with calling_all_along(editors, "good") as healthy:
             errors = {}
             for name in servers:
