@@ -10,10 +10,20 @@ requests running, the daemon stops reading from it (the client's writes then
 block), and a client silent in the middle of a frame for [daemon]
 frame_timeout seconds is disconnected. Any error ends this connection, never
 the daemon: `serve` logs it and returns.
+
+Between frames the reader does not wait in a receive of its own: the
+socket's readiness callback takes whole frames as they arrive and handles at
+once those that need no wait (an attached editor's messages to a connected
+server, cancels), which is nearly all of an editor's traffic. The first that
+needs more (a request, a server still connecting, a partial frame, the end of
+the stream, an error) is handed to the read loop, which handles it and every
+frame after it as before, then goes back to the callback. So the order of an
+editor's messages is kept, and what can fail still fails in the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -190,10 +200,11 @@ class ClientConnection:
         decoder = FrameDecoder(self.daemon.max_frame_size)
         while True:
             try:
-                data = await self._receive(decoder.pending > 0)
-                decoder.feed(data)
-                decoder.max_frame_size = self.daemon.max_frame_size  # follows reloads
                 while (message := next_message(decoder)) is not None:
+                    await self._handle(message, requests)
+                if decoder.pending:
+                    self._feed(decoder, await self._rest_of_frame())
+                elif (message := await self._take_at_once(decoder)) is not None:
                     await self._handle(message, requests)
             except (anyio.EndOfStream, anyio.BrokenResourceError):
                 if decoder.pending:
@@ -208,10 +219,58 @@ class ClientConnection:
                     await self._queue(encode_frame(violation.error))
                 return
 
-    async def _receive(self, mid_frame: bool) -> bytes:
-        """The next bytes; in the middle of a frame, within [daemon] frame_timeout."""
-        if not mid_frame:
-            return await self.stream.receive(READ_CHUNK)
+    def _feed(self, decoder: FrameDecoder, data: bytes) -> None:
+        decoder.feed(data)
+        decoder.max_frame_size = self.daemon.max_frame_size  # follows reloads
+
+    async def _take_at_once(self, decoder: FrameDecoder) -> Message | None:
+        """Let the socket's readiness callback take frames (`_readable`) until it
+        meets one it cannot handle at once: that one, or None when the rest of a
+        frame is to be read. The end of the stream and errors are raised."""
+        loop = asyncio.get_running_loop()
+        handover: asyncio.Future[Message | None] = loop.create_future()
+        descriptor = self._socket.fileno()
+        loop.add_reader(descriptor, self._readable, decoder, handover)
+        try:
+            return await handover
+        finally:
+            loop.remove_reader(descriptor)
+
+    def _readable(self, decoder: FrameDecoder, handover: asyncio.Future[Message | None]) -> None:
+        if handover.done() or self._read_scope.cancel_called or self._scope.cancel_called:
+            return  # handed over already, or reading ends: the read loop's to see
+        try:
+            data = self._socket.recv(READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            handover.set_exception(anyio.BrokenResourceError())
+            return
+        if not data:
+            handover.set_exception(anyio.EndOfStream())
+            return
+        try:
+            self._feed(decoder, data)
+            while (message := next_message(decoder)) is not None:
+                if not self._handled_at_once(message):
+                    handover.set_result(message)
+                    return
+        except Exception as exc:  # a broken frame, or a bug: the read loop's to raise
+            handover.set_exception(exc)
+            return
+        if decoder.pending:
+            handover.set_result(None)  # the rest of the frame is read with its timeout
+
+    def _handled_at_once(self, message: Message) -> bool:
+        if isinstance(message, Rpc):
+            return self.attachment is not None and self.attachment.send_now(message.data)
+        if isinstance(message, Cancel):
+            self._cancel(message)
+            return True
+        return False
+
+    async def _rest_of_frame(self) -> bytes:
+        """More of a frame begun, within [daemon] frame_timeout."""
         timeout = self.daemon.config.daemon.frame_timeout
         with anyio.move_on_after(timeout):
             return await self.stream.receive(READ_CHUNK)
@@ -252,9 +311,7 @@ class ClientConnection:
             await self.attachment.send(message.data)
             return
         if isinstance(message, Cancel):
-            scope = self._in_flight.get(message.id)
-            if scope is not None and not scope.shield:
-                scope.cancel()
+            self._cancel(message)
             return
         if not isinstance(message, Request):
             raise _ProtocolViolation(
@@ -278,6 +335,11 @@ class ClientConnection:
         scope = anyio.CancelScope(shield=method is not None and not method.cancellable)
         self._in_flight[message.id] = scope
         requests.start_soon(self._run_request, message, scope)
+
+    def _cancel(self, message: Cancel) -> None:
+        scope = self._in_flight.get(message.id)
+        if scope is not None and not scope.shield:
+            scope.cancel()
 
     async def _run_request(self, request: Request, scope: anyio.CancelScope) -> None:
         ctx = RequestContext(self.daemon.service, self)

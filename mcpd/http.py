@@ -67,7 +67,7 @@ from . import __version__
 from .urls import DEFAULT_PORTS, Origin, is_loopback, origin_of, wire_clean
 
 if TYPE_CHECKING:
-    from .httplane import LanePool
+    from .httplane import LaneListener, LanePool
 
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -218,6 +218,7 @@ def proxy_for(url: str, environ: Mapping[str, str]) -> tuple[str, dict[str, str]
 
 
 @functools.lru_cache(maxsize=1024)  # a server's few URLs, parsed once
+@functools.lru_cache(maxsize=1024)  # a server's few URLs, on every request
 def _wire_url(url: str) -> URL:
     """`url` as aiohttp sends it: as written when it is clean, else encoded."""
     try:
@@ -475,8 +476,11 @@ class HttpClient:
         if self._owned:
             await self._pool.aclose()
 
+    def _is_own(self, url: str) -> bool:
+        return self._own is not None and origin_of(url) == self._own
+
     def _tls(self, url: str) -> ssl.SSLContext:
-        own = self._own is not None and origin_of(url) == self._own
+        own = self._is_own(url)
         if own not in self._contexts:  # a CA bundle is read once per client
             self._contexts[own] = tls_context(self.verify if own else self.other_verify)
         return self._contexts[own]
@@ -496,12 +500,15 @@ class HttpClient:
         *,
         redirects: Redirects,
         head_timeout: float | None = None,
+        first: Response | None = None,
     ) -> Response:
         """Send a request (following redirects as `redirects` allows); return once
-        the final response's head has arrived, within `head_timeout` seconds."""
+        the final response's head has arrived, within `head_timeout` seconds.
+        `first`: the request was sent already (`start_post`), this is its answer."""
         fields = dict(headers)
         for _ in range(MAX_REDIRECTS + 1):
-            response = await self._send_once(method, url, fields, body, head_timeout)
+            response = first or await self._send_once(method, url, fields, body, head_timeout)
+            first = None
             location = response.headers.get("location")
             if response.status_code not in REDIRECT_STATUSES or location is None:
                 return response
@@ -536,6 +543,38 @@ class HttpClient:
         finally:
             await response.aclose()
 
+    def start_post(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        head_timeout: float | None,
+        listener: LaneListener,
+    ) -> bool:
+        """Start a POST whose exchange `listener` follows from the connection's
+        callbacks (httplane.LaneListener), when it can go at once on an idle lane
+        connection. False, with nothing sent, when it cannot (no idle connection,
+        a proxy, anything `send` would refuse): then `send` it. A redirect is the
+        listener's to hand to `send(first=...)`."""
+        origin = origin_of(url)
+        if origin not in self._proxies or self._proxies[origin] is not None:
+            return False  # not looked up yet (`send` does it), or one to go through
+        if not sendable(headers):
+            return False
+        try:
+            wire = _wire_url(url)
+        except HttpError:
+            return False
+        context = None
+        if wire.scheme == "https" and (context := self._contexts.get(self._is_own(url))) is None:
+            return False  # made (with its errors) by the first `send`
+        lane = self._pool.lane()
+        if not lane.takes(headers):
+            return False
+        key, request = lane.prepare(wire, context, headers, body)
+        return lane.start(url, key, request, head_timeout=head_timeout, listener=listener)
+
     async def _send_once(
         self,
         method: str,
@@ -552,8 +591,9 @@ class HttpClient:
             context = self._tls(url) if wire.scheme == "https" else None
             proxy = self._proxy(url)
             if method == "POST" and proxy is None and (lane := self._pool.lane()).takes(headers):
+                key, request = lane.prepare(wire, context, headers, body)
                 timeouts = (self.connect_timeout, head_timeout)
-                return await lane.post(url, wire, context, headers, body, timeouts=timeouts)
+                return await lane.post(url, key, request, timeouts=timeouts)
             with anyio.fail_after(head_timeout):
                 if context is not None:
                     options["ssl"] = context

@@ -22,6 +22,14 @@ closed after KEEPALIVE_SECONDS, before the servers' own keep-alive ends.
 Nothing is ever sent twice: a POST written into a connection the server has
 just closed fails, as through aiohttp.
 
+An exchange is followed in one of two ways. `LanePool.post` returns once the
+head has arrived, and the body is read with awaits, as any response is.
+`LanePool.start` hands the exchange to a `LaneListener` instead: it is told
+of the head and of every chunk from the connection's own callbacks, with no
+task, future or timer per call beyond the head's timer; that is how an
+editor's call is forwarded (mcpd/upstream/transport.py). A listener may
+stop listening at any point and let a task read the rest with awaits.
+
 What stays with aiohttp (mcpd/http.py): every other method (GETs of metadata
 and event streams, DELETEs), and every request through a proxy. Redirects,
 timeouts, TLS trust, the check of every header and the mapping of failures
@@ -34,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import anyio
 import httptools
@@ -68,10 +76,12 @@ class LaneConnection(asyncio.Protocol):
 
     __slots__ = (
         "_buffered",
+        "_feeding",
         "_gone",
         "_head_bytes",
         "_loop",
         "_lost",
+        "_news",
         "_parser",
         "_paused",
         "_waiter",
@@ -81,10 +91,12 @@ class LaneConnection(asyncio.Protocol):
         "complete",
         "failure",
         "head",
+        "head_timer",
         "headers",
         "idle_timer",
         "keep_alive",
         "key",
+        "listener",
         "status",
         "transport",
     )
@@ -99,11 +111,15 @@ class LaneConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.idle_timer: asyncio.TimerHandle | None = None
         self.head: asyncio.Future[None] | None = None
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.listener: LaneListener | None = None
         self.busy = False
+        self._feeding = False  # inside the parser: news waits until it returns
+        self._news = False
         self._reset()
 
     def _reset(self) -> None:
-        self.status = 0
+        self.status = 0  # until the final head has arrived
         self.headers: dict[str, str] = {}
         self._head_bytes = 0
         self.chunks: list[bytes] = []
@@ -119,13 +135,21 @@ class LaneConnection(asyncio.Protocol):
     def send(self, data: bytes) -> asyncio.Future[None]:
         """Write one request; return the future of its head. Its body arrives in
         `chunks`."""
+        self._write(data)
+        self.head = self._loop.create_future()
+        return self.head
+
+    def start(self, data: bytes, listener: LaneListener) -> None:
+        """Write one request whose head and body `listener` is told of."""
+        self._write(data)
+        self.listener = listener
+
+    def _write(self, data: bytes) -> None:
         assert self.transport is not None
         self._reset()
         self.busy = True
         self._parser = httptools.HttpResponseParser(self)  # 0.3 µs; none kept while idle
-        self.head = self._loop.create_future()
         self.transport.write(data)
-        return self.head
 
     def time_out(self, url: str, head_timeout: float) -> None:
         """No head within its time: the exchange fails, and the connection with it."""
@@ -137,14 +161,11 @@ class LaneConnection(asyncio.Protocol):
         self.busy = False
         self._parser = None
         self.head = None
+        self.listener = None
         self.headers = _NO_HEADERS
 
     async def more(self) -> None:
         """Wait until a chunk arrives, the body ends, or the exchange fails."""
-        if self._paused and self._buffered < LOW_WATER:
-            self._paused = False
-            if self.transport is not None:
-                self.transport.resume_reading()
         self._waiter = self._loop.create_future()
         try:
             await self._waiter
@@ -154,6 +175,10 @@ class LaneConnection(asyncio.Protocol):
     def take(self) -> bytes:
         """All of the body that has arrived (one chunk, as a rule: no copy)."""
         chunks, self.chunks, self._buffered = self.chunks, [], 0
+        if self._paused:
+            self._paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def wait_closed(self) -> None:
@@ -162,10 +187,18 @@ class LaneConnection(asyncio.Protocol):
             await self._lost
 
     def reusable(self) -> bool:
-        return self.complete and self.keep_alive and not self.closed and not self.chunks
+        return (
+            self.complete
+            and self.keep_alive
+            and not self.closed
+            and not self.chunks
+            and self.failure is None
+        )
 
     def close(self) -> None:
         self.closed = True
+        self.listener = None  # nothing more to tell
+        self._stop_head_timer()
         if self.idle_timer is not None:
             self.idle_timer.cancel()
         if self.transport is not None:
@@ -181,6 +214,7 @@ class LaneConnection(asyncio.Protocol):
             self._fail(http.ConnectionBroken(f"{self._where()} sent data nobody asked for"))
             return
         assert self._parser is not None  # busy
+        self._feeding = True
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
@@ -198,15 +232,20 @@ class LaneConnection(asyncio.Protocol):
             self._fail(
                 http.ConnectionBroken(f"the answer from {where} is not valid HTTP/1.1 ({reason})")
             )
+        finally:
+            self._feeding = False
+        if self._news:  # once for all that this read brought (a chunk and the end, say)
+            self._news = False
+            self._notify()
 
     def connection_lost(self, exc: Exception | None) -> None:
         # An idle connection stays listed until its timer or the next `take`.
         self.closed = self._gone = True
         if self._lost is not None:
             self._lost.set_result(None)
-        if not self.busy or self.complete or self.head is None:
+        if not self.busy or self.complete:
             return
-        if not self.head.done():
+        if not self.status:
             failure = http.ConnectionBroken(
                 f"{self._where()} closed the connection before answering"
             )
@@ -239,7 +278,11 @@ class LaneConnection(asyncio.Protocol):
             self.headers, self._head_bytes = {}, 0
             return
         self.status = status
-        if self.head is not None:
+        self._stop_head_timer()
+        if self.listener is not None:
+            self.listener.response.headed()
+            self._tell(self.listener.on_head)
+        elif self.head is not None:
             self.head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
@@ -251,7 +294,7 @@ class LaneConnection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
-        if self.head is None or not self.head.done():
+        if not self.status:
             return  # the end of an interim answer
         self.keep_alive = self._parser is not None and self._parser.should_keep_alive()
         self.complete = True
@@ -272,16 +315,70 @@ class LaneConnection(asyncio.Protocol):
     def _fail(self, failure: http.HttpError, close: bool = True) -> None:
         if self.failure is None:
             self.failure = failure
+        self._stop_head_timer()
         if self.head is not None and not self.head.done():
             self.head.set_exception(failure)
             self.head.exception()  # retrieved here; the caller may be gone
-        self._wake()
+        self._news = False  # told now, with whatever else this read brought
+        self._notify()
         if close:
             self.close()
 
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
+        """Body arrived or ended: tell whoever follows the exchange, at once or,
+        inside the parser, when it returns."""
+        if self._feeding:
+            self._news = True
+        else:
+            self._notify()
+
+    def _notify(self) -> None:
+        if self.listener is not None:
+            self._tell(self.listener.on_progress)
+        elif self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    def _tell(self, news: Callable[[], None]) -> None:
+        """Tell the listener; what it raises goes to its supervisor, never to
+        the event loop (which would log it and carry on as if nothing happened)."""
+        listener = self.listener
+        assert listener is not None
+        try:
+            news()
+        except Exception as exc:
+            self.listener = None
+            self.close()
+            listener.on_crash(exc)
+
+    def _stop_head_timer(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+
+class LaneListener:
+    """Follows one exchange from its connection's callbacks (`LanePool.start`).
+
+    `on_head` comes once, when the final head has arrived; `on_progress` each
+    time body arrives, the body ends, or the exchange fails (then
+    `response.failure` says why), before or after the head. The listener
+    reads what arrived with `response.take()` and, when done, calls
+    `response.release()`; or it calls `response.unlisten()` and a task reads
+    the rest as from any response. What either method raises ends the
+    exchange and goes to `on_crash`, the listener's supervisor."""
+
+    __slots__ = ("response",)
+
+    response: LaneResponse
+
+    def on_head(self) -> None:
+        raise NotImplementedError
+
+    def on_progress(self) -> None:
+        raise NotImplementedError
+
+    def on_crash(self, exc: Exception) -> None:
+        raise NotImplementedError
 
 
 class LaneResponse(http.Response):
@@ -316,10 +413,33 @@ class LaneResponse(http.Response):
                     ) from None
 
     async def aclose(self) -> None:
-        self._pool.give_back(self._connection)
+        self.release()
 
     def ended(self) -> bool:
         return self._connection.complete and not self._connection.chunks
+
+    # -- for a listener (`LanePool.start`)
+
+    def headed(self) -> None:
+        self.status_code = self._connection.status
+        self.headers = self._connection.headers
+
+    def take(self) -> bytes:
+        """What of the body has arrived and not been taken (b"": nothing yet)."""
+        return self._connection.take() if self._connection.chunks else b""
+
+    @property
+    def failure(self) -> http.HttpError | None:
+        return self._connection.failure
+
+    def unlisten(self) -> None:
+        """Stop the listener's news: the rest is read with awaits."""
+        self._connection.listener = None
+
+    def release(self) -> None:
+        """Done with the exchange: the connection goes back to the pool if its
+        answer was read to the end, else it is closed."""
+        self._pool.give_back(self._connection)
 
 
 class LanePool:
@@ -372,26 +492,25 @@ class LanePool:
         """Whether the lane can send these headers (it writes some of its own)."""
         return not any(name.lower() in OWN_HEADERS for name in headers)
 
+    def prepare(
+        self, wire: URL, context: ssl.SSLContext | None, headers: Mapping[str, str], body: bytes
+    ) -> tuple[LaneKey, bytes]:
+        """A POST to `wire` (a URL as it goes on the wire): which connections may
+        carry it, and its bytes."""
+        scheme, host, port, target, host_field = _route(wire)
+        request = request_head(target, host_field, headers, len(body)) + body
+        return (scheme, host, port, context), request
+
     async def post(
-        self,
-        url: str,
-        wire: URL,
-        context: ssl.SSLContext | None,
-        headers: Mapping[str, str],
-        body: bytes,
-        *,
-        timeouts: tuple[float, float | None],
+        self, url: str, key: LaneKey, request: bytes, *, timeouts: tuple[float, float | None]
     ) -> LaneResponse:
-        """Send one POST to `wire` (`url` as it goes on the wire) and return once
-        the response head has arrived, within the second of `timeouts` (the
-        first bounds connecting). Errors are the project's `HttpError`s.
+        """Send a POST (`prepare`) to `url` and return once the response head has
+        arrived, within the second of `timeouts` (the first bounds connecting).
+        Errors are the project's `HttpError`s.
 
         The head's time is kept by a timer rather than a cancel scope: a scope
         per call costs 10 µs, a timer 2."""
         connect_timeout, head_timeout = timeouts
-        scheme, host, port, target, host_field = _route(wire)
-        head = request_head(target, host_field, headers, len(body))
-        key = (scheme, host, port, context)
         connection = self.take(key)
         if connection is None:
             try:
@@ -399,23 +518,42 @@ class LanePool:
                     connection = await _connect(key, url, connect_timeout)
             except TimeoutError:
                 raise http.no_answer(url, head_timeout) from None
-        answered = connection.send(head + body)
-        timer = (
-            None
-            if head_timeout is None
-            else asyncio.get_running_loop().call_later(
-                head_timeout, connection.time_out, url, head_timeout
-            )
-        )
+        answered = connection.send(request)
+        _time_head(connection, url, head_timeout)
         try:
             await answered
         except BaseException:
             connection.close()
             raise
-        finally:
-            if timer is not None:
-                timer.cancel()
         return LaneResponse(connection, self, url)
+
+    def start(
+        self,
+        url: str,
+        key: LaneKey,
+        request: bytes,
+        *,
+        head_timeout: float | None,
+        listener: LaneListener,
+    ) -> bool:
+        """Send a POST (`prepare`) on an idle connection and hand its exchange
+        to `listener`; False, and nothing sent, when no connection is idle
+        (then `post` it). A head that takes longer than `head_timeout` fails
+        the exchange with the error `post` would raise."""
+        connection = self.take(key)
+        if connection is None:
+            return False
+        listener.response = LaneResponse(connection, self, url)
+        connection.start(request, listener)
+        _time_head(connection, url, head_timeout)
+        return True
+
+
+def _time_head(connection: LaneConnection, url: str, head_timeout: float | None) -> None:
+    if head_timeout is not None:
+        connection.head_timer = asyncio.get_running_loop().call_later(
+            head_timeout, connection.time_out, url, head_timeout
+        )
 
 
 @functools.lru_cache(maxsize=1024)  # a server's few URLs

@@ -47,6 +47,9 @@ class _Attachment:
     def status(self) -> ServerStatus:
         return self.runtime.status()
 
+    def send_now(self, raw: bytes) -> bool:
+        return self.runtime.from_editor_now(self.editor, raw)
+
     async def send(self, raw: bytes) -> None:
         await self.runtime.from_editor(self.editor, raw)
 

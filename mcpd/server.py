@@ -666,20 +666,25 @@ class ServerRuntime:
             keeper.session.detach(editor)
             scope.cancel()  # its task ends the session (DELETE) on the way out
 
+    def from_editor_now(self, editor: EditorId, raw: bytes) -> bool:
+        """`from_editor` when it needs no wait, as when the editor's session is
+        connected (the common case, and a task switch less per message); False:
+        call `from_editor`."""
+        if not self._per_client_mode():
+            keeper = self.keeper
+        else:
+            keeper, _ = self._per_client.get(editor, (None, None))
+        if keeper is None or not keeper.connected.is_set():
+            return False
+        if (message := self._take(editor, raw)) is not None:
+            keeper.session.from_editor(editor, message)
+        return True
+
     async def from_editor(self, editor: EditorId, raw: bytes) -> None:
         """A JSON-RPC message from an editor: route it, or answer it with an error."""
-        sink = self._sinks.get(editor)
-        if sink is None:
+        if (message := self._take(editor, raw)) is None:
             return
-        try:
-            message = jsonrpc.decode(raw)
-        except jsonrpc.InvalidMessage as exc:
-            sink(jsonrpc.encode(jsonrpc.error(None, jsonrpc.PARSE_ERROR, f"parse error: {exc}")))
-            return
-        if message.get("method") == "initialize":
-            self._initialize_params[editor] = message.get("params")
-        if self._cancels_a_wait(editor, message):
-            return
+        sink = self._sinks[editor]
         try:
             keeper = await self._keeper_for(editor, message)
         except Unavailable as exc:
@@ -694,6 +699,23 @@ class ServerRuntime:
                 )
             return
         keeper.session.from_editor(editor, message)
+
+    def _take(self, editor: EditorId, raw: bytes) -> dict[str, Any] | None:
+        """An editor's message, decoded, unless it is answered or done with here
+        (it does not parse, it cancels a wait for a sign-in, its editor left)."""
+        sink = self._sinks.get(editor)
+        if sink is None:
+            return None
+        try:
+            message = jsonrpc.decode(raw)
+        except jsonrpc.InvalidMessage as exc:
+            sink(jsonrpc.encode(jsonrpc.error(None, jsonrpc.PARSE_ERROR, f"parse error: {exc}")))
+            return None
+        if message.get("method") == "initialize":
+            self._initialize_params[editor] = message.get("params")
+        if self._cancels_a_wait(editor, message):
+            return None
+        return message
 
     async def _keeper_for(self, editor: EditorId, message: dict[str, Any]) -> SessionKeeper:
         if not self._per_client_mode():

@@ -38,6 +38,10 @@ class Attachment(Protocol):
 
     def status(self) -> ServerStatus: ...
 
+    def send_now(self, raw: bytes) -> bool:
+        """One JSON-RPC message from the editor, if it can be taken without a
+        wait (False: `send` it)."""
+
     async def send(self, raw: bytes) -> None:
         """One JSON-RPC message from the editor."""
 

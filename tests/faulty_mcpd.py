@@ -26,6 +26,8 @@ from typing import Any
 # Each point: (module, class, method) and the boundary meant to contain it.
 POINTS = {
     "session_open": ("mcpd.upstream.session", "UpstreamSession", "open"),  # the server's
+    # Reached from a forwarded call's callbacks too (transport.py): the server's.
+    "session_deliver": ("mcpd.upstream.session", "UpstreamSession", "_deliver"),
     "credentials_refresh": ("mcpd.credentials", "Credentials", "_refresh"),  # the server's
     "flow_prepare": ("mcpd.oauth.manager", "AuthManager", "_prepare"),  # the flow's
     "callback_converse": ("mcpd.oauth.callback", "CallbackListener", "_converse"),  # a callback's

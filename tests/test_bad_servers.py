@@ -195,6 +195,18 @@ def calling_all_along(editors, name: str) -> Iterator[HealthyCaller]:
     assert not thread.is_alive(), "a call to the healthy server never returned"
 
 
+def victim_beside_good(mcpd_env, run_daemon, editors, config: str, good_url: str):
+    """A daemon with `config` (a server named victim, and anything else) and a
+    healthy server named good, both connected; and an editor of victim's."""
+    mcpd_env.write_config(config + f'[servers.good]\nurl = "{good_url}"\n')
+    daemon = run_daemon()
+    wait_state(daemon, "victim", "connected")
+    wait_state(daemon, "good", "connected")
+    editor = editors("victim")
+    editor.initialize()
+    return daemon, editor
+
+
 def wait_failed_again(daemon, name: str, first: dict, timeout: float) -> dict:
     """Until the server failed once more: a retry, with a new retry time."""
     deadline = time.monotonic() + timeout
@@ -374,15 +386,8 @@ def test_a_reset_in_the_middle_of_a_tool_calls_stream(mcpd_env, run_daemon, edit
     with python_server(tmp_path) as victim, python_server(tmp_path) as good:
         proxy = FaultProxy(victim.port)
         try:
-            mcpd_env.write_config(
-                f'[servers.victim]\nurl = "{proxy.url()}"\ntimeout = 5\n'
-                f'[servers.good]\nurl = "{good.url}"\n'
-            )
-            daemon = run_daemon()
-            wait_state(daemon, "victim", "connected")
-            wait_state(daemon, "good", "connected")
-            editor = editors("victim")
-            editor.initialize()
+            config = f'[servers.victim]\nurl = "{proxy.url()}"\ntimeout = 5\n'
+            daemon, editor = victim_beside_good(mcpd_env, run_daemon, editors, config, good.url)
             with calling_all_along(editors, "good") as healthy:
                 proxy.arm(b"notifications/progress")
                 started = time.monotonic()

@@ -49,10 +49,12 @@ def faulty(run_daemon):
     """Start mcpd with `faults` injected (see tests/faulty_mcpd.py)."""
     leakcheck.register("header", SECRET)
 
-    def start(faults: str, only: str | None = None):
+    def start(faults: str, only: str | None = None, armed: Path | None = None):
         extra = {"MCPD_TEST_FAULTS": faults, "MCPD_TEST_FAULT_TEXT": SECRET}
         if only is not None:
             extra["MCPD_TEST_FAULT_ONLY"] = only
+        if armed is not None:  # the faults fire only while this file exists
+            extra["MCPD_TEST_FAULT_WHILE"] = str(armed)
         return run_daemon(program=FAULTY_MCPD, extra_env=extra)
 
     return start
@@ -84,6 +86,35 @@ def test_a_fault_in_a_servers_tasks_restarts_that_server_alone(mcpd_env, faulty,
         healthy.check()
         assert_reported(daemon, "a server failed unexpectedly; restarting it", 2)
         assert daemon.mcpctl("call", "victim", "echo", '{"text": "back"}').stdout == "back\n"
+
+
+def test_a_fault_in_a_forwarded_call_restarts_that_server_alone(
+    mcpd_env, faulty, editors, tmp_path
+):
+    """A call on a warm connection is followed from that connection's callbacks,
+    with no task (mcpd/upstream/transport.py); a fault there goes to the
+    server's boundary all the same, and the editor waiting is answered."""
+    armed = tmp_path / "armed"
+    with python_server(tmp_path) as peer:
+        mcpd_env.write_config(good_config(peer.url) + server_config("victim", peer.url))
+        daemon = faulty("session_deliver", only="victim", armed=armed)
+        wait_state(daemon, "victim", "connected")
+        victim = editors("victim")
+        victim.initialize()
+        assert victim.call("echo", {"text": "warm"})["result"]["content"][0]["text"] == "warm"
+        with calling_all_along(editors, "good") as healthy:
+            armed.touch()
+            reply = victim.call("echo", {"text": "lost"})
+            armed.unlink()
+            assert "connection lost: an internal error; it restarts" in reply["error"]["message"]
+            failed = wait_state(daemon, "victim", "failed", timeout=10)
+            assert "internal error in mcpd (RuntimeError" in failed["error"]
+            wait_state(daemon, "victim", "connected", timeout=15)
+            healthy.wait_for(MIN_HEALTHY_CALLS)
+        healthy.check()
+        assert_reported(daemon, "a server failed unexpectedly; restarting it")
+        assert "in on_progress" in daemon.log  # raised in the callbacks, not in a task
+        assert victim.call("echo", {"text": "back"})["result"]["content"][0]["text"] == "back"
 
 
 def test_a_fault_in_a_refresh_restarts_the_server_and_loses_no_token(mcpd_env, faulty, tmp_path):

@@ -65,12 +65,15 @@ def daemon() -> None:
     from mcpd.connection import ClientConnection
     from mcpd.protocol import Rpc
     from mcpd.upstream.session import UpstreamSession
-    from mcpd.upstream.transport import StreamableHttp, _HttpTransport
+    from mcpd.upstream.transport import StreamableHttp, _Forwarded
 
     # Only the call's own messages: not the notifications, nor the GET stream.
-    around(ClientConnection, "_handle", "daemon.in", None, lambda _self, m, *_: isinstance(m, Rpc))
-    around(StreamableHttp, "post", "daemon.post", None, lambda _self, m: "id" in m)
-    around(_HttpTransport, "_open", None, "daemon.head", lambda _self, verb, *_: verb == "POST")
+    # A warm editor's messages are taken and forwarded without a task
+    # (connection.py, transport.py).
+    editors = lambda _self, message: isinstance(message, Rpc)  # noqa: E731
+    around(ClientConnection, "_handled_at_once", "daemon.in", None, editors)
+    around(StreamableHttp, "forward", "daemon.post", None)
+    around(_Forwarded, "on_head", "daemon.head", None)
     around(UpstreamSession, "_deliver", "daemon.event", None, lambda _self, m, _r: "id" in m)
     around(ClientConnection, "_push_rpc", "daemon.push", None)
 

@@ -60,17 +60,25 @@ class SessionKeeper:
         attempt = 0
         while True:
             failure: BaseException
-            async with anyio.create_task_group() as tg:
-                try:
-                    await self.session.open(tg)
-                except (UpstreamError, HttpError) as exc:
-                    failure = exc
-                else:
-                    attempt = 0
-                    self.connected.set()
-                    self._on_connected()
-                    failure = await self.session.serve()
-                tg.cancel_scope.cancel()
+            try:
+                async with anyio.create_task_group() as tg:
+                    try:
+                        await self.session.open(tg)
+                    except (UpstreamError, HttpError) as exc:
+                        failure = exc
+                    else:
+                        attempt = 0
+                        self.connected.set()
+                        self._on_connected()
+                        failure = await self.session.serve()
+                    tg.cancel_scope.cancel()
+            except BaseException as exc:
+                # Cancelled (`close` may follow) or a fault (the server restarts):
+                # the requests forwarded without a task end with the attempt's tasks.
+                self.session.abandon_forwarded()
+                if isinstance(exc, Exception):  # whatever editors wait for is answered now
+                    self.session.lost("an internal error; it restarts")
+                raise
             was_connected = self.connected.is_set()
             self.connected = anyio.Event()
             self.session.lost(describe(failure))

@@ -35,6 +35,7 @@ from .transport import (
     STREAMABLE_PROTOCOLS,
     AuthorizationRequired,
     ConnectionLost,
+    Handover,
     HttpStatusError,
     LegacySse,
     SessionExpired,
@@ -357,6 +358,10 @@ class UpstreamSession:
         """Wait until the session fails; returns what ended it."""
         await self._failed.wait()
         assert self._failure is not None
+        if not isinstance(self._failure, UpstreamError | HttpError):
+            # Unexpected, in a request forwarded without a task (`crashed`): it
+            # goes to the server's supervisor as if raised in one of its tasks.
+            raise self._failure
         return self._failure
 
     def _fail(self, exc: BaseException) -> None:
@@ -397,19 +402,30 @@ class UpstreamSession:
 
     async def close(self) -> None:
         """End the session politely (DELETE), and fail whatever still waits."""
-        transport, self.transport = self.transport, None
+        transport = self._drop_transport()
         if transport is not None:
             await transport.terminate()
         self.lost("the session was closed")
 
     def lost(self, reason: str) -> None:
         """The transport is gone: every request in flight is answered with an error."""
-        self.transport = None
+        self._drop_transport()
         self._apply(
             self.mux.fail_all_pending(
                 jsonrpc.SERVER_UNAVAILABLE, f"server {self.name!r} connection lost: {reason}"
             )
         )
+
+    def abandon_forwarded(self) -> None:
+        """End the requests forwarded without a task (transport.py)."""
+        if isinstance(self.transport, StreamableHttp):
+            self.transport.abandon()
+
+    def _drop_transport(self) -> Transport | None:
+        """No more sending; the requests forwarded without a task end with it."""
+        self.abandon_forwarded()
+        transport, self.transport = self.transport, None
+        return transport
 
     # --- Messages -------------------------------------------------------------------
 
@@ -442,11 +458,18 @@ class UpstreamSession:
         if routing.listed is not None and self.on_listed is not None:
             self.on_listed(routing.listed)
 
-    async def _post(self, transport: Transport, message: dict[str, Any]) -> None:
-        """Post; when the server refuses the access token, get a new one and post once more."""
+    async def _post(
+        self, transport: Transport, message: dict[str, Any], handover: Handover | None = None
+    ) -> None:
+        """Post (or go on with a POST under way); when the server refuses the access
+        token, get a new one and post once more."""
         token = self.auth.bearer()
         try:
-            await transport.post(message)
+            if handover is None:
+                await transport.post(message)
+            else:
+                assert isinstance(transport, StreamableHttp)  # the one that forwards
+                await transport.post(message, handover)
         except AuthorizationRequired as exc:
             # No token to send (it expired just now, say): refresh the current one.
             if "insufficient_scope" in exc.challenge or not await self.auth.refresh(token):
@@ -454,12 +477,33 @@ class UpstreamSession:
             await transport.post(message)
 
     def _send_soon(self, message: dict[str, Any]) -> None:
+        transport = self.transport
+        if (
+            isinstance(transport, StreamableHttp)
+            and jsonrpc.is_request(message)
+            and transport.forward(message, self)
+        ):
+            return  # under way, with no task (transport.py)
         assert self._tg is not None
         self._tg.start_soon(self._send, message)
 
-    async def _send(self, message: dict[str, Any]) -> None:
+    # What a forwarded request's callbacks hand back (transport.Forwarding).
+
+    def hand_over(self, message: dict[str, Any], handover: Handover) -> None:
+        assert self._tg is not None
+        self._tg.start_soon(self._send, message, handover)
+
+    def failed(self, message: dict[str, Any], exc: UpstreamError | HttpError) -> None:
+        self._unsent(message, exc)
+
+    def crashed(self, exc: Exception) -> None:
+        self._fail(exc)
+
+    async def _send(self, message: dict[str, Any], handover: Handover | None = None) -> None:
         transport = self.transport
         if transport is None:
+            if handover is not None:
+                await handover.response.aclose()
             self._answer_unsent(message, "the server is not connected")
             return
         modern_request = isinstance(transport, StatelessHttp) and jsonrpc.is_request(message)
@@ -469,22 +513,26 @@ class UpstreamSession:
                     with anyio.CancelScope() as self._streams[message["id"]]:
                         await self._post(transport, message)
                 else:
-                    await self._post(transport, message)
+                    await self._post(transport, message, handover)
             except SessionExpired:
                 assert isinstance(transport, StreamableHttp)
                 await self._reinitialize(transport)
                 await self._post(transport, message)
-        except SESSION_FATAL as exc:
-            reason = describe(exc)
-            if isinstance(exc, AuthorizationRequired):  # say what fixes it
-                reason += f"; sign in with `mcpctl auth {self.name}`"
-            self._answer_unsent(message, reason)
-            self._fail(exc)
         except (UpstreamError, HttpError) as exc:
-            self._answer_unsent(message, describe(exc))
+            self._unsent(message, exc)
         finally:
             if modern_request:
                 del self._streams[message["id"]]
+
+    def _unsent(self, message: dict[str, Any], exc: UpstreamError | HttpError) -> None:
+        """A message that could not be sent, or whose answer did not come: a
+        request gets its error response; a failure of the session ends it."""
+        reason = describe(exc)
+        if isinstance(exc, AuthorizationRequired):  # say what fixes it
+            reason += f"; sign in with `mcpctl auth {self.name}`"
+        self._answer_unsent(message, reason)
+        if isinstance(exc, SESSION_FATAL):
+            self._fail(exc)
 
     def _answer_unsent(self, message: dict[str, Any], reason: str) -> None:
         """A request that cannot be delivered gets its error response right away."""

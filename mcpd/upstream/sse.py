@@ -55,6 +55,14 @@ class SseDecoder:
         if buffer:
             self._after_cr = False
         events: list[SseEvent] = []
+        if b"\r" not in buffer:  # lines end with LF alone, as a rule: split at once
+            last = buffer.rfind(b"\n")
+            if last >= position:
+                for line in buffer[position:last].split(b"\n"):
+                    event = self._line(line.decode("utf-8", errors="replace"))
+                    if event is not None:
+                        events.append(event)
+                position = last + 1
         while (end := _line_end(buffer, position)) is not None:
             line_end, next_start = end
             event = self._line(buffer[position:line_end].decode("utf-8", errors="replace"))

@@ -10,22 +10,33 @@ the URL to POST to, with every answer arriving on that stream.
 Both hand every message from the server to `deliver(message, related)`, where
 `related` is the id of the request whose POST stream carried it (None for the
 standalone streams), and leave routing to the caller.
+
+An editor's request to a Streamable HTTP server is forwarded without a task
+when it can be (`StreamableHttp.forward`): written at once on an idle
+connection, its answer followed from that connection's callbacks
+(`_Forwarded`). That path handles the common answer alone, a 200 whose event
+stream carries the response; at anything else (an error status, a redirect,
+a JSON body, a stream that ends or breaks first) it hands the exchange to a
+task that continues as `post` does from the same point (`Handover`), so
+every rule lives in `post` once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import random
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urljoin
 
 import anyio
 
 from ..http import BodyTooLarge, HttpClient, HttpError, Redirects, Response
+from ..httplane import LaneListener
 from ..urls import origin_of, visible_ascii
 from . import jsonrpc
 from .modern import MODERN_PROTOCOL, request_headers
@@ -185,10 +196,16 @@ class _HttpTransport:
         return {**self.headers, "Authorization": f"Bearer {token}"} if token else dict(self.headers)
 
     async def _open(
-        self, method: str, url: str, headers: dict[str, str], body: bytes = b""
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes = b"",
+        first: Response | None = None,
     ) -> Response:
         """Send and wait for the response head, no longer than the request timeout.
-        Redirects are followed within the server's origin only (and http -> https)."""
+        Redirects are followed within the server's origin only (and http -> https).
+        `first`: the answer of the request sent already."""
         return await self.client.send(
             method,
             url,
@@ -196,6 +213,7 @@ class _HttpTransport:
             body,
             redirects=Redirects.SAME_ORIGIN,
             head_timeout=self.request_timeout,
+            first=first,
         )
 
     def _deliver_raw(self, data: str | bytes, related: int | None) -> dict[str, Any] | None:
@@ -208,45 +226,87 @@ class _HttpTransport:
         self.deliver(message, related)
         return message
 
+    def _deliver_events(self, decoder: SseDecoder, chunk: bytes, related: int | None) -> bool:
+        """Deliver the messages of a chunk of an event stream; whether the
+        response to `related` was among them."""
+        answered = False
+        for event in decoder.feed(chunk):
+            if event.event != "message":
+                continue
+            message = self._deliver_raw(event.data, related)
+            answered = answered or (
+                message is not None
+                and related is not None
+                and jsonrpc.is_response(message)
+                and message.get("id") == related
+            )
+        return answered
+
+    def _deliver_tail(self, decoder: SseDecoder, chunk: bytes, related: int | None) -> bool:
+        """After the response: deliver what else the stream carries, while it is
+        well-formed; False once it is not (the stream is then given up)."""
+        try:
+            self._deliver_events(decoder, chunk, related)
+        except (EventTooLarge, UpstreamError) as exc:
+            log.info("gave up the rest of a stream", extra={"error": str(exc)})
+            return False
+        return True
+
     async def _read_stream(
         self, response: Response, decoder: SseDecoder, related: int | None
     ) -> bool:
         """Deliver a stream's messages; True once the response to `related` came."""
         decoder.reset()  # a new stream: nothing of a broken one carries over
-        answered = False
+        chunks = response.aiter_bytes()
         try:
-            chunks = response.aiter_bytes()
             async for chunk in chunks:
-                for event in decoder.feed(chunk):
-                    if event.event != "message":
-                        continue
-                    message = self._deliver_raw(event.data, related)
-                    answered = answered or (
-                        message is not None
-                        and related is not None
-                        and jsonrpc.is_response(message)
-                        and message.get("id") == related
-                    )
-                if answered:
+                if self._deliver_events(decoder, chunk, related):
                     break
-            if answered:
-                # The server ends the stream after the response: read to that end
-                # (briefly) so that the connection goes back to the pool. Most
-                # often the end came with the response: then no wait, and no timer.
-                ended = response.ended()
-                with contextlib.nullcontext() if ended else anyio.move_on_after(DRAIN_SECONDS):
-                    async for chunk in chunks:
-                        for event in decoder.feed(chunk):
-                            if event.event == "message":
-                                self._deliver_raw(event.data, related)
-                return True
+            else:
+                return False
         except EventTooLarge as exc:
             raise MessageTooLarge(str(exc)) from None
         except HttpError as exc:
             if _resumable(decoder) is None:
                 raise ConnectionLost(f"the stream broke: {describe(exc)}") from None
             log.info("SSE stream broke; resuming", extra={"error": describe(exc)})
-        return False
+            return False
+        # The server ends the stream after the response: read to that end
+        # (briefly) so that the connection goes back to the pool. Most often the
+        # end came with the response: then no wait, and no timer. The response
+        # is in: a tail that breaks off costs nothing more than its connection.
+        ended = response.ended()
+        with (
+            contextlib.nullcontext() if ended else anyio.move_on_after(DRAIN_SECONDS),
+            contextlib.suppress(HttpError),
+        ):
+            async for chunk in chunks:
+                if not self._deliver_tail(decoder, chunk, related):
+                    break
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """A POST under way, handed from its connection's callbacks to a task: its
+    response (head arrived) and, once its event stream was being read, the
+    decoder that read it."""
+
+    response: Response
+    decoder: SseDecoder | None = None
+
+
+class Forwarding(Protocol):
+    """Where a forwarded request's exchange goes when its callbacks are done with it."""
+
+    def hand_over(self, message: dict[str, Any], handover: Handover) -> None:
+        """Continue in a task: `StreamableHttp.post(message, handover)`."""
+
+    def failed(self, message: dict[str, Any], exc: UpstreamError | HttpError) -> None:
+        """What `post` would have raised."""
+
+    def crashed(self, exc: Exception) -> None:
+        """An unexpected exception: the session's supervisor decides."""
 
 
 class StreamableHttp(_HttpTransport):
@@ -254,6 +314,7 @@ class StreamableHttp(_HttpTransport):
         super().__init__(settings, deliver)
         self.session_id: str | None = None
         self.protocol_version = None
+        self._forwarded: set[_Forwarded] = set()
 
     def _headers(self, **extra: str) -> dict[str, str]:
         headers = {**self._base_headers(), "Accept": ACCEPT, **extra}
@@ -263,8 +324,39 @@ class StreamableHttp(_HttpTransport):
             headers["MCP-Protocol-Version"] = self.protocol_version
         return headers
 
-    async def post(self, message: dict[str, Any]) -> None:
-        """Send one message; whatever comes back is delivered."""
+    def forward(self, message: dict[str, Any], forwarding: Forwarding) -> bool:
+        """Start posting a request without a task, if an idle connection can take
+        it at once (see the module's docstring); False: `post` it."""
+        listener = _Forwarded(self, message, forwarding)
+        started = self.client.start_post(
+            self.url,
+            self._headers(**{"Content-Type": "application/json"}),
+            jsonrpc.encode(message),
+            head_timeout=self.request_timeout,
+            listener=listener,
+        )
+        if started:
+            self._forwarded.add(listener)
+        return started
+
+    def abandon(self) -> None:
+        """The session is over: requests forwarded without a task end with it."""
+        forwarded, self._forwarded = self._forwarded, set()
+        for listener in forwarded:
+            listener.abandon()
+
+    def _keep_session_id(self, response: Response) -> None:
+        if session_id := response.headers.get("mcp-session-id"):
+            if not visible_ascii(session_id):
+                raise UpstreamError(
+                    "the server sent a session id with characters the MCP specification "
+                    "does not allow (only visible ASCII may be echoed back)"
+                )
+            self.session_id = session_id
+
+    async def post(self, message: dict[str, Any], handover: Handover | None = None) -> None:
+        """Send one message (or go on with one sent already); whatever comes back
+        is delivered."""
         related = message["id"] if jsonrpc.is_request(message) else None
         had_session = self.session_id is not None
         response = await self._open(
@@ -272,6 +364,7 @@ class StreamableHttp(_HttpTransport):
             self.url,
             self._headers(**{"Content-Type": "application/json"}),
             jsonrpc.encode(message),
+            first=handover.response if handover is not None else None,
         )
         try:
             _check_auth(response)
@@ -282,18 +375,13 @@ class StreamableHttp(_HttpTransport):
                 raise HttpStatusError(response.status_code, detail)
             if response.status_code >= 300:
                 raise HttpStatusError(response.status_code, "an unexpected redirect")
-            if session_id := response.headers.get("mcp-session-id"):
-                if not visible_ascii(session_id):
-                    raise UpstreamError(
-                        "the server sent a session id with characters the MCP specification "
-                        "does not allow (only visible ASCII may be echoed back)"
-                    )
-                self.session_id = session_id
+            self._keep_session_id(response)
             if response.status_code == 202 or related is None:
                 return
             content_type = response.headers.get("content-type", "")
             if content_type.startswith("text/event-stream"):
-                decoder = SseDecoder(self.max_message_size)
+                decoder = handover.decoder if handover is not None else None
+                decoder = decoder or SseDecoder(self.max_message_size)
                 if await self._read_stream(response, decoder, related):
                     return
                 await self._resume(decoder, related)
@@ -438,6 +526,91 @@ class StatelessHttp(_HttpTransport):
 
     async def terminate(self) -> None:
         return None  # no session to end
+
+
+class _Forwarded(LaneListener):
+    """One forwarded request, followed from its connection's callbacks: the
+    response events of a 200 event stream are delivered here; anything else
+    goes to a task (`Forwarding.hand_over`)."""
+
+    __slots__ = ("answered", "decoder", "drain", "forwarding", "message", "transport")
+
+    def __init__(
+        self, transport: StreamableHttp, message: dict[str, Any], forwarding: Forwarding
+    ) -> None:
+        self.transport = transport
+        self.message = message
+        self.forwarding = forwarding
+        self.decoder: SseDecoder | None = None  # once the head says: an event stream
+        self.answered = False
+        self.drain: asyncio.TimerHandle | None = None
+
+    def on_head(self) -> None:
+        response = self.response
+        if response.status_code != 200 or not response.headers.get("content-type", "").startswith(
+            "text/event-stream"
+        ):
+            self._hand_over()
+            return
+        try:
+            self.transport._keep_session_id(response)
+        except UpstreamError as exc:
+            self._fail(exc)
+            return
+        self.decoder = SseDecoder(self.transport.max_message_size)
+
+    def on_progress(self) -> None:
+        response = self.response
+        decoder = self.decoder
+        if decoder is None:  # no head: what `send` would have raised
+            assert response.failure is not None
+            self._fail(response.failure)
+            return
+        related = self.message["id"]
+        while chunk := response.take():
+            if self.answered:
+                if not self.transport._deliver_tail(decoder, chunk, related):
+                    self._done()
+                    return
+                continue
+            try:
+                self.answered = self.transport._deliver_events(decoder, chunk, related)
+            except EventTooLarge as exc:
+                self._fail(MessageTooLarge(str(exc)))
+                return
+            except UpstreamError as exc:
+                self._fail(exc)
+                return
+        if not self.answered:
+            if response.failure is not None or response.ended():
+                self._hand_over()  # `post` resumes the stream, or says it broke
+        elif response.ended() or response.failure is not None:
+            self._done()
+        elif self.drain is None:  # read the end of the stream briefly, as `post` does
+            self.drain = asyncio.get_running_loop().call_later(DRAIN_SECONDS, self._done)
+
+    def on_crash(self, exc: Exception) -> None:
+        self.transport._forwarded.discard(self)
+        self.forwarding.crashed(exc)
+
+    def abandon(self) -> None:
+        self.response.unlisten()
+        self._done()
+
+    def _done(self) -> None:
+        if self.drain is not None:
+            self.drain.cancel()
+        self.transport._forwarded.discard(self)
+        self.response.release()
+
+    def _fail(self, exc: UpstreamError | HttpError) -> None:
+        self._done()
+        self.forwarding.failed(self.message, exc)
+
+    def _hand_over(self) -> None:
+        self.transport._forwarded.discard(self)
+        self.response.unlisten()
+        self.forwarding.hand_over(self.message, Handover(self.response, self.decoder))
 
 
 def _answer_in(body: bytes, request_id: int) -> dict[str, Any] | None:
