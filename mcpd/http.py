@@ -238,7 +238,10 @@ _FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
 def sendable(headers: Mapping[str, str]) -> bool:
     """Whether every header is valid HTTP/1.1 as it is: a token for a name, visible
     ASCII, spaces and tabs for a value (aiohttp would send non-ASCII as UTF-8)."""
-    return all(_TOKEN.fullmatch(name) and _FIELD_VALUE.fullmatch(v) for name, v in headers.items())
+    for name, value in headers.items():  # a loop, not a generator: it runs on every request
+        if not (_TOKEN.fullmatch(name) and _FIELD_VALUE.fullmatch(value)):
+            return False
+    return True
 
 
 def unsendable(url: str) -> HttpError:

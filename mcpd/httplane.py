@@ -18,7 +18,8 @@ idle list (`LanePool`) once its response has been read to the end and the
 server did not say `Connection: close`; anything else (a body left unread, a
 cancelled request, a parse error, a broken connection) closes it, so that no
 leftover byte can ever be taken for the next answer. An idle connection is
-closed after KEEPALIVE_SECONDS, before the servers' own keep-alive ends.
+closed after KEEPALIVE_SECONDS, before the servers' own keep-alive ends, and
+never taken once that old (one timer per pool sweeps them, none per call).
 Nothing is ever sent twice: a POST written into a connection the server has
 just closed fails, as through aiohttp.
 
@@ -79,7 +80,6 @@ class LaneConnection(asyncio.Protocol):
         "_feeding",
         "_gone",
         "_head_bytes",
-        "_loop",
         "_lost",
         "_news",
         "_parser",
@@ -93,10 +93,11 @@ class LaneConnection(asyncio.Protocol):
         "head",
         "head_timer",
         "headers",
-        "idle_timer",
+        "idle_since",
         "keep_alive",
         "key",
         "listener",
+        "loop",
         "status",
         "transport",
     )
@@ -108,8 +109,8 @@ class LaneConnection(asyncio.Protocol):
         self._gone = False  # the transport has let go
         self._lost: asyncio.Future[None] | None = None
         self._parser: httptools.HttpResponseParser | None = None
-        self._loop = asyncio.get_running_loop()
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.loop = asyncio.get_running_loop()
+        self.idle_since = 0.0  # the loop's time when it went back to the pool
         self.head: asyncio.Future[None] | None = None
         self.head_timer: asyncio.TimerHandle | None = None
         self.listener: LaneListener | None = None
@@ -136,7 +137,7 @@ class LaneConnection(asyncio.Protocol):
         """Write one request; return the future of its head. Its body arrives in
         `chunks`."""
         self._write(data)
-        self.head = self._loop.create_future()
+        self.head = self.loop.create_future()
         return self.head
 
     def start(self, data: bytes, listener: LaneListener) -> None:
@@ -150,6 +151,11 @@ class LaneConnection(asyncio.Protocol):
         self.busy = True
         self._parser = httptools.HttpResponseParser(self)  # 0.3 µs; none kept while idle
         self.transport.write(data)
+
+    def time_head(self, url: str, head_timeout: float | None) -> None:
+        """Give the head `head_timeout` seconds from now (None: as long as it takes)."""
+        if head_timeout is not None:
+            self.head_timer = self.loop.call_later(head_timeout, self.time_out, url, head_timeout)
 
     def time_out(self, url: str, head_timeout: float) -> None:
         """No head within its time: the exchange fails, and the connection with it."""
@@ -166,7 +172,7 @@ class LaneConnection(asyncio.Protocol):
 
     async def more(self) -> None:
         """Wait until a chunk arrives, the body ends, or the exchange fails."""
-        self._waiter = self._loop.create_future()
+        self._waiter = self.loop.create_future()
         try:
             await self._waiter
         finally:
@@ -183,7 +189,7 @@ class LaneConnection(asyncio.Protocol):
 
     async def wait_closed(self) -> None:
         if not self._gone:
-            self._lost = self._loop.create_future()
+            self._lost = self.loop.create_future()
             await self._lost
 
     def reusable(self) -> bool:
@@ -199,8 +205,6 @@ class LaneConnection(asyncio.Protocol):
         self.closed = True
         self.listener = None  # nothing more to tell
         self._stop_head_timer()
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
         if self.transport is not None:
             self.transport.close()
 
@@ -446,15 +450,20 @@ class LanePool:
     """The idle lane connections of the daemon, per origin and TLS settings."""
 
     def __init__(self) -> None:
+        # Per key, oldest first: each connection goes back at the end.
         self._idle: dict[LaneKey, list[LaneConnection]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def take(self, key: LaneKey) -> LaneConnection | None:
         idle = self._idle.get(key)
+        if not idle:
+            return None
+        fresh = idle[-1].loop.time() - http.KEEPALIVE_SECONDS
         while idle:
             connection = idle.pop()  # the most recent: the least likely to be closing
-            if connection.idle_timer is not None:
-                connection.idle_timer.cancel()
-            if not connection.closed:
+            if connection.idle_since <= fresh:  # too old (the sweeper is late): so are the rest
+                connection.close()
+            elif not connection.closed:
                 return connection
         return None
 
@@ -463,23 +472,36 @@ class LanePool:
             connection.close()
             return
         connection.rest()
-        idle = self._idle.setdefault(connection.key, [])
-        idle.append(connection)
-        connection.idle_timer = asyncio.get_running_loop().call_later(
-            http.KEEPALIVE_SECONDS, self._expire, connection
-        )
+        connection.idle_since = connection.loop.time()
+        self._idle.setdefault(connection.key, []).append(connection)
+        if self._sweeper is None:
+            self._sweeper = connection.loop.call_later(http.KEEPALIVE_SECONDS, self._sweep)
 
-    def _expire(self, connection: LaneConnection) -> None:
-        connection.close()
-        idle = self._idle.get(connection.key)
-        if idle is not None and connection in idle:
-            idle.remove(connection)
+    def _sweep(self) -> None:
+        """Close the connections idle for KEEPALIVE_SECONDS; come back for the
+        next one to be."""
+        loop = asyncio.get_running_loop()
+        fresh = loop.time() - http.KEEPALIVE_SECONDS
+        next_due: float | None = None
+        for key, idle in list(self._idle.items()):
+            while idle and (idle[0].idle_since <= fresh or idle[0].closed):
+                idle.pop(0).close()
             if not idle:
-                del self._idle[connection.key]
+                del self._idle[key]
+            elif next_due is None or idle[0].idle_since < next_due:
+                next_due = idle[0].idle_since
+        self._sweeper = (
+            None
+            if next_due is None
+            else loop.call_at(next_due + http.KEEPALIVE_SECONDS, self._sweep)
+        )
 
     async def aclose(self) -> None:
         """Close the idle connections, and wait (briefly) until they are closed:
         TLS says goodbye before the transport lets go."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         idle, self._idle = self._idle, {}
         connections = [connection for each in idle.values() for connection in each]
         for connection in connections:
@@ -490,7 +512,7 @@ class LanePool:
 
     def takes(self, headers: Mapping[str, str]) -> bool:
         """Whether the lane can send these headers (it writes some of its own)."""
-        return not any(name.lower() in OWN_HEADERS for name in headers)
+        return OWN_HEADERS.isdisjoint(map(str.lower, headers))
 
     def prepare(
         self, wire: URL, context: ssl.SSLContext | None, headers: Mapping[str, str], body: bytes
@@ -519,7 +541,7 @@ class LanePool:
             except TimeoutError:
                 raise http.no_answer(url, head_timeout) from None
         answered = connection.send(request)
-        _time_head(connection, url, head_timeout)
+        connection.time_head(url, head_timeout)
         try:
             await answered
         except BaseException:
@@ -545,15 +567,8 @@ class LanePool:
             return False
         listener.response = LaneResponse(connection, self, url)
         connection.start(request, listener)
-        _time_head(connection, url, head_timeout)
+        connection.time_head(url, head_timeout)
         return True
-
-
-def _time_head(connection: LaneConnection, url: str, head_timeout: float | None) -> None:
-    if head_timeout is not None:
-        connection.head_timer = asyncio.get_running_loop().call_later(
-            head_timeout, connection.time_out, url, head_timeout
-        )
 
 
 @functools.lru_cache(maxsize=1024)  # a server's few URLs
@@ -591,9 +606,12 @@ async def _connect(key: LaneKey, url: str, timeout: float) -> LaneConnection:
     return connection
 
 
+_FIELD = "{}: {}\r\n"
+
+
 def request_head(target: str, host: str, headers: Mapping[str, str], length: int) -> bytes:
     """A POST's head; its headers are valid HTTP/1.1 (`http.sendable`)."""
-    fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    fields = "".join(map(_FIELD.format, headers.keys(), headers.values()))  # no frame per field
     return (
         f"POST {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {http.USER_AGENT}\r\n"
         f"Content-Length: {length}\r\n{fields}\r\n"

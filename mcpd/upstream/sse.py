@@ -54,48 +54,53 @@ class SseDecoder:
             position = 1
         if buffer:
             self._after_cr = False
-        events: list[SseEvent] = []
+        lines: list[str] = []
         if b"\r" not in buffer:  # lines end with LF alone, as a rule: split at once
             last = buffer.rfind(b"\n")
             if last >= position:
-                for line in buffer[position:last].split(b"\n"):
-                    event = self._line(line.decode("utf-8", errors="replace"))
-                    if event is not None:
-                        events.append(event)
+                lines = buffer[position:last].decode("utf-8", errors="replace").split("\n")
                 position = last + 1
-        while (end := _line_end(buffer, position)) is not None:
-            line_end, next_start = end
-            event = self._line(buffer[position:line_end].decode("utf-8", errors="replace"))
-            # A lone CR as the very last byte: an LF may still follow in the next chunk.
-            self._after_cr = next_start == line_end + 1 == len(buffer) and buffer[line_end] == 0x0D
-            position = next_start
-            if event is not None:
-                events.append(event)
+        else:
+            while (end := _line_end(buffer, position)) is not None:
+                line_end, next_start = end
+                lines.append(buffer[position:line_end].decode("utf-8", errors="replace"))
+                # A lone CR as the very last byte: an LF may still follow in the next chunk.
+                self._after_cr = (
+                    next_start == line_end + 1 == len(buffer) and buffer[line_end] == 0x0D
+                )
+                position = next_start
         self._buffer = buffer[position:]
+        events = self._events(lines)
         if len(self._buffer) + self._size > self.max_event_size:
             raise EventTooLarge(f"an SSE event exceeds {self.max_event_size} bytes")
         return events
 
-    def _line(self, line: str) -> SseEvent | None:
-        if not line:
-            return self._dispatch()
-        if line.startswith(":"):
-            return None
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            self._size += len(value.encode()) + 1
-            if self._size > self.max_event_size:
-                raise EventTooLarge(f"an SSE event exceeds {self.max_event_size} bytes")
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
-        elif name == "id" and "\0" not in value:
-            self._id = value or None
-            self._saw_id = True
-        elif name == "retry" and value.isascii() and value.isdigit():
-            self.retry_ms = int(value)
-        return None
+    def _events(self, lines: list[str]) -> list[SseEvent]:
+        """The events that complete lines dispatch (one loop: it runs on every answer)."""
+        events: list[SseEvent] = []
+        for line in lines:
+            if not line:
+                if (event := self._dispatch()) is not None:
+                    events.append(event)
+                continue
+            if line[0] == ":":
+                continue
+            name, _, value = line.partition(":")
+            if value[:1] == " ":
+                value = value[1:]
+            if name == "data":
+                self._size += len(value.encode()) + 1
+                if self._size > self.max_event_size:
+                    raise EventTooLarge(f"an SSE event exceeds {self.max_event_size} bytes")
+                self._data.append(value)
+            elif name == "event":
+                self._event = value
+            elif name == "id" and "\0" not in value:
+                self._id = value or None
+                self._saw_id = True
+            elif name == "retry" and value.isascii() and value.isdigit():
+                self.retry_ms = int(value)
+        return events
 
     def _dispatch(self) -> SseEvent | None:
         data, event, saw_id, event_id = self._data, self._event, self._saw_id, self._id

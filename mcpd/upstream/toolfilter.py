@@ -147,7 +147,7 @@ def shown(tool_filter: ToolFilter, method: str, message: dict[str, Any]) -> dict
 
 def refused_call(tool_filter: ToolFilter, message: dict[str, Any]) -> str | None:
     """For a `tools/call` of a filtered tool, the error message that answers it."""
-    if message.get("method") != "tools/call":
+    if message.get("method") != "tools/call" or not tool_filter.active:
         return None
     params = message.get("params")
     name = params.get("name") if isinstance(params, dict) else None
