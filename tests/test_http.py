@@ -445,6 +445,39 @@ def test_no_answer_within_the_head_timeout():
         fetch("POST", f"http://127.0.0.1:{peer.port}/", b"{}", head_timeout=0.5)
 
 
+@pytest.mark.parametrize(("first", "second"), [(5.0, 0.4), (0.2, 0.6)])
+def test_each_head_keeps_its_own_deadline_on_a_kept_alive_connection(first, second):
+    """The lane keeps head deadlines with one timer per connection, armed by
+    whichever exchange found none: a later exchange still ends at its own
+    deadline, whether the timer was set for a longer one (5 s) or for one
+    that passed (0.2 s)."""
+
+    def answer_once(conn: socket.socket) -> None:
+        read_head(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        read_head(conn)
+        conn.recv(1)  # silent until the client gives up
+
+    with raw_peer(answer_once) as peer:
+
+        async def main() -> float:
+            async with HttpClient() as client:
+                url = f"http://127.0.0.1:{peer.port}/"
+                response = await client.send(
+                    "POST", url, {}, b"{}", redirects=SAME, head_timeout=first
+                )
+                assert await response.read(10) == b"ok"
+                await response.aclose()  # the connection goes back, and is used again
+                started = time.monotonic()
+                with pytest.raises(HttpError, match=f"within {second:g}s"):
+                    await client.send("POST", url, {}, b"{}", redirects=SAME, head_timeout=second)
+                return time.monotonic() - started
+
+        took = anyio.run(main, backend_options={"use_uvloop": True})
+    assert second - 0.05 <= took < second + 1.0, took
+    assert peer.connections == 1  # both on the one connection
+
+
 @BOTH_PATHS
 def test_a_tls_handshake_never_answered_ends_at_the_head_timeout(method):
     """Accepted, then silent (a black-holing firewall): connecting counts
