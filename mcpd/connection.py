@@ -229,6 +229,13 @@ class ClientConnection:
         frame is to be read. The end of the stream and errors are raised."""
         loop = asyncio.get_running_loop()
         handover: asyncio.Future[Message | None] = loop.create_future()
+        # Others first, as any receive lets them; then what has arrived meanwhile
+        # (a client's next request, often): no reader to set up for it, which
+        # costs the event loop a new poll handle.
+        await anyio.lowlevel.checkpoint()
+        self._readable(decoder, handover)
+        if handover.done():
+            return handover.result()
         descriptor = self._socket.fileno()
         loop.add_reader(descriptor, self._readable, decoder, handover)
         try:

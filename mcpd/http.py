@@ -67,7 +67,7 @@ from . import __version__
 from .urls import DEFAULT_PORTS, Origin, is_loopback, origin_of, wire_clean
 
 if TYPE_CHECKING:
-    from .httplane import LaneListener, LanePool
+    from .httplane import LanePool, LaneResponse
 
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -357,6 +357,32 @@ class Response:
         raise NotImplementedError
 
 
+class LaneListener:
+    """Follows one exchange from its connection's callbacks (`HttpClient.start_post`,
+    on mcpd/httplane.py's lane).
+
+    `on_head` comes once, when the final head has arrived; `on_progress` each
+    time body arrives, the body ends, or the exchange fails (then
+    `response.failure` says why), before or after the head. The listener
+    reads what arrived with `response.take()` and, when done, calls
+    `response.release()`; or it calls `response.unlisten()` and a task reads
+    the rest as from any response. What either method raises ends the
+    exchange and goes to `on_crash`, the listener's supervisor."""
+
+    __slots__ = ("response",)
+
+    response: LaneResponse
+
+    def on_head(self) -> None:
+        raise NotImplementedError
+
+    def on_progress(self) -> None:
+        raise NotImplementedError
+
+    def on_crash(self, exc: Exception) -> None:
+        raise NotImplementedError
+
+
 class _AiohttpResponse(Response):
     def __init__(self, raw: aiohttp.ClientResponse, url: str, connect_timeout: float) -> None:
         self.status_code = raw.status
@@ -556,7 +582,7 @@ class HttpClient:
         listener: LaneListener,
     ) -> bool:
         """Start a POST whose exchange `listener` follows from the connection's
-        callbacks (httplane.LaneListener), when it can go at once on an idle lane
+        callbacks (`LaneListener`), when it can go at once on an idle lane
         connection. False, with nothing sent, when it cannot (no idle connection,
         a proxy, anything `send` would refuse): then `send` it. A redirect is the
         listener's to hand to `send(first=...)`."""

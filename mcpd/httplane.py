@@ -25,11 +25,12 @@ just closed fails, as through aiohttp.
 
 An exchange is followed in one of two ways. `LanePool.post` returns once the
 head has arrived, and the body is read with awaits, as any response is.
-`LanePool.start` hands the exchange to a `LaneListener` instead: it is told
-of the head and of every chunk from the connection's own callbacks, with no
-task, future or timer per call beyond the head's timer; that is how an
-editor's call is forwarded (mcpd/upstream/transport.py). A listener may
-stop listening at any point and let a task read the rest with awaits.
+`LanePool.start` hands the exchange to an `http.LaneListener` instead: it is
+told of the head and of every chunk from the connection's own callbacks,
+with no task, future or timer of its own (one timer per pool keeps every
+head's deadline); that is how an editor's call is forwarded
+(mcpd/upstream/transport.py). A listener may stop listening at any point and
+let a task read the rest with awaits.
 
 What stays with aiohttp (mcpd/http.py): every other method (GETs of metadata
 and event streams, DELETEs), and every request through a proxy. Redirects,
@@ -93,8 +94,6 @@ class LaneConnection(asyncio.Protocol):
         "head",
         "head_due",
         "head_timeout",
-        "head_timer",
-        "head_timer_at",
         "head_url",
         "headers",
         "idle_since",
@@ -116,17 +115,11 @@ class LaneConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.idle_since = 0.0  # the loop's time when it went back to the pool
         self.head: asyncio.Future[None] | None = None
-        # The head's deadline, kept by one timer that outlives exchanges: armed
-        # when none is (or it is due too late), it looks at the deadline of
-        # whatever exchange is under way when it fires, so a call arms no timer
-        # of its own (a timer made and cancelled per call cost 8% of the
-        # daemon's time per call).
+        # The deadline of the head awaited, if one is (`LanePool.watch_head`).
         self.head_due: float | None = None
         self.head_url = ""
         self.head_timeout = 0.0
-        self.head_timer: asyncio.TimerHandle | None = None
-        self.head_timer_at = 0.0
-        self.listener: LaneListener | None = None
+        self.listener: http.LaneListener | None = None
         self.busy = False
         self._feeding = False  # inside the parser: news waits until it returns
         self._news = False
@@ -153,7 +146,7 @@ class LaneConnection(asyncio.Protocol):
         self.head = self.loop.create_future()
         return self.head
 
-    def start(self, data: bytes, listener: LaneListener) -> None:
+    def start(self, data: bytes, listener: http.LaneListener) -> None:
         """Write one request whose head and body `listener` is told of."""
         self._write(data)
         self.listener = listener
@@ -165,35 +158,9 @@ class LaneConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)  # 0.3 µs; none kept while idle
         self.transport.write(data)
 
-    def time_head(self, url: str, head_timeout: float | None) -> None:
-        """Give the head `head_timeout` seconds from now (None: as long as it takes)."""
-        if head_timeout is None:
-            self.head_due = None
-            return
-        due = self.head_due = self.loop.time() + head_timeout
-        self.head_url, self.head_timeout = url, head_timeout
-        if self.head_timer is None or self.head_timer_at > due:
-            self._arm_head_timer(due)
-
-    def _arm_head_timer(self, due: float) -> None:
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-        self.head_timer = self.loop.call_at(due, self._head_timer_fired)
-        self.head_timer_at = due
-
-    def _head_timer_fired(self) -> None:
-        self.head_timer = None
-        due = self.head_due
-        if due is None:
-            return  # the head came (or nothing waits for one)
-        if self.loop.time() < due:
-            self._arm_head_timer(due)  # set for an earlier exchange: on to this one's
-        else:
-            self.time_out(self.head_url, self.head_timeout)
-
-    def time_out(self, url: str, head_timeout: float) -> None:
+    def time_out(self) -> None:
         """No head within its time: the exchange fails, and the connection with it."""
-        self._fail(http.no_answer(url, head_timeout))
+        self._fail(http.no_answer(self.head_url, self.head_timeout))
 
     def rest(self) -> None:
         """Between exchanges: hold nothing of the last one (an idle connection
@@ -239,9 +206,6 @@ class LaneConnection(asyncio.Protocol):
         self.closed = True
         self.listener = None  # nothing more to tell
         self.head_due = None
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
         if self.transport is not None:
             self.transport.close()
 
@@ -392,33 +356,8 @@ class LaneConnection(asyncio.Protocol):
             listener.on_crash(exc)
 
     def _stop_head_timer(self) -> None:
-        """No head to wait for any more; the timer, if armed, then finds nothing to do."""
+        """No head to wait for any more (the pool's head timer then passes it by)."""
         self.head_due = None
-
-
-class LaneListener:
-    """Follows one exchange from its connection's callbacks (`LanePool.start`).
-
-    `on_head` comes once, when the final head has arrived; `on_progress` each
-    time body arrives, the body ends, or the exchange fails (then
-    `response.failure` says why), before or after the head. The listener
-    reads what arrived with `response.take()` and, when done, calls
-    `response.release()`; or it calls `response.unlisten()` and a task reads
-    the rest as from any response. What either method raises ends the
-    exchange and goes to `on_crash`, the listener's supervisor."""
-
-    __slots__ = ("response",)
-
-    response: LaneResponse
-
-    def on_head(self) -> None:
-        raise NotImplementedError
-
-    def on_progress(self) -> None:
-        raise NotImplementedError
-
-    def on_crash(self, exc: Exception) -> None:
-        raise NotImplementedError
 
 
 class LaneResponse(http.Response):
@@ -489,6 +428,13 @@ class LanePool:
         # Per key, oldest first: each connection goes back at the end.
         self._idle: dict[LaneKey, list[LaneConnection]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+        # The connections whose head is (or was lately) awaited, and one timer
+        # for all their deadlines, armed when none is or it is due too late: a
+        # call arms no timer of its own (one made and cancelled per call cost
+        # 8% of the daemon's time per call).
+        self._heads: set[LaneConnection] = set()
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_timer_at = 0.0
 
     def take(self, key: LaneKey) -> LaneConnection | None:
         idle = self._idle.get(key)
@@ -535,9 +481,11 @@ class LanePool:
     async def aclose(self) -> None:
         """Close the idle connections, and wait (briefly) until they are closed:
         TLS says goodbye before the transport lets go."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        for timer in (self._sweeper, self._head_timer):
+            if timer is not None:
+                timer.cancel()
+        self._sweeper = self._head_timer = None
+        self._heads.clear()
         idle, self._idle = self._idle, {}
         connections = [connection for each in idle.values() for connection in each]
         for connection in connections:
@@ -577,7 +525,7 @@ class LanePool:
             except TimeoutError:
                 raise http.no_answer(url, head_timeout) from None
         answered = connection.send(request)
-        connection.time_head(url, head_timeout)
+        self._watch_head(connection, url, head_timeout)
         try:
             await answered
         except BaseException:
@@ -592,7 +540,7 @@ class LanePool:
         request: bytes,
         *,
         head_timeout: float | None,
-        listener: LaneListener,
+        listener: http.LaneListener,
     ) -> bool:
         """Send a POST (`prepare`) on an idle connection and hand its exchange
         to `listener`; False, and nothing sent, when no connection is idle
@@ -603,8 +551,42 @@ class LanePool:
             return False
         listener.response = LaneResponse(connection, self, url)
         connection.start(request, listener)
-        connection.time_head(url, head_timeout)
+        self._watch_head(connection, url, head_timeout)
         return True
+
+    def _watch_head(self, connection: LaneConnection, url: str, head_timeout: float | None) -> None:
+        """Give the head `head_timeout` seconds from now (None: as long as it takes)."""
+        if head_timeout is None:
+            connection.head_due = None
+            return
+        due = connection.head_due = connection.loop.time() + head_timeout
+        connection.head_url, connection.head_timeout = url, head_timeout
+        self._heads.add(connection)
+        if self._head_timer is None or self._head_timer_at > due:
+            self._arm_head_timer(connection.loop, due)
+
+    def _arm_head_timer(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = loop.call_at(due, self._check_heads)
+        self._head_timer_at = due
+
+    def _check_heads(self) -> None:
+        """Fail the exchanges whose head is late; come back for the next deadline."""
+        self._head_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        next_due: float | None = None
+        for connection in list(self._heads):
+            due = connection.head_due
+            if due is None or due <= now:
+                self._heads.discard(connection)
+                if due is not None:
+                    connection.time_out()
+            elif next_due is None or due < next_due:
+                next_due = due
+        if next_due is not None:
+            self._arm_head_timer(loop, next_due)
 
 
 @functools.lru_cache(maxsize=1024)  # a server's few URLs

@@ -35,8 +35,7 @@ from urllib.parse import urljoin
 
 import anyio
 
-from ..http import BodyTooLarge, HttpClient, HttpError, Redirects, Response
-from ..httplane import LaneListener
+from ..http import BodyTooLarge, HttpClient, HttpError, LaneListener, Redirects, Response
 from ..urls import origin_of, visible_ascii
 from . import jsonrpc
 from .modern import MODERN_PROTOCOL, request_headers
@@ -314,7 +313,7 @@ class StreamableHttp(_HttpTransport):
         super().__init__(settings, deliver)
         self.session_id: str | None = None
         self.protocol_version = None
-        self._forwarded: set[_Forwarded] = set()
+        self._forwarded: set[_Forwarded] | None = None  # made at the first (500 servers)
 
     def _headers(self, **extra: str) -> dict[str, str]:
         headers = {**self._base_headers(), "Accept": ACCEPT, **extra}
@@ -336,14 +335,20 @@ class StreamableHttp(_HttpTransport):
             listener=listener,
         )
         if started:
+            if self._forwarded is None:
+                self._forwarded = set()
             self._forwarded.add(listener)
         return started
 
     def abandon(self) -> None:
         """The session is over: requests forwarded without a task end with it."""
-        forwarded, self._forwarded = self._forwarded, set()
+        forwarded, self._forwarded = self._forwarded or set(), None
         for listener in forwarded:
             listener.abandon()
+
+    def _forget(self, listener: _Forwarded) -> None:
+        if self._forwarded is not None:
+            self._forwarded.discard(listener)
 
     def _keep_session_id(self, response: Response) -> None:
         if session_id := response.headers.get("mcp-session-id"):
@@ -590,7 +595,7 @@ class _Forwarded(LaneListener):
             self.drain = asyncio.get_running_loop().call_later(DRAIN_SECONDS, self._done)
 
     def on_crash(self, exc: Exception) -> None:
-        self.transport._forwarded.discard(self)
+        self.transport._forget(self)
         self.forwarding.crashed(exc)
 
     def abandon(self) -> None:
@@ -600,7 +605,7 @@ class _Forwarded(LaneListener):
     def _done(self) -> None:
         if self.drain is not None:
             self.drain.cancel()
-        self.transport._forwarded.discard(self)
+        self.transport._forget(self)
         self.response.release()
 
     def _fail(self, exc: UpstreamError | HttpError) -> None:
@@ -608,7 +613,7 @@ class _Forwarded(LaneListener):
         self.forwarding.failed(self.message, exc)
 
     def _hand_over(self) -> None:
-        self.transport._forwarded.discard(self)
+        self.transport._forget(self)
         self.response.unlisten()
         self.forwarding.hand_over(self.message, Handover(self.response, self.decoder))
 
