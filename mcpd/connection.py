@@ -135,22 +135,25 @@ class ClientConnection:
 
     def _push(self, frame: bytes, what: str, limit: int) -> None:
         """Queue a frame without waiting; a client that is not reading is dropped."""
-        if self._outbox.statistics().current_buffer_used >= limit:
+        queued = self._outbox.statistics().current_buffer_used
+        if queued >= limit:
             log.warning(
                 f"disconnecting a client that does not read {what}",
                 extra={"peer_pid": self.peer_pid},
             )
             self._scope.cancel()
             return
-        if rest := self._write_through(frame):
+        if rest := self._write_through(frame, queued):
             with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                 self._outbox.send_nowait(rest)
 
-    def _write_through(self, frame: bytes) -> bytes:
+    def _write_through(self, frame: bytes, queued: int | None = None) -> bytes:
         """Send what the socket takes at once when nothing waits before it (the
         common case, and a task switch less per frame); return the rest, for the
-        write loop."""
-        if self._writing or self._outbox.statistics().current_buffer_used:
+        write loop. `queued`: the frames waiting, if the caller has counted them."""
+        if queued is None:
+            queued = self._outbox.statistics().current_buffer_used
+        if self._writing or queued:
             return frame
         try:
             sent = self._socket.send(frame)

@@ -57,7 +57,7 @@ import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import aiohttp
 import anyio
@@ -67,7 +67,7 @@ from . import __version__
 from .urls import DEFAULT_PORTS, Origin, is_loopback, origin_of, wire_clean
 
 if TYPE_CHECKING:
-    from .httplane import LanePool, LaneResponse
+    from .httplane import LaneKey, LanePool, LaneResponse
 
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -357,6 +357,20 @@ class Response:
         raise NotImplementedError
 
 
+class LanePost(NamedTuple):
+    """POSTs to one URL with one set of headers, ready for the lane: which
+    connections may carry them, and the head (`with_body` completes it)."""
+
+    url: str
+    key: LaneKey
+    head: bytes
+
+
+def with_body(head: bytes, body: bytes) -> bytes:
+    """A prepared head (`LanePool.prepare`), its Content-Length, and the body."""
+    return b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
+
+
 class LaneListener:
     """Follows one exchange from its connection's callbacks (`HttpClient.start_post`,
     on mcpd/httplane.py's lane).
@@ -572,37 +586,39 @@ class HttpClient:
         finally:
             await response.aclose()
 
-    def start_post(
-        self,
-        url: str,
-        headers: Mapping[str, str],
-        body: bytes,
-        *,
-        head_timeout: float | None,
-        listener: LaneListener,
-    ) -> bool:
-        """Start a POST whose exchange `listener` follows from the connection's
-        callbacks (`LaneListener`), when it can go at once on an idle lane
-        connection. False, with nothing sent, when it cannot (no idle connection,
-        a proxy, anything `send` would refuse): then `send` it. A redirect is the
-        listener's to hand to `send(first=...)`."""
+    def lane_post(self, url: str, headers: Mapping[str, str]) -> LanePost | None:
+        """The head of POSTs to `url` with `headers`, checked and made once for
+        every body `start_post` sends with it; None when such POSTs cannot start
+        that way (a proxy, not looked up yet, anything `send` would refuse):
+        then `send` them."""
         origin = origin_of(url)
         if origin not in self._proxies or self._proxies[origin] is not None:
-            return False  # not looked up yet (`send` does it), or one to go through
+            return None  # not looked up yet (`send` does it), or one to go through
         if not sendable(headers):
-            return False
+            return None
         try:
             wire = _wire_url(url)
         except HttpError:
-            return False
+            return None
         context = None
         if wire.scheme == "https" and (context := self._contexts.get(self._is_own(url))) is None:
-            return False  # made (with its errors) by the first `send`
+            return None  # made (with its errors) by the first `send`
         lane = self._pool.lane()
         if not lane.takes(headers):
-            return False
-        key, request = lane.prepare(wire, context, headers, body)
-        return lane.start(url, key, request, head_timeout=head_timeout, listener=listener)
+            return None
+        key, head = lane.prepare(wire, context, headers)
+        return LanePost(url, key, head)
+
+    def start_post(
+        self, post: LanePost, body: bytes, *, head_timeout: float | None, listener: LaneListener
+    ) -> bool:
+        """Start a POST (`lane_post`) whose exchange `listener` follows from the
+        connection's callbacks (`LaneListener`), when an idle lane connection can
+        take it at once. False, with nothing sent, when none can: then `send` it.
+        A redirect is the listener's to hand to `send(first=...)`."""
+        request = with_body(post.head, body)
+        lane = self._pool.lane()
+        return lane.start(post.url, post.key, request, head_timeout=head_timeout, listener=listener)
 
     async def _send_once(
         self,
@@ -620,9 +636,9 @@ class HttpClient:
             context = self._tls(url) if wire.scheme == "https" else None
             proxy = self._proxy(url)
             if method == "POST" and proxy is None and (lane := self._pool.lane()).takes(headers):
-                key, request = lane.prepare(wire, context, headers, body)
+                key, head = lane.prepare(wire, context, headers)
                 timeouts = (self.connect_timeout, head_timeout)
-                return await lane.post(url, key, request, timeouts=timeouts)
+                return await lane.post(url, key, with_body(head, body), timeouts=timeouts)
             with anyio.fail_after(head_timeout):
                 if context is not None:
                     options["ssl"] = context

@@ -499,13 +499,12 @@ class LanePool:
         return OWN_HEADERS.isdisjoint(map(str.lower, headers))
 
     def prepare(
-        self, wire: URL, context: ssl.SSLContext | None, headers: Mapping[str, str], body: bytes
+        self, wire: URL, context: ssl.SSLContext | None, headers: Mapping[str, str]
     ) -> tuple[LaneKey, bytes]:
-        """A POST to `wire` (a URL as it goes on the wire): which connections may
-        carry it, and its bytes."""
+        """POSTs to `wire` (a URL as it goes on the wire): which connections may
+        carry them, and their head up to the body's length (`http.with_body`)."""
         scheme, host, port, target, host_field = _route(wire)
-        request = request_head(target, host_field, headers, len(body)) + body
-        return (scheme, host, port, context), request
+        return (scheme, host, port, context), request_head(target, host_field, headers)
 
     async def post(
         self, url: str, key: LaneKey, request: bytes, *, timeouts: tuple[float, float | None]
@@ -627,10 +626,10 @@ async def _connect(key: LaneKey, url: str, timeout: float) -> LaneConnection:
 _FIELD = "{}: {}\r\n"
 
 
-def request_head(target: str, host: str, headers: Mapping[str, str], length: int) -> bytes:
-    """A POST's head; its headers are valid HTTP/1.1 (`http.sendable`)."""
+def request_head(target: str, host: str, headers: Mapping[str, str]) -> bytes:
+    """A POST's head but for its Content-Length; its headers are valid HTTP/1.1
+    (`http.sendable`)."""
     fields = "".join(map(_FIELD.format, headers.keys(), headers.values()))  # no frame per field
     return (
-        f"POST {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {http.USER_AGENT}\r\n"
-        f"Content-Length: {length}\r\n{fields}\r\n"
+        f"POST {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {http.USER_AGENT}\r\n{fields}"
     ).encode("ascii")

@@ -681,6 +681,35 @@ def test_interim_answers_are_passed_over():
     assert peer.connections == 1
 
 
+def test_the_head_as_the_lane_reads_it():
+    """Names in lower case, a repeated name's values joined, an interim answer's
+    fields left behind, bytes over 0x7f kept as they came (Latin-1)."""
+    answer = (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Seen: a\r\nCache-Control: no-cache\r\n"
+        b"x-seen: b\r\nX-Empty:\r\nX-Latin: caf\xe9\r\n\r\nok"
+    )
+
+    async def main(url: str) -> dict[str, str]:
+        async with (
+            HttpClient() as client,
+            client.stream("POST", url, {}, b"{}", redirects=SAME) as response,
+        ):
+            assert await response.read(100) == b"ok"
+            return response.headers
+
+    with raw_peer(answer_on_each_connection(answer)) as peer:
+        url = f"http://127.0.0.1:{peer.port}/"
+        headers = anyio.run(main, url, backend_options={"use_uvloop": True})
+    assert headers == {
+        "content-length": "2",
+        "x-seen": "a, b",
+        "cache-control": "no-cache",
+        "x-empty": "",
+        "x-latin": "caf\xe9",
+    }
+
+
 def test_bytes_after_the_answer_are_never_taken_for_the_next_one():
     """A second answer nobody asked for, right behind the first: the connection
     is closed, and the next request gets its own answer on a new one."""

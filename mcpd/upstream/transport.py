@@ -35,7 +35,15 @@ from urllib.parse import urljoin
 
 import anyio
 
-from ..http import BodyTooLarge, HttpClient, HttpError, LaneListener, Redirects, Response
+from ..http import (
+    BodyTooLarge,
+    HttpClient,
+    HttpError,
+    LaneListener,
+    LanePost,
+    Redirects,
+    Response,
+)
 from ..urls import origin_of, visible_ascii
 from . import jsonrpc
 from .modern import MODERN_PROTOCOL, request_headers
@@ -314,6 +322,10 @@ class StreamableHttp(_HttpTransport):
         self.session_id: str | None = None
         self.protocol_version = None
         self._forwarded: set[_Forwarded] | None = None  # made at the first (500 servers)
+        # The head of forwarded POSTs, made for the token, session and revision
+        # it carries (checking and writing a head costs more than the rest of a
+        # request's way to the wire).
+        self._lane_post: tuple[tuple[str | None, ...], LanePost] | None = None
 
     def _headers(self, **extra: str) -> dict[str, str]:
         headers = {**self._base_headers(), "Accept": ACCEPT, **extra}
@@ -326,10 +338,15 @@ class StreamableHttp(_HttpTransport):
     def forward(self, message: dict[str, Any], forwarding: Forwarding) -> bool:
         """Start posting a request without a task, if an idle connection can take
         it at once (see the module's docstring); False: `post` it."""
+        carried = (self.bearer(), self.session_id, self.protocol_version)
+        if self._lane_post is None or self._lane_post[0] != carried:
+            headers = self._headers(**{"Content-Type": "application/json"})
+            if (post := self.client.lane_post(self.url, headers)) is None:
+                return False
+            self._lane_post = (carried, post)
         listener = _Forwarded(self, message, forwarding)
         started = self.client.start_post(
-            self.url,
-            self._headers(**{"Content-Type": "application/json"}),
+            self._lane_post[1],
             jsonrpc.encode(message),
             head_timeout=self.request_timeout,
             listener=listener,
