@@ -65,6 +65,8 @@ class ScriptedServer:
     expired: bool = False
     released: threading.Event = field(default_factory=threading.Event)
     ports: list[int] = field(default_factory=list)  # the client's port of each call
+    # Each call's Authorization and Mcp-Session-Id, as they came.
+    carried: list[tuple[str | None, str | None]] = field(default_factory=list)
 
     def route(self, handler: Handler) -> None:
         if handler.command == "GET":
@@ -91,6 +93,9 @@ class ScriptedServer:
             send_json(handler, {"jsonrpc": "2.0", "id": message["id"], "result": {}})
             return
         self.ports.append(handler.client_address[1])
+        self.carried.append(
+            (handler.headers.get("Authorization"), handler.headers.get("Mcp-Session-Id"))
+        )
         tool = message["params"]["name"]
         getattr(self, f"tool_{tool}")(handler, message)
 
@@ -311,6 +316,47 @@ def test_no_idle_connection_means_no_forwarding():
         assert server.ports == []  # nothing was sent
 
     anyio.run(main)
+
+
+def test_each_forwarded_post_carries_the_token_and_session_of_its_moment():
+    """A forwarded POST's head is made once and kept (`HttpClient.lane_post`):
+    a renewed token or a new session id makes a new one."""
+    token = ["first-token"]
+
+    async def main() -> ScriptedServer:
+        server = ScriptedServer()
+        outcomes = Outcomes()
+        with scripted(server) as peer:
+            async with HttpClient(connect_timeout=5) as client:
+                settings = TransportSettings(
+                    client, peer.url + "/mcp", {"X-Api-Key": "k"}, MAX_FRAME, 5, lambda: token[0]
+                )
+                transport = StreamableHttp(settings, outcomes.deliver)
+                params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {}}
+                await transport.post(jsonrpc.request(1, "initialize", params))
+                for step in range(4):
+                    token[0] = "second-token" if step >= 2 else "first-token"
+                    if step == 3:
+                        transport.session_id = "session-9"  # as a renewed session would
+                    outcomes.delivered.clear()
+                    call = jsonrpc.request(2 + step, "tools/call", {"name": "echo"})
+                    assert transport.forward(call, outcomes)
+                    with anyio.fail_after(5):
+                        while not outcomes.delivered:
+                            outcomes.news = anyio.Event()
+                            await outcomes.news.wait()
+                    assert outcomes.delivered[0]["id"] == 2 + step
+                transport.abandon()
+        return server
+
+    server = anyio.run(main)
+    assert server.carried == [
+        ("Bearer first-token", "session-1"),
+        ("Bearer first-token", "session-1"),
+        ("Bearer second-token", "session-1"),
+        ("Bearer second-token", "session-9"),
+    ]
+    assert len(set(server.ports)) == 1  # all on the one kept-alive connection
 
 
 # --- Every answer, end to end, beside a healthy server ------------------------------------
