@@ -368,7 +368,8 @@ class StreamableHttp(_HttpTransport):
             self._forwarded.discard(listener)
 
     def _keep_session_id(self, response: Response) -> None:
-        if session_id := response.headers.get("mcp-session-id"):
+        session_id = response.headers.get("mcp-session-id")
+        if session_id and session_id != self.session_id:  # the one held was checked
             if not visible_ascii(session_id):
                 raise UpstreamError(
                     "the server sent a session id with characters the MCP specification "
