@@ -98,6 +98,13 @@ _leaks: list[leakcheck.Finding] = []
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        # A pytest-xdist worker: the controller scans everything and prints the
+        # table (it has every test's report, and so their captured outputs).
+        workeroutput["leakcheck"] = leakcheck.export()
+        workeroutput["reliability"] = reliability.export()
+        return
     if not leakcheck.active():
         return
     result = leakcheck.scan()
@@ -111,6 +118,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reliability.record("captured test outputs and failure reports scanned", result.outputs, where)
     reliability.record("bytes scanned", result.bytes, where)
     reliability.record("credential stores decrypted for their secrets", result.stores_read, where)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist, in the controller: a worker's registrations and counts."""
+    output = getattr(node, "workeroutput", {})
+    if "leakcheck" in output:
+        leakcheck.merge(output["leakcheck"])
+        reliability.merge(output["reliability"])
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

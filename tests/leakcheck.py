@@ -39,6 +39,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import msgspec
@@ -275,6 +276,29 @@ def scan() -> ScanResult:
         stores_read=_registry.stores_read,
         findings=findings,
     )
+
+
+def export() -> dict[str, Any]:
+    """What a worker process registered, for the process that scans (conftest.py):
+    the captured outputs it has already, from the reports."""
+    return {
+        "secrets": _registry.secrets,
+        "record_files": [str(path) for path in _registry.record_files],
+        "roots": [str(root) for root in _registry.roots],
+        "stores_read": _registry.stores_read,
+        "stores_unreadable": _registry.stores_unreadable,
+    }
+
+
+def merge(exported: dict[str, Any]) -> None:
+    for value, kind in exported["secrets"].items():
+        _registry.secrets.setdefault(value, kind)
+    for path in exported["record_files"]:
+        register_record_file(Path(path))
+    for root in exported["roots"]:
+        watch_root(Path(root))
+    _registry.stores_read += exported["stores_read"]
+    _registry.stores_unreadable += exported["stores_unreadable"]
 
 
 def registered_count() -> int:

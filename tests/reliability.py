@@ -26,3 +26,12 @@ def record(what: str, count: int, test: str) -> None:
 
 def recorded() -> list[Count]:
     return list(_recorded)
+
+
+def export() -> list[tuple[str, int, str]]:
+    """The counts of a worker process, for the one that prints the table."""
+    return [(count.what, count.count, count.test) for count in _recorded]
+
+
+def merge(exported: list[tuple[str, int, str]]) -> None:
+    _recorded.extend(Count(*count) for count in exported)

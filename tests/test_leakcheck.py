@@ -50,12 +50,22 @@ def test_nothing_leaks(mcpd_env):
 """
 
 
-def run_session(tmp_path: Path, test_module: str, canaries: dict[str, str]) -> tuple[int, str]:
+# The session as one process, and as pytest-xdist workers (how the README's
+# test command runs it), whose registrations the controller scans.
+SESSIONS = pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "workers"])
+
+
+def run_session(
+    tmp_path: Path, test_module: str, canaries: dict[str, str], workers: list[str]
+) -> tuple[int, str]:
     (tmp_path / "conftest.py").write_text((TESTS / "conftest.py").read_text())
     (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider\n")
     (tmp_path / "test_inner.py").write_text(test_module)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", f"--basetemp={tmp_path / 'base'}", "test_inner.py"],
+        [
+            *(sys.executable, "-m", "pytest", "-q", *workers),
+            *(f"--basetemp={tmp_path / 'base'}", "test_inner.py"),
+        ],
         cwd=tmp_path,
         env={**os.environ, **canaries, "PYTHONPATH": str(TESTS)},
         capture_output=True,
@@ -67,12 +77,13 @@ def run_session(tmp_path: Path, test_module: str, canaries: dict[str, str]) -> t
 
 
 @pytest.mark.timeout(60)
-def test_a_leak_fails_the_session_naming_where_never_what(tmp_path):
+@SESSIONS
+def test_a_leak_fails_the_session_naming_where_never_what(tmp_path, workers):
     canaries = {
         "CANARY_LOG": secrets.token_urlsafe(32),
         "CANARY_OUTPUT": secrets.token_urlsafe(32),
     }
-    code, output = run_session(tmp_path, LEAKING, canaries)
+    code, output = run_session(tmp_path, LEAKING, canaries, workers)
     assert code == 1, output
     assert "2 passed" in output  # the tests pass; the scan fails the run
     assert "SECRETS LEAKED" in output
@@ -86,9 +97,10 @@ def test_a_leak_fails_the_session_naming_where_never_what(tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_a_clean_session_passes_and_says_what_it_scanned(tmp_path):
+@SESSIONS
+def test_a_clean_session_passes_and_says_what_it_scanned(tmp_path, workers):
     canaries = {"CANARY_LOG": secrets.token_urlsafe(32)}
-    code, output = run_session(tmp_path, CLEAN, canaries)
+    code, output = run_session(tmp_path, CLEAN, canaries, workers)
     assert code == 0, output
     assert "SECRETS LEAKED" not in output
     assert "1  secrets searched for in mcpd's output (none found)" in output, output

@@ -9,6 +9,7 @@ the daemon's real loopback listener, as a user's browser would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -163,7 +164,12 @@ def test_the_callback_listener_refuses_what_is_not_the_callback(mcpd_env, run_da
 
     # A flood of junk connections does not stop the real callback.
     def junk() -> None:
-        with socket.create_connection(("127.0.0.1", callback_port(url)), 5) as sock:
+        # Load, not a check: on a busy machine a junk connection may time out or
+        # be reset, which is the listener's right.
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", callback_port(url)), 5) as sock,
+        ):
             sock.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
             sock.recv(1024)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -105,7 +106,9 @@ def config_for(url: str, context: str | None, key_dir: Path | None = None) -> st
 
 class Daemon:
     def __init__(self, root: Path, url: str) -> None:
-        (root / "run").mkdir(mode=0o700)
+        # The sockets get a short directory of their own: a user's tree deep in
+        # a test's temporary directory may be longer than a socket path can be.
+        self.run_dir = Path(tempfile.mkdtemp(prefix="mcpd-run-"))
         config = root / "config" / "mcpd" / "config.toml"
         config.parent.mkdir(parents=True)
         config.write_text(config_for(url, os.environ.get("MCP_CONFORMANCE_CONTEXT"), config.parent))
@@ -115,15 +118,15 @@ class Daemon:
             "HOME": str(root),
             "XDG_CONFIG_HOME": str(root / "config"),
             "XDG_STATE_HOME": str(root / "state"),
-            "XDG_RUNTIME_DIR": str(root / "run"),
+            "XDG_RUNTIME_DIR": str(self.run_dir),
             "BROWSER": f"{sys.executable} {BROWSER} %s",
         }
         self.env.pop("MCPD_SOCKET", None)
         self.env.pop("MCPD_CONFIG", None)
-        notify_path = root / "notify.sock"
+        notify_path = self.run_dir / "notify.sock"
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(notify_path))
-        notify.settimeout(DEADLINE_SECONDS)
+        notify.settimeout(0.2)
         self.root = root
         with (root / "mcpd.log").open("ab") as log:
             self.process = subprocess.Popen(
@@ -133,9 +136,17 @@ class Daemon:
                 stdout=log,
                 stderr=log,
             )
+        deadline = time.monotonic() + DEADLINE_SECONDS
         with notify:
-            while b"READY=1" not in notify.recv(4096).split(b"\n"):
-                pass
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    if b"READY=1" in notify.recv(4096).split(b"\n"):
+                        return
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.process.kill()
+                    shutil.rmtree(self.run_dir, ignore_errors=True)
+                    log = (root / "mcpd.log").read_text(errors="replace")
+                    raise SystemExit(f"mcpd did not become ready:\n{log}")
 
     def mcpctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -181,7 +192,10 @@ class Daemon:
 
     def stop(self) -> int:
         self.mcpctl("shutdown")
-        return self.process.wait(timeout=DEADLINE_SECONDS)
+        try:
+            return self.process.wait(timeout=DEADLINE_SECONDS)
+        finally:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 def main(url: str) -> int:
