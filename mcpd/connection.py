@@ -98,6 +98,7 @@ class ClientConnection:
             ATTACHED_OUTBOX_FRAMES
         )
         self._outbox: MemoryObjectSendStream[bytes] = send
+        self._queued = 0  # frames in the outbox (the stream's statistics are an object a call)
         self._in_flight: dict[int, anyio.CancelScope] = {}
         self._scope = anyio.CancelScope()
         self._read_scope = anyio.CancelScope()
@@ -135,25 +136,23 @@ class ClientConnection:
 
     def _push(self, frame: bytes, what: str, limit: int) -> None:
         """Queue a frame without waiting; a client that is not reading is dropped."""
-        queued = self._outbox.statistics().current_buffer_used
-        if queued >= limit:
+        if self._queued >= limit:
             log.warning(
                 f"disconnecting a client that does not read {what}",
                 extra={"peer_pid": self.peer_pid},
             )
             self._scope.cancel()
             return
-        if rest := self._write_through(frame, queued):
+        if rest := self._write_through(frame):
             with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                 self._outbox.send_nowait(rest)
+                self._queued += 1
 
-    def _write_through(self, frame: bytes, queued: int | None = None) -> bytes:
+    def _write_through(self, frame: bytes) -> bytes:
         """Send what the socket takes at once when nothing waits before it (the
         common case, and a task switch less per frame); return the rest, for the
-        write loop. `queued`: the frames waiting, if the caller has counted them."""
-        if queued is None:
-            queued = self._outbox.statistics().current_buffer_used
-        if self._writing or queued:
+        write loop."""
+        if self._writing or self._queued:
             return frame
         try:
             sent = self._socket.send(frame)
@@ -191,6 +190,7 @@ class ClientConnection:
         try:
             async with self._outbox_receive:
                 async for frame in self._outbox_receive:
+                    self._queued -= 1
                     self._room.set()
                     self._writing = True
                     await self.stream.send(frame)
@@ -293,7 +293,7 @@ class ClientConnection:
     async def _wait_for_room(self) -> None:
         """Before a new request: wait while the client leaves too much unread or running."""
         while True:
-            queued = self._outbox.statistics().current_buffer_used
+            queued = self._queued
             if queued < OUTBOX_FRAMES and len(self._in_flight) < MAX_IN_FLIGHT:
                 return
             if not self._paused_before:
@@ -393,6 +393,7 @@ class ClientConnection:
             self._outbox.send_nowait(frame)
         except anyio.WouldBlock:
             await self._outbox.send(frame)
+        self._queued += 1
 
     async def _dispatch(self, ctx: RequestContext, request: Request) -> Response:
         method = METHODS.get(request.method)
