@@ -81,6 +81,7 @@ class LaneConnection(asyncio.Protocol):
         "_feeding",
         "_gone",
         "_head_bytes",
+        "_head_fields",
         "_lost",
         "_news",
         "_parser",
@@ -128,7 +129,8 @@ class LaneConnection(asyncio.Protocol):
     def _reset(self) -> None:
         self.status = 0  # until the final head has arrived
         self.headers: dict[str, str] = {}
-        self._head_bytes = 0
+        self._head_bytes = 0  # received while the head is still to come
+        self._head_fields: list[bytes] = []  # its fields as the parser gives them: name, value...
         self.chunks: list[bytes] = []
         self._buffered = 0
         self._paused = False
@@ -219,6 +221,10 @@ class LaneConnection(asyncio.Protocol):
             self._fail(http.ConnectionBroken(f"{self._where()} sent data nobody asked for"))
             return
         assert self._parser is not None  # busy
+        if not self.status:
+            # The parser holds a field until it ends: what bounds a head that
+            # never does is counted here, a read at a time.
+            self._head_bytes += len(data)
         self._feeding = True
         try:
             self._parser.feed_data(data)
@@ -228,15 +234,13 @@ class LaneConnection(asyncio.Protocol):
                 return
             # llhttp's reasons are fixed phrases ("Invalid header value char"),
             # never the bytes at fault.
-            reason = (
-                f"a head over {MAX_HEAD_BYTES // 1024} KiB"
-                if self._head_bytes > MAX_HEAD_BYTES
-                else str(exc).lower() or type(exc).__name__
+            too_large = isinstance(exc.__context__, _HeadTooLarge)
+            self._fail_head(
+                _HEAD_TOO_LARGE if too_large else str(exc).lower() or type(exc).__name__
             )
-            where = self._where()
-            self._fail(
-                http.ConnectionBroken(f"the answer from {where} is not valid HTTP/1.1 ({reason})")
-            )
+        else:
+            if not self.status and self._head_bytes > MAX_HEAD_BYTES and self.failure is None:
+                self._fail_head(_HEAD_TOO_LARGE)
         finally:
             self._feeding = False
         if self._news:  # once for all that this read brought (a chunk and the end, say)
@@ -269,19 +273,20 @@ class LaneConnection(asyncio.Protocol):
             raise ValueError("an answer nobody asked for")  # stops the parser
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > MAX_HEAD_BYTES:
-            raise ValueError("head too large")  # the parser reports a callback error
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+        self._head_fields += name, value  # read at the end of the head, all at once
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
+        fields, self._head_fields = self._head_fields, []
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # an interim answer (100 Continue, 103 Early Hints)
-            self.headers, self._head_bytes = {}, 0
+            self._head_bytes = 0
             return
+        if self._head_bytes > MAX_HEAD_BYTES and sum(map(len, fields)) + 2 * len(fields) > (
+            MAX_HEAD_BYTES
+        ):
+            raise _HeadTooLarge  # the parser reports a callback error
+        self.headers = _header_map(fields)
         self.status = status
         self._stop_head_timer()
         if self.listener is not None:
@@ -315,6 +320,12 @@ class LaneConnection(asyncio.Protocol):
         """A body with neither a length nor chunks ends when the connection does."""
         return "content-length" not in self.headers and "chunked" not in self.headers.get(
             "transfer-encoding", ""
+        )
+
+    def _fail_head(self, reason: str) -> None:
+        where = self._where()
+        self._fail(
+            http.ConnectionBroken(f"the answer from {where} is not valid HTTP/1.1 ({reason})")
         )
 
     def _fail(self, failure: http.HttpError, close: bool = True) -> None:
@@ -358,6 +369,30 @@ class LaneConnection(asyncio.Protocol):
     def _stop_head_timer(self) -> None:
         """No head to wait for any more (the pool's head timer then passes it by)."""
         self.head_due = None
+
+
+class _HeadTooLarge(ValueError):
+    pass
+
+
+_HEAD_TOO_LARGE = f"a head over {MAX_HEAD_BYTES // 1024} KiB"
+
+
+def _header_map(fields: list[bytes]) -> dict[str, str]:
+    """A head's fields (name, value, name, value...) by lowercase name; the
+    values of a repeated name joined with commas, in order. Decoded in two
+    joins rather than a field at a time: the parser lets no LF into a name or
+    value, so LF can separate them."""
+    if not fields:
+        return {}
+    names = b"\n".join(fields[::2]).decode("latin-1").lower().split("\n")
+    values = b"\n".join(fields[1::2]).decode("latin-1").split("\n")
+    headers = dict(zip(names, values, strict=True))
+    if len(headers) < len(names):
+        headers = {}
+        for name, value in zip(names, values, strict=True):
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
 
 
 class LaneResponse(http.Response):

@@ -736,6 +736,38 @@ def test_a_head_over_64_kib_is_refused():
         post_all(f"http://127.0.0.1:{peer.port}/", 1)
 
 
+@pytest.mark.parametrize("endless", ["value", "name"])
+def test_a_header_that_never_ends_is_refused_at_64_kib(endless):
+    """The parser keeps a field until it ends: a server that never ends one
+    must not make the daemon keep all it sends. The lane gives up once the
+    head passes 64 KiB, having read at most a few reads more."""
+    start = b"HTTP/1.1 200 OK\r\n" + (b"X-Endless: " if endless == "value" else b"")
+    chunk = b"a" * 65536
+    sent: list[int] = []
+
+    def serve(conn: socket.socket) -> None:
+        read_head(conn)
+        conn.sendall(start)
+        total = len(start)
+        try:
+            while total < 256 << 20:
+                conn.sendall(chunk)
+                total += len(chunk)
+        finally:
+            sent.append(total)
+
+    with (
+        raw_peer(serve) as peer,
+        pytest.raises(ConnectionBroken, match="head over 64 KiB"),
+    ):
+        post_all(f"http://127.0.0.1:{peer.port}/", 1)
+    deadline = time.monotonic() + 10
+    while not sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # What the lane read, and what the kernel buffers of both ends held when it closed.
+    assert sent and sent[0] < 16 << 20, sent
+
+
 def test_a_body_nobody_reads_stops_being_read():
     """8 MB behind a head: while nobody reads, the lane holds no more than its
     high-water mark (the server's writes block); then all of it arrives intact."""

@@ -36,6 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from . import jsonrpc, modern, toolfilter
 from .jsonrpc import Id
 
@@ -65,17 +67,18 @@ class Editor:
     modern: bool = False
 
 
-@dataclass(slots=True)
-class Routing:
-    upstream: list[dict[str, Any]] = field(default_factory=list)
-    editors: list[tuple[EditorId, dict[str, Any]]] = field(default_factory=list)
-    own: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+class Routing(msgspec.Struct):
+    """What to send where (a Struct: made twice per call, and its init is C's)."""
+
+    upstream: list[dict[str, Any]] = []
+    editors: list[tuple[EditorId, dict[str, Any]]] = []
+    own: list[tuple[int, dict[str, Any]]] = []
     # Why a message could not be routed as it is (for the log), if it could not.
     problem: str | None = None
     # Modern servers: requests whose response streams to close (that is how
     # the revision cancels over HTTP), and whether the set of subscribed
     # resources changed (the listen stream is opened anew).
-    cancel: list[int] = field(default_factory=list)
+    cancel: list[int] = []
     relisten: bool = False
     # The first page of a tool list as editors were shown it (the daemon keeps
     # it for when the server cannot be asked).
@@ -90,8 +93,7 @@ class Routing:
         self.listed = other.listed or self.listed
 
 
-@dataclass(slots=True)
-class _Pending:
+class _Pending(msgspec.Struct):
     editor: EditorId
     original_id: Id
     original_token: Id | None

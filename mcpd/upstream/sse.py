@@ -8,11 +8,10 @@ starting with ':' are comments, and a blank line dispatches the event.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 
-@dataclass(frozen=True)
-class SseEvent:
+class SseEvent(msgspec.Struct, frozen=True):
     event: str
     data: str
     id: str | None
