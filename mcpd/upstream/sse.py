@@ -75,40 +75,47 @@ class SseDecoder:
         return events
 
     def _events(self, lines: list[str]) -> list[SseEvent]:
-        """The events that complete lines dispatch (one loop: it runs on every answer)."""
+        """The events that complete lines dispatch. One loop over locals, the
+        decoder's state read before and kept after: it runs on every answer."""
         events: list[SseEvent] = []
+        data, size, kind = self._data, self._size, self._event
+        event_id, saw_id, limit = self._id, self._saw_id, self.max_event_size
         for line in lines:
-            if not line:
-                if (event := self._dispatch()) is not None:
-                    events.append(event)
-                continue
-            if line[0] == ":":
+            if not line:  # dispatch
+                if saw_id:
+                    self.last_event_id = event_id
+                if data:
+                    text = "\n".join(data)
+                    events.append(SseEvent(kind or "message", text, event_id if saw_id else None))
+                    data = []
+                # Not so for an event without data (a priming event): nothing to drop.
+                size, kind, saw_id = 0, "", False
                 continue
             name, _, value = line.partition(":")
             if value[:1] == " ":
                 value = value[1:]
             if name == "data":
-                self._size += len(value.encode()) + 1
-                if self._size > self.max_event_size:
-                    raise EventTooLarge(f"an SSE event exceeds {self.max_event_size} bytes")
-                self._data.append(value)
+                # ASCII (JSON, as a rule) is as long in bytes as in characters.
+                size += (len(value) if value.isascii() else len(value.encode())) + 1
+                if size > limit:
+                    raise EventTooLarge(f"an SSE event exceeds {limit} bytes")
+                data.append(value)
             elif name == "event":
-                self._event = value
+                kind = value
             elif name == "id" and "\0" not in value:
-                self._id = value or None
-                self._saw_id = True
+                event_id = value or None
+                saw_id = True
             elif name == "retry" and value.isascii() and value.isdigit():
                 self.retry_ms = int(value)
+            # Anything else (a comment, whose name is empty, or an unknown field) is ignored.
+        self._data, self._size, self._event, self._id, self._saw_id = (
+            data,
+            size,
+            kind,
+            event_id,
+            saw_id,
+        )
         return events
-
-    def _dispatch(self) -> SseEvent | None:
-        data, event, saw_id, event_id = self._data, self._event, self._saw_id, self._id
-        self._data, self._event, self._size, self._saw_id = [], "", 0, False
-        if saw_id:
-            self.last_event_id = event_id
-        if not data:
-            return None  # e.g. a priming event that only carries id/retry
-        return SseEvent(event or "message", "\n".join(data), event_id if saw_id else None)
 
 
 _BOM = b"\xef\xbb\xbf"
