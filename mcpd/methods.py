@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from . import __version__
 from .protocol import (
@@ -46,12 +48,13 @@ if TYPE_CHECKING:
     from .connection import ClientConnection
 
 
-@dataclass
-class RequestContext:
+class RequestContext(msgspec.Struct):
+    """What a request's handler may use (a Struct: one is made per request)."""
+
     service: Service
     connection: ClientConnection
     # Run after the response has been queued (e.g. shutdown, which must answer first).
-    after_response: list[Callable[[], None]] = field(default_factory=list)
+    after_response: list[Callable[[], None]] = []
 
 
 Handler = Callable[[RequestContext, Any], Awaitable[Any]]

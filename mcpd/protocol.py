@@ -282,18 +282,25 @@ class FrameDecoder:
 
     def next_frame(self) -> bytes | None:
         """The next complete frame body, or None until more bytes are fed."""
-        if self._expected is None:
-            if len(self._buffer) < HEADER_SIZE:
+        buffer = self._buffer
+        expected = self._expected
+        if expected is None:
+            if len(buffer) < HEADER_SIZE:
                 return None
-            (size,) = _HEADER.unpack_from(self._buffer)
-            if size > self.max_frame_size:
-                raise FrameTooLarge(size, self.max_frame_size)
-            del self._buffer[:HEADER_SIZE]
-            self._expected = size
-        if len(self._buffer) < self._expected:
+            (expected,) = _HEADER.unpack_from(buffer)
+            if expected > self.max_frame_size:
+                raise FrameTooLarge(expected, self.max_frame_size)
+            end = HEADER_SIZE + expected
+            if len(buffer) >= end:  # the whole frame at hand, as a rule
+                body = bytes(buffer[HEADER_SIZE:end])
+                del buffer[:end]
+                return body
+            del buffer[:HEADER_SIZE]
+            self._expected = expected
+        if len(buffer) < expected:
             return None
-        body = bytes(self._buffer[: self._expected])
-        del self._buffer[: self._expected]
+        body = bytes(buffer[:expected])
+        del buffer[:expected]
         self._expected = None
         return body
 
