@@ -310,7 +310,9 @@ def test_a_server_that_never_accepts_times_out_alone(
         wait_state(daemon, "good", "connected")
         with calling_all_along(editors, "good") as healthy:
             server = wait_state(daemon, "mute", "failed", timeout=15)
-            assert time.monotonic() - started < 1 + 3
+            # Its own timeout bounds the wait, far from the default, with room
+            # for a machine running other tests.
+            assert time.monotonic() - started < 1 + 8 < DEFAULT_TIMEOUT
             assert "timed out" in server["error"] or "within 1s" in server["error"]
             wait_failed_again(daemon, "mute", server, timeout=12)
             healthy.wait_for(MIN_HEALTHY_CALLS)
