@@ -78,7 +78,6 @@ class LaneConnection(asyncio.Protocol):
 
     __slots__ = (
         "_buffered",
-        "_feeding",
         "_gone",
         "_head_bytes",
         "_head_fields",
@@ -122,7 +121,8 @@ class LaneConnection(asyncio.Protocol):
         self.head_timeout = 0.0
         self.listener: http.LaneListener | None = None
         self.busy = False
-        self._feeding = False  # inside the parser: news waits until it returns
+        # Body arrived or ended during a read: whoever follows the exchange is
+        # told once the parser returns, once for all the read brought.
         self._news = False
         self._reset()
 
@@ -225,7 +225,6 @@ class LaneConnection(asyncio.Protocol):
             # The parser holds a field until it ends: what bounds a head that
             # never does is counted here, a read at a time.
             self._head_bytes += len(data)
-        self._feeding = True
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
@@ -241,8 +240,6 @@ class LaneConnection(asyncio.Protocol):
         else:
             if not self.status and self._head_bytes > MAX_HEAD_BYTES and self.failure is None:
                 self._fail_head(_HEAD_TOO_LARGE)
-        finally:
-            self._feeding = False
         if self._news:  # once for all that this read brought (a chunk and the end, say)
             self._news = False
             self._notify()
@@ -260,7 +257,7 @@ class LaneConnection(asyncio.Protocol):
             )
         elif self._ends_at_close():
             self.complete = True
-            self._wake()
+            self._notify()
             return
         else:
             failure = http.ConnectionBroken(f"the answer from {self._where()} broke off")
@@ -301,14 +298,14 @@ class LaneConnection(asyncio.Protocol):
         if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
-        self._wake()
+        self._news = True  # a parser callback: told when the read is done
 
     def on_message_complete(self) -> None:
         if not self.status:
             return  # the end of an interim answer
         self.keep_alive = self._parser is not None and self._parser.should_keep_alive()
         self.complete = True
-        self._wake()
+        self._news = True
 
     # -- helpers
 
@@ -339,14 +336,6 @@ class LaneConnection(asyncio.Protocol):
         self._notify()
         if close:
             self.close()
-
-    def _wake(self) -> None:
-        """Body arrived or ended: tell whoever follows the exchange, at once or,
-        inside the parser, when it returns."""
-        if self._feeding:
-            self._news = True
-        else:
-            self._notify()
 
     def _notify(self) -> None:
         if self.listener is not None:

@@ -35,7 +35,7 @@ class InvalidMessage(ValueError):
     pass
 
 
-def decode(raw: bytes) -> dict[str, Any]:
+def decode(raw: bytes | str) -> dict[str, Any]:
     """One JSON-RPC message; InvalidMessage if it is not JSON or not a message."""
     try:
         message = _decoder.decode(raw)

@@ -394,14 +394,18 @@ class Multiplexer:
         token = jsonrpc.progress_token(message)
         method = message["method"]
         keep = self.modern is not None and not editor.modern and method in modern.INPUT_METHODS
-        self._pending[upstream_id] = _Pending(
-            editor.id, original_id, token, method, message if keep else None
-        )
-        self._pending[upstream_id].tools_listener = toolfilter.listens_for_tools(message)
         key = modern.ListCache.key(method, message.get("params"))
-        self._pending[upstream_id].list_key = key
+        self._pending[upstream_id] = _Pending(
+            editor.id,
+            original_id,
+            token,
+            method,
+            message if keep else None,
+            list_key=key,
+            generation=self.cache.generation,
+            tools_listener=toolfilter.listens_for_tools(message),
+        )
         if self.modern is not None and key is not None:
-            self._pending[upstream_id].generation = self.cache.generation
             self._lists_in_flight[key] = upstream_id
         editor.in_flight.add(upstream_id)
         forwarded = {**message, "id": upstream_id}

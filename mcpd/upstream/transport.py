@@ -224,10 +224,10 @@ class _HttpTransport:
         )
 
     def _deliver_raw(self, data: str | bytes, related: int | None) -> dict[str, Any] | None:
-        if not data.strip():
+        if not data or data.isspace():
             return None  # a priming event: only an id and a retry delay
         try:
-            message = jsonrpc.decode(data.encode() if isinstance(data, str) else data)
+            message = jsonrpc.decode(data)
         except jsonrpc.InvalidMessage as exc:
             raise UpstreamError(f"the server sent an invalid message: {exc}") from None
         self.deliver(message, related)
@@ -673,7 +673,7 @@ class LegacySse(_HttpTransport):
                         self.ready.set()
                     elif event.event == "message" and event.data.strip():
                         try:
-                            self.deliver(jsonrpc.decode(event.data.encode()), None)
+                            self.deliver(jsonrpc.decode(event.data), None)
                         except jsonrpc.InvalidMessage as exc:
                             raise UpstreamError(
                                 f"the server sent an invalid message: {exc}"
