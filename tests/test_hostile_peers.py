@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from typing import Any
 
 import leakcheck
@@ -95,6 +95,21 @@ def oversized_head(handler: Handler) -> bool:
     return True
 
 
+def endless_header(handler: Handler) -> bool:
+    """Answer a POST with a header that never ends (64 MB of it, or until the
+    daemon hangs up): the parser keeps a field until it ends, so what bounds
+    the head must be what the daemon reads, not what the parser hands over."""
+    if handler.command != "POST":
+        return False
+    handler.close_connection = True
+    chunk = b"a" * 65536
+    with suppress(OSError):
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        for _ in range(1024):
+            handler.wfile.write(chunk)
+    return True
+
+
 def legacy_endpoint(endpoint: str) -> Callable[[Handler], bool]:
     """The legacy HTTP+SSE transport: POST refused, GET names `endpoint`."""
 
@@ -158,6 +173,7 @@ def test_hostile_servers_and_config_entries_each_fail_alone(
             "session_high_byte": mcp(FakeMcp(session_id="s\u00e9ssion")),
             "session_control": mcp(FakeMcp(session_id="s\x01ssion")),
             "oversized_head": mcp(FakeMcp(answer=oversized_head)),
+            "endless_header": mcp(FakeMcp(answer=endless_header)),
             "legacy_elsewhere": mcp(FakeMcp(answer=legacy_endpoint(recorder.url + "/messages"))),
             "redirect_elsewhere": mcp(FakeMcp(answer=redirect(recorder.url + "/mcp"))),
             "redirect_downgrade": mcp(
@@ -211,6 +227,7 @@ def test_hostile_servers_and_config_entries_each_fail_alone(
         # A control character is not HTTP at all (RFC 9110, 5.5): the HTTP layer refuses it.
         failed_with("session_control", "not valid HTTP/1.1 (invalid header value char)")
         failed_with("oversized_head", "not valid HTTP/1.1 (a head over 64 KiB)")
+        failed_with("endless_header", "not valid HTTP/1.1 (a head over 64 KiB)")
         failed_with("stream_id", "could not be resumed")
         failed_with("legacy_elsewhere", "another origin")
         failed_with("redirect_elsewhere", "another origin")
