@@ -390,11 +390,13 @@ class ClientConnection:
         frame = self._write_through(frame)
         if not frame:
             return
+        # Counted first: while this waits for room, the write loop may take the
+        # frame (and count it out) before this resumes.
+        self._queued += 1
         try:
             self._outbox.send_nowait(frame)
         except anyio.WouldBlock:
             await self._outbox.send(frame)
-        self._queued += 1
 
     async def _dispatch(self, ctx: RequestContext, request: Request) -> Response:
         method = METHODS.get(request.method)

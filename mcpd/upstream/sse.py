@@ -87,8 +87,7 @@ class SseDecoder:
                 if data:
                     text = "\n".join(data)
                     events.append(SseEvent(kind or "message", text, event_id if saw_id else None))
-                    data = []
-                # Not so for an event without data (a priming event): nothing to drop.
+                    data = []  # (an event without data, a priming one, left it empty)
                 size, kind, saw_id = 0, "", False
                 continue
             name, _, value = line.partition(":")

@@ -671,13 +671,8 @@ class LegacySse(_HttpTransport):
                     if event.event == "endpoint" and not self.ready.is_set():
                         self.endpoint = self._endpoint(event.data.strip())
                         self.ready.set()
-                    elif event.event == "message" and event.data.strip():
-                        try:
-                            self.deliver(jsonrpc.decode(event.data), None)
-                        except jsonrpc.InvalidMessage as exc:
-                            raise UpstreamError(
-                                f"the server sent an invalid message: {exc}"
-                            ) from None
+                    elif event.event == "message":
+                        self._deliver_raw(event.data, None)
         except EventTooLarge as exc:
             raise MessageTooLarge(str(exc)) from None
         except HttpError as exc:
