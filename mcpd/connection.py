@@ -14,8 +14,9 @@ the daemon: `serve` logs it and returns.
 Between frames the reader does not wait in a receive of its own: the
 socket's readiness callback takes whole frames as they arrive and handles at
 once those that need no wait (an attached editor's messages to a connected
-server, cancels), which is nearly all of an editor's traffic. The first that
-needs more (a request, a server still connecting, a partial frame, the end of
+server, cancels, and requests that answer at once: `status`, `hello`), which
+is nearly all of an editor's traffic and of a status poller's. The first that
+needs more (another request, a server still connecting, a partial frame, the end of
 the stream, an error) is handed to the read loop, which handles it and every
 frame after it as before, then goes back to the callback. So the order of an
 editor's messages is kept, and what can fail still fails in the loop.
@@ -35,7 +36,7 @@ import msgspec
 from anyio.abc import SocketStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from .methods import METHODS, RequestContext
+from .methods import METHODS, InlineMethod, Method, RequestContext
 from .protocol import (
     Cancel,
     ErrorCode,
@@ -143,6 +144,10 @@ class ClientConnection:
             )
             self._scope.cancel()
             return
+        self._queue_now(frame)
+
+    def _queue_now(self, frame: bytes) -> None:
+        """Send what the socket takes and queue the rest, when the outbox has room."""
         if rest := self._write_through(frame):
             with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                 self._outbox.send_nowait(rest)
@@ -278,7 +283,25 @@ class ClientConnection:
         if isinstance(message, Cancel):
             self._cancel(message)
             return True
+        if isinstance(message, Request):
+            return self._answered_at_once(message)
         return False
+
+    def _answered_at_once(self, request: Request) -> bool:
+        """Answer an inline request (status, hello) here, unless something stands
+        in its way: the read loop then meets it, and what can fail fails there."""
+        method = METHODS.get(request.method)
+        if (
+            not isinstance(method, InlineMethod)
+            or not self._has_room()
+            or request.id in self._in_flight
+        ):
+            return False
+        ctx = RequestContext(self.daemon.service, self)
+        self._queue_now(self._response_frame(request, self._answer(ctx, request, method)))
+        for action in ctx.after_response:
+            action()
+        return True
 
     async def _rest_of_frame(self) -> bytes:
         """More of a frame begun, within [daemon] frame_timeout."""
@@ -293,10 +316,8 @@ class ClientConnection:
 
     async def _wait_for_room(self) -> None:
         """Before a new request: wait while the client leaves too much unread or running."""
-        while True:
+        while not self._has_room():
             queued = self._queued
-            if queued < OUTBOX_FRAMES and len(self._in_flight) < MAX_IN_FLIGHT:
-                return
             if not self._paused_before:
                 # Once per connection: a client reading in bursts pauses often.
                 self._paused_before = True
@@ -311,6 +332,9 @@ class ClientConnection:
                 )
             self._room = anyio.Event()
             await self._room.wait()
+
+    def _has_room(self) -> bool:
+        return self._queued < OUTBOX_FRAMES and len(self._in_flight) < MAX_IN_FLIGHT
 
     async def _handle(self, message: Message, requests: anyio.abc.TaskGroup) -> None:
         if isinstance(message, Rpc):
@@ -337,33 +361,35 @@ class ClientConnection:
             )
         await self._wait_for_room()
         method = METHODS.get(message.method)
-        if method is not None and method.inline:
+        if isinstance(method, InlineMethod):
             # Over before the next message is read: no cancel can reach it.
             ctx = RequestContext(self.daemon.service, self)
-            await self._respond(ctx, message, await self._dispatch(ctx, message))
+            await self._respond(ctx, message, self._answer(ctx, message, method))
             return
         # A method that must run to its end gets a scope that no cancel reaches.
         scope = anyio.CancelScope(shield=method is not None and not method.cancellable)
         self._in_flight[message.id] = scope
-        requests.start_soon(self._run_request, message, scope)
+        requests.start_soon(self._run_request, message, method, scope)
 
     def _cancel(self, message: Cancel) -> None:
         scope = self._in_flight.get(message.id)
         if scope is not None and not scope.shield:
             scope.cancel()
 
-    async def _run_request(self, request: Request, scope: anyio.CancelScope) -> None:
+    async def _run_request(
+        self, request: Request, method: Method | None, scope: anyio.CancelScope
+    ) -> None:
         ctx = RequestContext(self.daemon.service, self)
         response: Response
         with scope:
-            response = await self._dispatch(ctx, request)
+            response = await self._dispatch(ctx, request, method)
         if scope.cancelled_caught:
             response = Response(request.id, error=RpcError(ErrorCode.CANCELLED, "cancelled"))
         del self._in_flight[request.id]
         self._room.set()
         await self._respond(ctx, request, response)
 
-    async def _respond(self, ctx: RequestContext, request: Request, response: Response) -> None:
+    def _response_frame(self, request: Request, response: Response) -> bytes:
         frame = encode_frame(response)
         if len(frame) > self.daemon.max_frame_size:
             log.error("response over the frame limit", extra={"method": request.method})
@@ -377,8 +403,11 @@ class ClientConnection:
                     ),
                 )
             )
+        return frame
+
+    async def _respond(self, ctx: RequestContext, request: Request, response: Response) -> None:
         try:
-            await self._queue(frame)
+            await self._queue(self._response_frame(request, response))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             return
         for action in ctx.after_response:
@@ -398,8 +427,16 @@ class ClientConnection:
         except anyio.WouldBlock:
             await self._outbox.send(frame)
 
-    async def _dispatch(self, ctx: RequestContext, request: Request) -> Response:
-        method = METHODS.get(request.method)
+    def _answer(self, ctx: RequestContext, request: Request, method: InlineMethod) -> Response:
+        try:
+            result = method.answer(ctx, self._params(request, method))
+        except Exception as exc:
+            return self._failed(request, exc)
+        return self._succeeded(request, result)
+
+    async def _dispatch(
+        self, ctx: RequestContext, request: Request, method: Method | None
+    ) -> Response:
         try:
             if method is None:
                 raise ServiceError(
@@ -407,29 +444,37 @@ class ClientConnection:
                     f"unknown method {quote(request.method)}; this daemon knows: "
                     + ", ".join(sorted(METHODS)),
                 )
-            if not self.greeted and request.method != "hello":
-                raise ServiceError(
-                    ErrorCode.HELLO_REQUIRED,
-                    "send a hello request with the protocol version first",
-                )
-            try:
-                params = decode_params(request.params, method.params)
-            except (msgspec.DecodeError, *_UNDECODABLE) as exc:
-                raise ServiceError(
-                    ErrorCode.INVALID_PARAMS,
-                    f"invalid params for {request.method}: {_decode_failure(exc)}",
-                ) from None
-            result: Any = await method.handler(ctx, params)
-        except ServiceError as failure:
-            return Response(request.id, error=RpcError(failure.code, failure.message, failure.data))
-        except Exception:
-            log.exception("request failed", extra={"method": request.method})
-            return Response(
-                request.id,
-                error=RpcError(
-                    ErrorCode.INTERNAL_ERROR, "internal error in mcpd; the daemon log has details"
-                ),
+            result = await method.handler(ctx, self._params(request, method))
+        except Exception as exc:
+            return self._failed(request, exc)
+        return self._succeeded(request, result)
+
+    def _params(self, request: Request, method: Method | InlineMethod) -> Any:
+        if not self.greeted and request.method != "hello":
+            raise ServiceError(
+                ErrorCode.HELLO_REQUIRED, "send a hello request with the protocol version first"
             )
+        try:
+            return decode_params(request.params, method.params)
+        except (msgspec.DecodeError, *_UNDECODABLE) as exc:
+            raise ServiceError(
+                ErrorCode.INVALID_PARAMS,
+                f"invalid params for {request.method}: {_decode_failure(exc)}",
+            ) from None
+
+    def _failed(self, request: Request, exc: Exception) -> Response:
+        """The error response for a handler's failure (called where it was caught)."""
+        if isinstance(exc, ServiceError):
+            return Response(request.id, error=RpcError(exc.code, exc.message, exc.data))
+        log.exception("request failed", extra={"method": request.method})
+        return Response(
+            request.id,
+            error=RpcError(
+                ErrorCode.INTERNAL_ERROR, "internal error in mcpd; the daemon log has details"
+            ),
+        )
+
+    def _succeeded(self, request: Request, result: Any) -> Response:
         if request.method == "hello":
             self.greeted = True
         return Response(request.id, result=result)

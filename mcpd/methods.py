@@ -57,23 +57,27 @@ class RequestContext(msgspec.Struct):
     after_response: list[Callable[[], None]] = []
 
 
-Handler = Callable[[RequestContext, Any], Awaitable[Any]]
-
-
 @dataclass(frozen=True)
 class Method:
     params: type[Any]
-    handler: Handler
+    handler: Callable[[RequestContext, Any], Awaitable[Any]]
     # False for methods that must run to their end once started; a cancel of
     # them is ignored and they answer with their real outcome.
     cancellable: bool = True
-    # True for methods that answer at once, never waiting on anything: they run
-    # in the connection's read loop, without a task of their own. (hello must:
-    # requests pipelined behind it need the greeting done.)
-    inline: bool = False
 
 
-async def hello(ctx: RequestContext, params: HelloParams) -> HelloResult:
+@dataclass(frozen=True)
+class InlineMethod:
+    """A method that answers at once, never waiting on anything: a plain
+    function, run where its request is read (as a rule in the socket's
+    readiness callback), with no task and no wait. (hello must be one:
+    requests pipelined behind it need the greeting done.)"""
+
+    params: type[Any]
+    answer: Callable[[RequestContext, Any], Any]
+
+
+def hello(ctx: RequestContext, params: HelloParams) -> HelloResult:
     if params.protocol != PROTOCOL_VERSION:
         client = params.client or "the client"
         older = "mcpd" if params.protocol > PROTOCOL_VERSION else client
@@ -92,7 +96,7 @@ async def hello(ctx: RequestContext, params: HelloParams) -> HelloResult:
     )
 
 
-async def status(ctx: RequestContext, params: StatusParams) -> StatusResult:
+def status(ctx: RequestContext, params: StatusParams) -> StatusResult:
     return StatusResult(ctx.service.status(None if params.server is None else [params.server]))
 
 
@@ -153,9 +157,9 @@ async def call(ctx: RequestContext, params: CallParams) -> Any:
     return await ctx.service.call(params.server, params.tool, params.arguments)
 
 
-METHODS: dict[str, Method] = {
-    "hello": Method(HelloParams, hello, inline=True),
-    "status": Method(StatusParams, status, inline=True),
+METHODS: dict[str, Method | InlineMethod] = {
+    "hello": InlineMethod(HelloParams, hello),
+    "status": InlineMethod(StatusParams, status),
     "reload": Method(EmptyParams, reload, cancellable=False),
     "subscribe": Method(SubscribeParams, subscribe),
     "rotate_key": Method(EmptyParams, rotate_key, cancellable=False),

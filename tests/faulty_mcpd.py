@@ -33,7 +33,9 @@ POINTS = {
     "callback_converse": ("mcpd.oauth.callback", "CallbackListener", "_converse"),  # a callback's
     "callback_admit": ("mcpd.oauth.callback", "CallbackListener", "_admit"),  # the listener's
     "operations_tools": ("mcpd.operations", "Operations", "tools"),  # a request's
-    "connection_handle": ("mcpd.connection", "ClientConnection", "_handle"),  # a connection's
+    # A connection's: in its read loop, and in its socket's readiness callback.
+    "connection_handle": ("mcpd.connection", "ClientConnection", "_handle"),
+    "connection_take": ("mcpd.connection", "ClientConnection", "_handled_at_once"),
     "reload": ("mcpd.daemon", "Daemon", "reload"),  # a reload's
     "store_save": ("mcpd.store", "CredentialStore", "save"),  # not a fault: a full disk
 }

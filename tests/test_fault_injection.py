@@ -224,13 +224,24 @@ def test_a_fault_in_a_request_answers_it_and_keeps_the_connection(mcpd_env, faul
         assert_reported(daemon, "request failed")
 
 
-def test_a_fault_in_a_connection_ends_it_alone(mcpd_env, faulty, tmp_path):
+@pytest.mark.parametrize(
+    "point",
+    [
+        "connection_take",  # the socket's callback: hello is answered there
+        "connection_handle",  # the read loop: subscribe waits there for its task
+    ],
+)
+def test_a_fault_in_a_connection_ends_it_alone(mcpd_env, faulty, tmp_path, point):
     with python_server(tmp_path) as peer:
         mcpd_env.write_config(good_config(peer.url))
-        daemon = faulty("connection_handle")
+        daemon = faulty(point)
         bystander = RawClient(mcpd_env.socket)
         victim = RawClient(mcpd_env.socket)
-        victim.request("hello", {"version": 1, "client": "victim"})  # meets the fault
+        if point == "connection_handle":
+            assert victim.hello().error is None
+            victim.request("subscribe", {})  # meets the fault
+        else:
+            victim.request("hello", {"protocol": 1, "client": "victim"})  # meets the fault
         with pytest.raises((EOFError, ConnectionResetError)):
             victim.receive()
         victim.close()

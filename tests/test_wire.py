@@ -159,6 +159,32 @@ def test_duplicate_in_flight_ids_break_the_protocol(run_daemon, raw_client, mcpd
     assert [r.id for r in replies if r.error is None] == [7]
 
 
+def test_a_status_with_the_id_of_a_request_in_flight_breaks_the_protocol(
+    run_daemon, raw_client, mcpd_env, silent
+):
+    """`status` is answered where its frame is read, in the socket's readiness
+    callback: the ids in flight are checked there too."""
+    mcpd_env.write_config(f'[servers.mute]\nurl = "{silent.url("mute")}"\n')
+    run_daemon()
+    client = raw_client(mcpd_env.socket)
+    client.hello()
+    # In flight until the silent server connects, which it never does.
+    client.send_bytes(
+        _frame({"type": "request", "id": 7, "method": "tools", "params": {"server": "mute"}})
+    )
+    # Its answer means the request before it is in flight, and the daemon is
+    # back to reading in the callback.
+    client.send_bytes(_frame({"type": "request", "id": 8, "method": "status", "params": {}}))
+    answered = client.receive()
+    assert (answered.id, answered.error) == (8, None)
+    client.send_bytes(_frame({"type": "request", "id": 7, "method": "status", "params": {}}))
+    reply = client.receive()
+    assert _assert_error(reply, ErrorCode.INVALID_REQUEST) == (
+        "request id 7 is already in flight; ids must be unique"
+    )
+    assert reply.id is None
+
+
 def _frame(message: dict) -> bytes:
     body = msgspec.msgpack.encode(message)
     return struct.pack(">I", len(body)) + body
