@@ -32,8 +32,11 @@ from mcpd.protocol import (
 )
 
 from .client import DaemonClient, DaemonError, DaemonUnavailable
+from .editors import COMMANDS as EDITOR_COMMANDS
 from .editors import register as register_editor_commands
+from .manage import COMMANDS as MANAGE_COMMANDS
 from .manage import add_commands, auth_all, logout_choose
+from .remote import COMMANDS as REMOTE_COMMANDS
 from .remote import register as register_remote_commands
 
 
@@ -373,35 +376,42 @@ def cmd_shutdown(client: DaemonClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mcpctl", description="Talk to the mcpd daemon.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_status(commands: Any) -> None:
     status = commands.add_parser("status", help="show the servers and their state")
     status.add_argument("name", nargs="?", help="only this server")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(run=cmd_status)
 
-    add_commands(commands)  # add, remove, enable, disable, list (clients/manage.py)
 
+def _add_reload(commands: Any) -> None:
     commands.add_parser("reload", help="re-read the config file").set_defaults(run=cmd_reload)
 
+
+def _add_rotate_key(commands: Any) -> None:
     commands.add_parser(
         "rotate-key", help="encrypt the credential store with a new key"
     ).set_defaults(run=cmd_rotate_key)
 
+
+def _add_watch(commands: Any) -> None:
     watch = commands.add_parser("watch", help="print state changes as they happen")
     watch.add_argument("names", nargs="*", metavar="NAME", help="only these servers")
     watch.add_argument("--json", action="store_true", help="one JSON event per line")
     watch.set_defaults(run=cmd_watch)
 
+
+def _add_shutdown(commands: Any) -> None:
     commands.add_parser("shutdown", help="stop the daemon").set_defaults(run=cmd_shutdown)
 
+
+def _add_tools(commands: Any) -> None:
     tools = commands.add_parser("tools", help="list a server's tools")
     tools.add_argument("name", help="the server")
     tools.add_argument("--json", action="store_true", help="the full tool definitions")
     tools.set_defaults(run=cmd_tools)
 
+
+def _add_call(commands: Any) -> None:
     call = commands.add_parser("call", help="call a tool and print its result")
     call.add_argument("name", help="the server")
     call.add_argument("tool", help="the tool")
@@ -409,6 +419,8 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--json", action="store_true", help="the full result as JSON")
     call.set_defaults(run=cmd_call)
 
+
+def _add_auth(commands: Any) -> None:
     auth = commands.add_parser("auth", help="sign in to a server (OAuth), for every editor")
     auth.add_argument(
         "name", nargs="?", help="the server (none: every server that needs a sign-in)"
@@ -432,6 +444,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     auth.set_defaults(run=cmd_auth)
 
+
+def _add_logout(commands: Any) -> None:
     logout = commands.add_parser("logout", help="revoke and delete a server's tokens")
     logout.add_argument(
         "name", nargs="?", help="the server (none: choose among the signed-in ones)"
@@ -441,12 +455,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     logout.set_defaults(run=cmd_logout)
 
+
+def _add_token(commands: Any) -> None:
     token = commands.add_parser(
         "token", help="print a valid access token (servers with export_token = true)"
     )
     token.add_argument("name", help="the server")
     token.set_defaults(run=cmd_token)
 
+
+def _add_stdio(commands: Any) -> None:
     stdio = commands.add_parser(
         "stdio", help="be the stdio MCP server an editor launches, served by the daemon"
     )
@@ -456,14 +474,50 @@ def _parser() -> argparse.ArgumentParser:
     )
     stdio.set_defaults(run=None)
 
-    # editors, import, install, uninstall (clients/editors/, imported when run)
-    register_editor_commands(commands)
-    register_remote_commands(commands)
+
+# The commands, in the order help lists them: the names each entry adds, and
+# what adds them to the subparsers. A run builds only the entry of the command
+# it names: a parser costs about a millisecond here, most of it gettext
+# looking for translations on disk, and `mcpctl stdio` starts with every
+# editor. Help, and a command line that names no command, build them all.
+COMMANDS: tuple[tuple[tuple[str, ...], Callable[[Any], None]], ...] = (
+    (("status",), _add_status),
+    (MANAGE_COMMANDS, add_commands),  # clients/manage.py
+    (("reload",), _add_reload),
+    (("rotate-key",), _add_rotate_key),
+    (("watch",), _add_watch),
+    (("shutdown",), _add_shutdown),
+    (("tools",), _add_tools),
+    (("call",), _add_call),
+    (("auth",), _add_auth),
+    (("logout",), _add_logout),
+    (("token",), _add_token),
+    (("stdio",), _add_stdio),
+    (EDITOR_COMMANDS, register_editor_commands),  # clients/editors/, imported when run
+    (REMOTE_COMMANDS, register_remote_commands),  # clients/remote.py
+)
+
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """mcpctl's parser: with `command`, of that command alone."""
+    parser = argparse.ArgumentParser(prog="mcpctl", description="Talk to the mcpd daemon.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for names, add in COMMANDS:
+        if command is None or command in names:
+            add(commands)
     return parser
 
 
+def _named_command(argv: list[str]) -> str | None:
+    if argv and any(argv[0] in names for names, _ in COMMANDS):
+        return argv[0]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = _parser(_named_command(argv)).parse_args(argv)
     if args.command == "stdio":
         from .bridge import run as run_bridge
 

@@ -46,6 +46,9 @@ class UsageError(Exception):
 # --- The parsers ----------------------------------------------------------------------
 
 
+COMMANDS = ("add", "remove", "enable", "disable", "list")
+
+
 def add_commands(commands: Any) -> None:
     """The subcommands of this module, on mcpctl's subparsers."""
     add = commands.add_parser(

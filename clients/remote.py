@@ -116,6 +116,9 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS = ("remote",)
+
+
 def register(commands: Any) -> None:
     """Add `remote setup` to mcpctl's subparsers (no daemon needed)."""
     remote = commands.add_parser(

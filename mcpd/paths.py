@@ -10,8 +10,8 @@ import os
 import pwd
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 APP = "mcpd"
 KEY_FILE_NAME = "mcpd.key"
@@ -103,8 +103,7 @@ def forward_socket_path() -> Path:
     return FORWARD_DIR / f"{APP}-{user}.sock"
 
 
-@dataclass(frozen=True)
-class Paths:
+class Paths(NamedTuple):  # not a dataclass: the module costs mcpctl's start 4 ms
     config_file: Path
     config_dir: Path
     state_dir: Path

@@ -39,6 +39,9 @@ def _lazy(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+COMMANDS = ("editors", "import", "install", "uninstall")
+
+
 def register(commands: Any) -> None:
     """Add the commands to mcpctl's subparsers; each sets `run_alone` (no daemon needed)."""
     ids = ", ".join(EDITOR_IDS)
