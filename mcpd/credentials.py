@@ -46,6 +46,7 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
+from . import logs
 from .config import OAuthSettings
 from .oauth.driver import Reach, drive
 from .oauth.flow import ServerRefused, effective_resource, refresh
@@ -127,7 +128,7 @@ class Credentials:
         self._load = load
         self._reach = reach
         self._listener = listener
-        self.record: CredentialRecord | None = None
+        self._record: CredentialRecord | None = None
         self.loaded = False
         self.quarantined: str | None = None  # why the stored record was moved aside
         self.schedule = RefreshSchedule()
@@ -141,6 +142,18 @@ class Credentials:
         self._lapsed_tokens: TokenSet | None = None  # whose lapse the server was told
 
     # --- Reading --------------------------------------------------------------------
+
+    @property
+    def record(self) -> CredentialRecord | None:
+        return self._record
+
+    @record.setter
+    def record(self, record: CredentialRecord | None) -> None:
+        # The one place a record in use changes (none is changed in place): its
+        # tokens are redacted from log lines from here on.
+        self._record = record
+        if record is not None:
+            logs.add_secrets(record.secrets())
 
     @property
     def tokens(self) -> TokenSet | None:

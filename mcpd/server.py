@@ -158,19 +158,23 @@ class ServerRuntime:
         logs.redact_from(self)
 
     @property
+    def entry(self) -> ServerEntry:
+        return self._entry
+
+    @entry.setter
+    def entry(self, entry: ServerEntry) -> None:
+        # The one place the configured secrets change: redacted from here on.
+        self._entry = entry
+        logs.add_secrets(_configured_secrets(entry))
+
+    @property
     def name(self) -> str:
         return self.entry.name
 
     def secrets(self) -> list[str]:
         """What must never reach a log line: configured header values, the client
         secret, the tokens (see logs.redact_from)."""
-        config = self.entry.config
-        if config is None:
-            return []
-        values = [*config.headers.values(), *self.credentials.secrets()]
-        if not isinstance(config.oauth, bool) and config.oauth is not None:
-            values.append(config.oauth.client_secret or "")
-        return values
+        return [*_configured_secrets(self.entry), *self.credentials.secrets()]
 
     def _changed(self, machine: ServerStateMachine, previous: State) -> None:
         log.info(
@@ -849,3 +853,14 @@ class ServerRuntime:
             "an editor's own session was lost",
             extra={"server": self.name, "error": describe(failure)},
         )
+
+
+def _configured_secrets(entry: ServerEntry) -> list[str]:
+    """The header values and the client secret of a server's config."""
+    config = entry.config
+    if config is None:
+        return []
+    values = list(config.headers.values())
+    if not isinstance(config.oauth, bool) and config.oauth is not None:
+        values.append(config.oauth.client_secret or "")
+    return values

@@ -165,7 +165,7 @@ class AuthManager:
 
     def secrets(self) -> list[str]:
         """The state and verifier of every flow under way, the device codes, and
-        the links' nonces (see logs.redact_from)."""
+        the links' nonces (see logs.redact_from; each is said as it is made)."""
         pending = [flow.pending for flow in self.flows.values() if flow.pending is not None]
         codes = [flow.device.code.device_code for flow in self.flows.values() if flow.device]
         nonces = [link.nonce for link in self._links.values()]
@@ -240,6 +240,7 @@ class AuthManager:
             return self._url(port, current), False
         link = _Link(runtime, secrets.token_urlsafe(24), now + LINK_LIFETIME_SECONDS)
         self._links[runtime.name] = link
+        logs.add_secrets(self.secrets())
         self._tg.start_soon(self._expire, link)
         return self._url(port, link), True
 
@@ -367,6 +368,7 @@ class AuthManager:
             redirect = redirect_uri(self._ensure_listener())
         client, _stored = await self._client(runtime, discovery, redirect, scope)
         flow.pending = begin(discovery, client, scope, redirect, settings)
+        logs.add_secrets(self.secrets())
         flow.ready.set()
         log.info("authorization started", extra={"server": runtime.name})
         with anyio.move_on_after(STATE_LIFETIME_SECONDS):
@@ -443,6 +445,7 @@ class AuthManager:
             client, _stored = await self._client(runtime, discovery, redirect, scope)
             pending = await request_code(client)
         flow.device = pending
+        logs.add_secrets(self.secrets())
         flow.ready.set()
         log.info(
             "device sign-in started",
