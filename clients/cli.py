@@ -498,26 +498,21 @@ COMMANDS: tuple[tuple[tuple[str, ...], Callable[[Any], None]], ...] = (
 )
 
 
-def _parser(command: str | None = None) -> argparse.ArgumentParser:
-    """mcpctl's parser: with `command`, of that command alone."""
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
+    """mcpctl's parser for this command line: of the command it names alone,
+    or of every command when it names none."""
     parser = argparse.ArgumentParser(prog="mcpctl", description="Talk to the mcpd daemon.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for names, add in COMMANDS:
-        if command is None or command in names:
-            add(commands)
+    named = [entry for entry in COMMANDS if argv and argv[0] in entry[0]]
+    for _, add in named or COMMANDS:
+        add(commands)
     return parser
-
-
-def _named_command(argv: list[str]) -> str | None:
-    if argv and any(argv[0] in names for names, _ in COMMANDS):
-        return argv[0]
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
-    args = _parser(_named_command(argv)).parse_args(argv)
+    args = _parser(argv).parse_args(argv)
     if args.command == "stdio":
         from .bridge import run as run_bridge
 

@@ -415,13 +415,12 @@ class _AiohttpResponse(Response):
                 # What has arrived already needs no timer (a cancel scope per
                 # chunk is a good part of the cost of a small answer).
                 chunk = content.read_nowait()
-                if chunk or content.at_eof():
-                    pass
-                elif idle_timeout is None:  # an event stream's wait: no scope to build
-                    chunk = await content.readany()
-                else:
-                    with anyio.fail_after(idle_timeout):
+                if not chunk and not content.at_eof():
+                    if idle_timeout is None:  # an event stream's wait: no scope to build
                         chunk = await content.readany()
+                    else:
+                        with anyio.fail_after(idle_timeout):
+                            chunk = await content.readany()
             except TimeoutError as exc:
                 if isinstance(exc, aiohttp.ClientError):
                     raise _failure(exc, self.url, self._connect_timeout) from None

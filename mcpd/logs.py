@@ -67,20 +67,19 @@ class _Secrets:
         self.longest_first: list[str] = []
 
     def add(self, values: Iterable[str]) -> None:
-        new = {value for value in values if len(value) >= MIN_SECRET_CHARS} - self._known
+        new = _redactable(values) - self._known
         if not new:
             return
         known = self._known | new
         if len(known) > 2 * self._gathered + 64:
-            known = new | {
-                value
-                for source in list(self.sources)
-                for value in source.secrets()
-                if len(value) >= MIN_SECRET_CHARS
-            }
+            known = new | _redactable(v for source in list(self.sources) for v in source.secrets())
             self._gathered = len(known)
         self._known = known
         self.longest_first = sorted(known, key=len, reverse=True)
+
+
+def _redactable(values: Iterable[str]) -> set[str]:
+    return {value for value in values if len(value) >= MIN_SECRET_CHARS}
 
 
 _secrets = _Secrets()
