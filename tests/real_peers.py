@@ -44,7 +44,10 @@ from typing import Any, ClassVar
 from peers.cookie_browser import CookieBrowser
 
 HOST = "127.0.0.1"
-START_TIMEOUT = 30.0
+# A peer's start is slow only under load: the Python SDK's imports take about
+# 1 s of CPU alone, and the CI machine's two cores are shared by two test workers
+# and everything they spawn.
+START_TIMEOUT = 60.0
 STOP_TIMEOUT = 5.0
 READY_LINE = "mcpd-peer: listening on {host}:{port}\n"
 
@@ -186,6 +189,8 @@ def _peer_env(home: Path, extra: dict[str, str]) -> dict[str, str]:
         "HOME": str(home),
         "LANG": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1",
+        # A Python peer that never comes up is sent SIGABRT, and prints where it was.
+        "PYTHONFAULTHANDLER": "1",
         **extra,
     }
 
@@ -212,8 +217,29 @@ def _wait_until_listening(peer: Peer, *, announced: bool, timeout: float = START
             except OSError:
                 pass
         if time.monotonic() > deadline:
-            raise AssertionError(f"{peer.name} never listened on port {peer.port}:\n{peer.log}")
+            raise AssertionError(
+                f"{peer.name} never listened on port {peer.port} in {timeout:.0f} s "
+                f"({_stuck_report(peer.process)}):\n{peer.log}"
+            )
         time.sleep(0.02)
+
+
+def _stuck_report(process: subprocess.Popen[bytes]) -> str:
+    """What a peer that never came up was doing: its state and CPU time, the
+    machine's load; a Python peer's stacks go to its log (PYTHONFAULTHANDLER)."""
+    clock_ticks = os.sysconf("SC_CLK_TCK")
+    try:
+        # The fields after the command's closing parenthesis: state is the first,
+        # utime and stime the 12th and 13th.
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rpartition(")")[2].split()
+        loadavg = Path("/proc/loadavg").read_text().split()[:3]
+    except OSError as error:
+        return f"its /proc entry is unreadable: {error}"
+    cpu = (int(fields[11]) + int(fields[12])) / clock_ticks
+    process.send_signal(signal.SIGABRT)
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=STOP_TIMEOUT)
+    return f"state {fields[0]}, {cpu:.2f} s of CPU used, load average {' '.join(loadavg)}"
 
 
 Launch = Callable[[int], tuple[list[str], dict[str, str]]]
