@@ -4,7 +4,9 @@ daemon of its own in a private XDG tree."""
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -64,6 +66,26 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of the whole process (every thread), from /proc/PID/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+@contextmanager
+def installed_product() -> Iterator[Path]:
+    """The bin directory of the project installed as the README says (`pip install .`,
+    into a venv of its own, from a copy of the work tree so that setuptools'
+    build directory stays out of it). For what times a process's start: an
+    editable install adds its import hook to every Python start (about 25 ms
+    here), which no user's `mcpctl` pays."""
+    with tempfile.TemporaryDirectory(prefix="mcpd-bench-install-") as root:
+        source = Path(root) / "source"
+        shutil.copytree(
+            REPO,
+            source,
+            ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "results"),
+        )
+        venv = Path(root) / "venv"
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(source)], check=True)
+        yield venv / "bin"
 
 
 @contextmanager

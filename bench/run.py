@@ -7,7 +7,9 @@
    daemon is; the two measured in turns, pinned alike: on the client's core,
    and on another core);
 2. CLI start: `mcpctl status` as a whole process, against
-   `python -c "import msgspec"`;
+   `python -c "import msgspec"`, both from the project installed as the README
+   says (`pip install .` into a venv of the run's own: an editable install's
+   import hook slows every Python start);
 3. data plane: `tools/call` of the TypeScript SDK example's `greet` from 1, 8
    and 32 editors at once, each its own process calling in sequence: through
    `mcpctl stdio` and the daemon, through mcp-remote (one copy per editor, as
@@ -16,8 +18,8 @@
    (bench/floor_relay.py, the least a Python daemon can do), with its own
    HTTP and with aiohttp's; then where one call's time goes, hop by hop
    (bench/spans/sitecustomize.py);
-4. editor start-up: from spawning `mcpctl stdio NAME` to its answer to
-   `tools/list`, the daemon warm, against mcp-remote doing the same;
+4. editor start-up: from spawning `mcpctl stdio NAME` (installed likewise) to
+   its answer to `tools/list`, the daemon warm, against mcp-remote doing the same;
 5. scale: 500 servers and 100 editors on one daemon (bench/scale.py);
 6. a refresh storm: 500 credentials expiring within a minute (bench/scale.py).
 
@@ -52,6 +54,7 @@ from bench_common import (  # noqa: E402
     INITIALIZE,
     cpu_seconds,
     daemon_env,
+    installed_product,
     rss_kb,
     summary,
     timed,
@@ -164,17 +167,18 @@ def control_plane(runs: int) -> dict[str, Any]:
 # --- 2. CLI start ---------------------------------------------------------------------
 
 
-def cli_start(runs: int) -> dict[str, Any]:
+def cli_start(runs: int, installed: Path) -> dict[str, Any]:
+    """`installed`: the bin directory of the product as users install it."""
     with daemon_env() as (env, _daemon):
 
         def mcpctl() -> None:
             subprocess.run(
-                [str(BIN / "mcpctl"), "status"], env=env.vars, capture_output=True, check=True
+                [str(installed / "mcpctl"), "status"], env=env.vars, capture_output=True, check=True
             )
 
         def floor() -> None:
             subprocess.run(
-                [sys.executable, "-c", "import msgspec"], capture_output=True, check=True
+                [str(installed / "python"), "-c", "import msgspec"], capture_output=True, check=True
             )
 
         timed(mcpctl, 3)
@@ -611,20 +615,24 @@ def _median_us(starts: list[int], ends: list[int]) -> float:
 # --- 4. editor start-up ---------------------------------------------------------------
 
 
-def started_editor(argv: list[str], env: dict[str, str], stderr: Any) -> None:
-    """An editor starting its MCP server: spawn it, initialize, list the tools;
-    over once the list is answered (the process is then closed, untimed)."""
+def started_editor(argv: list[str], env: dict[str, str], stderr: Any) -> float:
+    """An editor starting its MCP server: spawn it, initialize, list the tools.
+    The seconds until the list is answered; closing the process after is not timed."""
+    started = time.perf_counter()
     editor = StdioClient(argv, env, stderr)
     try:
         listed = editor.call("tools/list", {})
+        elapsed = time.perf_counter() - started
         assert listed["result"]["tools"], listed
     finally:
         editor.close()
+    return elapsed
 
 
-def editor_startup(runs: int, log_dir: Path) -> dict[str, Any]:
+def editor_startup(runs: int, log_dir: Path, installed: Path) -> dict[str, Any]:
     """From spawning the stdio server an editor launches to its answer to
-    `tools/list`, with the daemon warm: `mcpctl stdio NAME` against mcp-remote
+    `tools/list`, with the daemon warm: `mcpctl stdio NAME` (from `installed`,
+    the bin directory of the product as users install it) against mcp-remote
     doing the same (Node's start, its connection, initialize), in turns."""
     with simple_streamable_http(log_dir) as peer:
         url = peer.url.replace("127.0.0.1", "localhost")
@@ -635,18 +643,19 @@ def editor_startup(runs: int, log_dir: Path) -> dict[str, Any]:
             with (log_dir / "startup.log").open("ab") as stderr:
                 variants = {
                     "mcpd": lambda: started_editor(
-                        [str(BIN / "mcpctl"), "stdio", "ts"], env.vars, stderr
+                        [str(installed / "mcpctl"), "stdio", "ts"], env.vars, stderr
                     ),
                     "mcp-remote": lambda: started_editor(
                         [*mcp_remote_argv(), url, "--transport", "http-only"], remote_env, stderr
                     ),
                 }
                 for start in variants.values():  # warm up: caches, the daemon's session
-                    timed(start, 2)
+                    start()
+                    start()
                 samples: dict[str, list[float]] = {name: [] for name in variants}
                 for _ in range(runs):
                     for name, start in variants.items():
-                        samples[name] += timed(start, 1)
+                        samples[name].append(start())
     result: dict[str, Any] = {name: summary(values) for name, values in samples.items()}
     result["ratio_to_mcp_remote"] = result["mcpd"]["median_ms"] / result["mcp-remote"]["median_ms"]
     result["goal"] = "at most 100 ms with a warm daemon"
@@ -738,13 +747,16 @@ def main() -> int:
     args = parser.parse_args()
     scale = 10 if args.quick else 1
     figures: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="mcpd-bench-peers-") as logs:
+    with (
+        tempfile.TemporaryDirectory(prefix="mcpd-bench-peers-") as logs,
+        installed_product() as installed,
+    ):
         figures["control_plane"] = control_plane(5000 // scale)
-        figures["cli_start"] = cli_start(40 // min(scale, 4))
+        figures["cli_start"] = cli_start(40 // min(scale, 4), installed)
         figures["data_plane"] = data_plane(
             [1, 8, 32], calls=1000 // scale, rounds=3, log_dir=Path(logs)
         )
-        figures["editor_startup"] = editor_startup(30 // min(scale, 3), Path(logs))
+        figures["editor_startup"] = editor_startup(30 // min(scale, 3), Path(logs), installed)
         figures["spans"] = span_breakdown(1000 // scale, Path(logs))
     figures |= scale_and_storm(args.quick)
     args.json.parent.mkdir(parents=True, exist_ok=True)

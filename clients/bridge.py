@@ -165,11 +165,23 @@ class Bridge:
 
     # --- The loop ----------------------------------------------------------------------
 
+    def _watch(self, stdin: int) -> bool:
+        """Poll stdin; False when it is what epoll refuses (a regular file, /dev/null)."""
+        try:
+            self.poller.register(stdin, select.EPOLLIN)
+        except PermissionError:
+            return False
+        return True
+
     def run(self) -> int:
         self._connect()
         stdin = self.stdin.fileno()
-        self.poller.register(stdin, select.EPOLLIN)
         try:
+            if not self._watch(stdin):
+                # Never waits, and its end ends the bridge as a closed pipe does.
+                while self._from_editor(stdin):
+                    pass
+                return 0
             while True:
                 timeout = -1.0
                 if self.client is None:
@@ -190,4 +202,7 @@ class Bridge:
 
 def run(server: str, socket: str | None = None) -> int:
     path = Path(socket) if socket else None
-    return Bridge(server, sys.stdin.buffer, sys.stdout.buffer, path).run()
+    try:
+        return Bridge(server, sys.stdin.buffer, sys.stdout.buffer, path).run()
+    except KeyboardInterrupt:
+        return 130

@@ -516,10 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "stdio":
         from .bridge import run as run_bridge
 
-        try:
-            return run_bridge(args.name, args.socket)
-        except KeyboardInterrupt:
-            return 130
+        return run_bridge(args.name, args.socket)
     if getattr(args, "run_alone", None) is not None:  # commands that need no daemon
         try:
             return int(args.run_alone(args))

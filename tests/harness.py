@@ -597,6 +597,7 @@ def imported_modules(env: McpdEnv, *command: str, check: bool = True) -> tuple[s
     result = subprocess.run(
         [sys.executable, "-X", "importtime", MCPCTL, *command],
         env=env.vars,
+        stdin=subprocess.DEVNULL,  # a bridge's editor that has gone: it ends
         capture_output=True,
         text=True,
         timeout=10,

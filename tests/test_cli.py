@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 import time
 
 from harness import MCPCTL, imported_modules
 
-from mcpctl import cli
+from mcpctl import cli, entry
 
 # Servers that stay `connecting` (see SilentServer), and one disabled.
 CONFIG = """
@@ -90,6 +91,34 @@ def test_not_running_is_reported_quickly_with_how_to_start(mcpd_env):
     assert elapsed < 1.0, f"mcpctl took {elapsed:.2f}s to say the daemon is not running"
 
 
+def test_a_bridge_reads_a_file_or_dev_null_as_its_input(mcpd_env, tmp_path):
+    """epoll refuses regular files and /dev/null: such an input is read to its
+    end (which ends the bridge), each request answered."""
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text('{"jsonrpc": "2.0", "id": 7, "method": "ping"}\n')
+    for source in (requests, "/dev/null"):
+        with open(source, "rb") as stdin:
+            result = subprocess.run(
+                [MCPCTL, "stdio", "linear"],
+                env=mcpd_env.vars,
+                stdin=stdin,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        assert "mcpd is not running" in result.stderr
+        answers = [json.loads(line) for line in result.stdout.splitlines()]
+        if source == requests:
+            [answer] = answers
+            assert answer["id"] == 7
+            assert "mcpd is not running" in answer["error"]["message"]
+        else:
+            assert answers == []
+
+
 def test_mcpctl_never_imports_the_daemons_dependencies(mcpd_env, run_daemon, silent):
     mcpd_env.write_config(_config(silent))
     mcpd_env.vars["MCP_API_KEY"] = "k"
@@ -99,8 +128,47 @@ def test_mcpctl_never_imports_the_daemons_dependencies(mcpd_env, run_daemon, sil
     assert "mcpd.protocol" in imported
     heavy = {"anyio", "cryptography", "httpx", "h11", "asyncio", "mcpd.daemon", "mcpd.store"}
     heavy |= {"dataclasses"}  # 4 ms of a start of 150 here
+    # typing_extensions is refused (clients/entry.py): `-X importtime` lists the
+    # attempt, but not the inspect module it would have brought.
+    heavy |= {"inspect"}
     assert not imported & heavy, f"mcpctl imported {imported & heavy}"
     assert "linear" in stdout
+
+
+def test_every_module_of_mcpctl_imports_without_typing_extensions():
+    """mcpctl refuses typing_extensions (msgspec's optional dependency) to start
+    sooner: no module of it, nor any of mcpd's that its commands import inside
+    their functions, may need it."""
+    script = """
+import importlib, pkgutil, sys
+sys.modules["typing_extensions"] = None
+import mcpctl
+names = [m.name for m in pkgutil.walk_packages(mcpctl.__path__, "mcpctl.")]
+names.remove("mcpctl.__main__")  # runs mcpctl
+names += ["mcpd.config", "mcpd.configedit", "mcpd.atomicfile", "mcpd.paths", "mcpd.protocol"]
+for name in names:
+    importlib.import_module(name)
+print(len(names))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) > 15
+
+
+def test_the_bridge_starts_without_argparse_or_the_commands(mcpd_env, run_daemon, silent):
+    """`mcpctl stdio NAME` starts with every editor: the entry point hands it to
+    the bridge without building a parser."""
+    mcpd_env.write_config(_config(silent))
+    mcpd_env.vars["MCP_API_KEY"] = "k"
+    run_daemon()
+    imported, _ = imported_modules(mcpd_env, "stdio", "linear")
+    assert "mcpctl.bridge" in imported
+    assert not imported & {"argparse", "gettext", "shutil", "mcpctl.cli", "mcpctl.manage"}
+    assert "inspect" not in imported  # typing_extensions refused, as for every command
+    imported, _ = imported_modules(mcpd_env, "stdio", "linear", "--socket", str(mcpd_env.socket))
+    assert {"argparse", "mcpctl.cli", "mcpctl.bridge"} <= imported  # not plain: argparse's
 
 
 def test_watch_prints_state_changes(mcpd_env, run_daemon, silent):
@@ -198,3 +266,33 @@ def test_a_run_builds_the_parser_of_its_command_alone_and_it_means_the_same():
     # Help, and a command line that names no command, get every command.
     for argv in (["--help"], ["statsu"], ["-h", "status"]):
         assert _choices(cli._parser(argv)) == every, argv
+
+
+# `stdio` command lines: the plain ones the entry point reads itself, and
+# others it leaves to argparse.
+PLAIN_STDIO = [
+    ["stdio", "n"],
+    ["stdio", "my server"],
+    ["stdio", "--socket", "/tmp/s.sock", "n"],
+]
+NOT_PLAIN = [
+    ["stdio", "n", "--socket", "/tmp/s.sock"],
+    ["stdio", "--socket=/tmp/s.sock", "n"],
+    ["stdio", "--sock", "/tmp/s.sock", "n"],
+    ["stdio", "--socket", "-x", "n"],
+    ["stdio", "--", "-n"],
+    ["stdio", "-n"],
+    ["stdio", "--help"],
+    ["stdio"],
+    ["stdio", "a", "b"],
+    ["status"],
+    [],
+]
+
+
+def test_a_plain_stdio_command_line_means_to_the_entry_point_what_it_means_to_argparse():
+    for argv in PLAIN_STDIO:
+        args = cli._parser([]).parse_args(argv)
+        assert entry.plain_stdio(argv) == (args.name, args.socket), argv
+    for argv in NOT_PLAIN:
+        assert entry.plain_stdio(argv) is None, argv

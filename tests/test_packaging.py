@@ -33,4 +33,4 @@ def test_wheel_installs_two_commands_and_no_generic_top_level_module(tmp_path):
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "mcpd = mcpd.cli:main" in scripts
-    assert "mcpctl = mcpctl.cli:main" in scripts
+    assert "mcpctl = mcpctl.entry:main" in scripts
