@@ -46,7 +46,6 @@ def timed(action: Callable[[], Any], runs: int) -> list[float]:
 # A directory holding another `mcpd` package (`git archive REV mcpd | tar -x -C DIR`)
 # for the daemon and the bridges to run instead of the installed one.
 SOURCE_VARIABLE = "MCPD_BENCH_SOURCE"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # What the benchmarks' editors send to initialize.
 INITIALIZE = {
     "protocolVersion": "2025-11-25",
@@ -60,12 +59,6 @@ def rss_kb(pid: int, field: str = "VmRSS") -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise AssertionError(f"no {field} for pid {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (every thread), from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 @contextmanager

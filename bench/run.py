@@ -52,14 +52,13 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_common import (  # noqa: E402
     BIN,
     INITIALIZE,
-    cpu_seconds,
     daemon_env,
     installed_product,
     rss_kb,
     summary,
     timed,
 )
-from harness import RawClient  # noqa: E402
+from harness import RawClient, cpu_seconds  # noqa: E402
 from real_peers import mcp_remote_argv, simple_streamable_http  # noqa: E402
 from scale import print_table as print_scale_and_storm  # noqa: E402
 from scale import scale_and_storm  # noqa: E402

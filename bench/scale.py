@@ -57,13 +57,12 @@ from bench_common import (  # noqa: E402
     BIN,
     INITIALIZE,
     SOURCE_VARIABLE,
-    cpu_seconds,
     percentile,
     private_env,
     rss_kb,
     summary,
 )
-from harness import MCPCTL, MCPD, DaemonProcess, McpdEnv, Notifications, RawClient  # noqa: E402
+from harness import MCPCTL, MCPD, DaemonProcess, McpdEnv, Notifications, RawClient, cpu_seconds  # noqa: E402
 from real_peers import Peer, simple_streamable_http, stateless_server  # noqa: E402
 
 from mcpd.keys import open_keyring  # noqa: E402

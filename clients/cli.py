@@ -478,8 +478,9 @@ def _add_stdio(commands: Any) -> None:
 # The commands, in the order help lists them: the names each entry adds, and
 # what adds them to the subparsers. A run builds only the entry of the command
 # it names: a parser costs about a millisecond here, most of it gettext
-# looking for translations on disk, and `mcpctl stdio` starts with every
-# editor. Help, and a command line that names no command, build them all.
+# looking for translations on disk, and every mcpctl run is a process of its
+# own (a plain `mcpctl stdio NAME` needs no parser: clients/entry.py). Help,
+# and a command line that names no command, build them all.
 COMMANDS: tuple[tuple[tuple[str, ...], Callable[[Any], None]], ...] = (
     (("status",), _add_status),
     (MANAGE_COMMANDS, add_commands),  # clients/manage.py

@@ -592,6 +592,13 @@ def callback_port(url: str) -> int:
     return port
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time a process has used, user and system (every thread)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    # utime and stime are fields 14 and 15 of proc_pid_stat(5); fields[0] here is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def imported_modules(env: McpdEnv, *command: str, check: bool = True) -> tuple[set[str], str]:
     """The modules `mcpctl COMMAND` imports (`python -X importtime`), and its stdout."""
     result = subprocess.run(

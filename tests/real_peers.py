@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from harness import cpu_seconds
 from peers.cookie_browser import CookieBrowser
 
 HOST = "127.0.0.1"
@@ -225,21 +226,17 @@ def _wait_until_listening(peer: Peer, *, announced: bool, timeout: float = START
 
 
 def _stuck_report(process: subprocess.Popen[bytes]) -> str:
-    """What a peer that never came up was doing: its state and CPU time, the
-    machine's load; a Python peer's stacks go to its log (PYTHONFAULTHANDLER)."""
-    clock_ticks = os.sysconf("SC_CLK_TCK")
+    """What a peer that never came up was doing: its CPU time, the machine's
+    load; a Python peer's stacks go to its log (PYTHONFAULTHANDLER)."""
     try:
-        # The fields after the command's closing parenthesis: state is the first,
-        # utime and stime the 12th and 13th.
-        fields = Path(f"/proc/{process.pid}/stat").read_text().rpartition(")")[2].split()
+        cpu = cpu_seconds(process.pid)
         loadavg = Path("/proc/loadavg").read_text().split()[:3]
     except OSError as error:
         return f"its /proc entry is unreadable: {error}"
-    cpu = (int(fields[11]) + int(fields[12])) / clock_ticks
     process.send_signal(signal.SIGABRT)
     with suppress(subprocess.TimeoutExpired):
         process.wait(timeout=STOP_TIMEOUT)
-    return f"state {fields[0]}, {cpu:.2f} s of CPU used, load average {' '.join(loadavg)}"
+    return f"{cpu:.2f} s of CPU used, load average {' '.join(loadavg)}"
 
 
 Launch = Callable[[int], tuple[list[str], dict[str, str]]]

@@ -251,7 +251,7 @@ def _meaning(args: argparse.Namespace) -> dict[str, object]:
 
 def test_a_run_builds_the_parser_of_its_command_alone_and_it_means_the_same():
     """A run builds only the parser of the command it names (each costs about a
-    millisecond, and `mcpctl stdio` starts with every editor): every entry adds
+    millisecond, and every run is a process of its own): every entry adds
     exactly the commands it declares, together they are all the commands, and
     each command line means the same to its own parser as to the whole one."""
     for names, _ in cli.COMMANDS:

@@ -35,7 +35,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from harness import DaemonProcess, McpdEnv, Notifications, RawClient, start_daemon
+from harness import DaemonProcess, McpdEnv, Notifications, RawClient, cpu_seconds, start_daemon
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from reliability import record
@@ -97,14 +97,6 @@ def rss_kib(pid: int) -> int:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time the process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    # utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
-    ticks = int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -11,12 +11,10 @@ would harm everything else running on it.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import leakcheck
 import pytest
@@ -25,6 +23,7 @@ from harness import (
     MCPCTL,
     McpdEnv,
     browse,
+    cpu_seconds,
     finish,
     server_config,
     start_auth,
@@ -37,11 +36,6 @@ from reliability import record
 from test_fault_injection import FAULTY_MCPD
 
 LIFETIME = 2  # seconds: the demo server's access tokens
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def sign_in(env: McpdEnv, name: str) -> None:
